@@ -1,0 +1,403 @@
+"""Reciprocal-space voxel descriptors of Gaussian-smeared atomic densities.
+
+Definitions (the original VoxelNet's, written out). A structure is the density
+``s(x) = sum_j w_j sum_n N(x; mu_j + A n, sigma^2 I)`` (positions mu_j in Angstrom, cell A, sigma in Angstrom).
+Its Fourier coefficients at the reciprocal lattice vectors ``G = m @ recip`` (m integer, ``recip`` rows
+b_k with a_i . b_k = 2 pi delta_ik, in 1/Angstrom) are analytic::
+
+    h_c(G) = 1 / |det A| * exp(-sigma^2 |G|^2 / 2) * sum_j W[c, j] exp(-i G . mu_j)
+
+for each channel c (one per element: W one-hot; one total channel: W = 1). Because
+``exp(-i G . mu_j) = prod_k exp(-2 pi i m_k f_jk)`` (f fractional), the structure factor over an integer
+box of m is a product of three per-axis phase tables, contracted over atoms with one matrix product: no
+Python loop over G vectors or atoms.
+
+Binning (voxel width ``w = 2 pi / L`` in 1/Angstrom, grid half-width ``h = pi N / L``):
+
+* cartesian: voxel ``(ix, iy, iz) = floor((G + h) / w)`` per axis, the grid covers ``[-h, h)^3``; each voxel
+  holds the sum of |h_c(G)| over the G inside it (G = 0 included). Axis order (x, y, z).
+* spherical: ``(floor(|G| / (sqrt(3) pi / L)), floor(theta / (pi / N)), floor((phi + pi) / (2 pi / N)))``
+  with theta from +z and phi = atan2(y, x); theta = pi falls in the last bin and phi = pi wraps to bin 0.
+
+Exactness: G is computed in float64; like the original code, G is rounded to float32 before binning, and
+|h| is rounded to float32 and accumulated in float64, so voxels equal the original's.
+
+Molecules (no lattice) have a continuous transform; it is sampled at the voxel centres (cartesian or
+spherical), without the 1/|det A| factor. |h| is translation invariant and rotates with the structure.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .structure import Structure, StructureError
+
+MODES = ("cartesian", "spherical")
+CHANNELS = ("element", "total")
+_BOX_TOL = 1e-5  # in units of m: covers float32 rounding of G at the grid edge
+_CHUNK_COMPLEX = 1 << 18  # complex128 entries per vectorised chunk (64 MB)
+
+
+# --------------------------------------------------------------------------------------------------------
+# array functions
+# --------------------------------------------------------------------------------------------------------
+def reciprocal_lattice(lattice: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) reciprocal vectors as rows, 1/Angstrom, from (..., 3, 3) cell vectors as rows, Angstrom.
+
+    ``lattice @ recip.T == 2 pi I``. Computed as the original ``B = 2 pi inv(A).T`` with A = lattice.T.
+    """
+    A = np.swapaxes(lattice, -1, -2)
+    B = 2 * np.pi * np.swapaxes(np.linalg.inv(A), -1, -2)  # columns b_k
+    return np.swapaxes(B, -1, -2)
+
+
+def reciprocal_box(lattice: np.ndarray, half_width: float, shape: str = "cube") -> np.ndarray:
+    """(..., 3) int extents e: every G = m @ recip inside the region has |m_k| <= e_k.
+
+    lattice: (..., 3, 3) rows in Angstrom. half_width (1/Angstrom): the cube [-h, h]^3 (``shape="cube"``,
+    bound a_k.G <= h ||a_k||_1) or the ball |G| <= h (``shape="ball"``, bound h ||a_k||_2).
+    """
+    norm = np.abs(lattice).sum(-1) if shape == "cube" else np.linalg.norm(lattice, axis=-1)
+    return np.floor(half_width * norm / (2 * np.pi) + _BOX_TOL).astype(np.int64)
+
+
+def _xp(x):
+    """The array namespace of x: numpy, or torch for a torch tensor (imported lazily)."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+        return torch
+    return np
+
+
+def voxel_index(G, n: int, length: float, mode: str = "cartesian"):
+    """Flat voxel index of reciprocal vectors, for numpy arrays or torch tensors alike.
+
+    Args:
+        G: (..., 3) reciprocal vectors in 1/Angstrom.
+        n: voxels per axis N; length: L in Angstrom; mode: "cartesian" or "spherical".
+    Returns:
+        (...,) int64 index ``(i0 * N + i1) * N + i2`` into the (N, N, N) grid, or -1 outside the grid.
+    """
+    xp = _xp(G)
+    w = 2 * np.pi / length
+    if mode == "cartesian":
+        i = xp.floor((G + w * n / 2) / w)  # the original's rounding order
+        inside = ((i >= 0) & (i < n)).all(-1)
+        i = xp.where(inside[..., None], i, xp.zeros_like(i))
+    elif mode == "spherical":
+        x, y, z = G[..., 0], G[..., 1], G[..., 2]
+        r = xp.sqrt(x * x + y * y + z * z)
+        safe = xp.where(r > 0, r, xp.ones_like(r))
+        cos_t = xp.clip(z / safe, -1.0, 1.0)
+        theta = xp.where(r > 0, xp.arccos(cos_t), xp.zeros_like(r))
+        phi = xp.arctan2(y, x)
+        ir = xp.floor(r / (np.sqrt(3) * np.pi / length))
+        it = xp.clip(xp.floor(theta / (np.pi / n)), 0, n - 1)
+        ip = xp.floor((phi + np.pi) / (2 * np.pi / n)) % n
+        inside = ir < n
+        i = xp.stack([xp.where(inside, ir, xp.zeros_like(ir)), it, ip], -1)
+    else:
+        raise ValueError(f"unknown descriptor mode {mode!r}; expected one of {MODES}")
+    flat = (i[..., 0] * n + i[..., 1]) * n + i[..., 2]
+    flat = flat.long() if xp is not np else flat.astype(np.int64)
+    return xp.where(inside, flat, -xp.ones_like(flat))
+
+
+def spherical_voxel_centres(n: int, length: float) -> np.ndarray:
+    """(N, N, N, 3) Cartesian reciprocal vectors (1/Angstrom) at the centres of the spherical voxels."""
+    r = (np.arange(n) + 0.5) * np.sqrt(3) * np.pi / length
+    t = (np.arange(n) + 0.5) * np.pi / n
+    p = (np.arange(n) + 0.5) * 2 * np.pi / n - np.pi
+    r, t, p = np.meshgrid(r, t, p, indexing="ij")
+    return np.stack([r * np.sin(t) * np.cos(p), r * np.sin(t) * np.sin(p), r * np.cos(t)], -1)
+
+
+def structure_factors(coords: np.ndarray, weights: np.ndarray, axes: Sequence[np.ndarray]) -> np.ndarray:
+    """Factorised structure factors on a product grid, batched over S structures of equal shape.
+
+    ``F[s, c, a, b, d] = sum_j W[s, c, j] exp(-i (q[s, j, 0] v0[s, a] + q[s, j, 1] v1[s, b] + q[s, j, 2] v2[s, d]))``
+
+    Args:
+        coords: (S, J, 3) per-axis coordinates q (fractional coordinates times 2 pi, or Cartesian Angstrom).
+        weights: (S, C, J) channel weights of each atom.
+        axes: three (S, n_k) per-axis grid values v_k (integers m_k, or wave numbers in 1/Angstrom).
+    Returns:
+        (S, C, n0, n1, n2) complex128.
+    """
+    S, J, _ = coords.shape
+    p0, p1, p2 = (np.exp(-1j * coords[:, :, k, None] * axes[k][:, None, :]) for k in range(3))  # (S, J, n_k)
+    n0, n1, n2 = p0.shape[2], p1.shape[2], p2.shape[2]
+    outer = (p0[:, :, :, None] * p1[:, :, None, :]).reshape(S, J, n0 * n1)  # (S, J, n0 n1)
+    weighted = weights[:, :, :, None] * p2[:, None, :, :]  # (S, C, J, n2)
+    F = np.matmul(np.swapaxes(outer, 1, 2)[:, None], weighted)  # (S, C, n0 n1, n2)
+    return F.reshape(S, weights.shape[1], n0, n1, n2)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the voxelizer
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SparseVoxels:
+    """The occupied voxels of one structure, shared by its channels (compact storage and transfer).
+
+    index: (K,) int32 ascending flat voxel indices ``(i0 * N + i1) * N + i2``; values: (c, K) float32 voxel
+    values of the structure's own channels; channels: (c,) int64 indices of those channels in the
+    voxelizer's channel list.
+    """
+    index: np.ndarray
+    values: np.ndarray
+    channels: np.ndarray
+
+    def dense(self, n_channels: int, n: int) -> np.ndarray:
+        """(n_channels, N, N, N) float32 grid, zeros in absent channels and voxels."""
+        out = np.zeros((n_channels, n ** 3), dtype=np.float32)
+        out[self.channels[:, None], self.index[None, :]] = self.values
+        return out.reshape(n_channels, n, n, n)
+
+
+@dataclass(frozen=True)
+class ReciprocalSet:
+    """The unbinned descriptor of one structure.
+
+    G: (P, 3) float64 reciprocal vectors in 1/Angstrom (all |G| <= sqrt(3) pi N / L, so that any rotation of
+    the grid's cube is covered); amp: (C, P) float32 |h_c(G)| (Angstrom^-3 for crystals); channels: (C,)
+    int64 indices of the channels into the voxelizer's channel list.
+    """
+    G: np.ndarray
+    amp: np.ndarray
+    channels: np.ndarray
+
+
+class ReciprocalVoxelizer:
+    """Voxel descriptor of structures: |h_c(G)| binned on an (N, N, N) grid per channel.
+
+    Args:
+        sigma: Gaussian width in Angstrom (> 0).
+        length: L in Angstrom (> 0); reciprocal voxel width 2 pi / L.
+        n: voxels per axis N (>= 2).
+        mode: "cartesian" or "spherical".
+        species: element symbols, one channel each, in this order; None: the sorted elements of the
+            structures at hand (of each structure for a single call, of the batch for :meth:`batch`).
+        channels: "element" (one channel per species) or "total" (one channel, all atoms).
+    """
+
+    def __init__(self, sigma: float = 0.1, length: float = 12.8, n: int = 32, mode: str = "cartesian",
+                 species: Optional[Sequence[str]] = None, channels: str = "element"):
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be > 0 Angstrom, got {sigma}")
+        if not (np.isfinite(length) and length > 0):
+            raise ValueError(f"length must be > 0 Angstrom, got {length}")
+        if int(n) != n or n < 2:
+            raise ValueError(f"n must be an integer >= 2, got {n}")
+        if mode not in MODES:
+            raise ValueError(f"unknown descriptor mode {mode!r}; expected one of {MODES}")
+        if channels not in CHANNELS:
+            raise ValueError(f"unknown channels {channels!r}; expected one of {CHANNELS}")
+        self.sigma, self.length, self.n, self.mode, self.channels = float(sigma), float(length), int(n), mode, channels
+        self.species = None if species is None else tuple(species)
+        if self.species is not None and len(set(self.species)) != len(self.species):
+            raise ValueError(f"species list has duplicates: {self.species}")
+
+    def __repr__(self) -> str:
+        return (f"ReciprocalVoxelizer(sigma={self.sigma}, length={self.length}, n={self.n}, mode={self.mode!r}, "
+                f"species={self.species}, channels={self.channels!r})")
+
+    @property
+    def params(self) -> Dict[str, object]:
+        """Descriptor parameters (sigma and length in Angstrom), for files and checkpoints."""
+        return dict(sigma=self.sigma, length=self.length, n=self.n, mode=self.mode,
+                    species=list(self.species or ()), channels=self.channels)
+
+    @property
+    def half_width(self) -> float:
+        """h = pi N / L in 1/Angstrom: the cartesian grid covers [-h, h)^3."""
+        return np.pi * self.n / self.length
+
+    def channel_names(self, structures: Sequence[Structure] = ()) -> Tuple[str, ...]:
+        if self.channels == "total":
+            return ("total",)
+        if self.species is not None:
+            return self.species
+        return tuple(sorted({e for s in structures for e in s.elements}))
+
+    def _weights(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(c, n) channel weights of the channels present in s, and their (c,) indices into names."""
+        if self.channels == "total":
+            return np.ones((1, len(s))), np.zeros(1, dtype=np.int64)
+        present = s.elements
+        missing = [e for e in present if e not in names]
+        if missing:
+            raise StructureError(f"structure {s.id}: element(s) {missing} not in the species list {list(names)}")
+        symbols = np.array(s.symbols)
+        W = (symbols[None, :] == np.array(present)[:, None]).astype(np.float64)
+        return W, np.array([names.index(e) for e in present], dtype=np.int64)
+
+    # --- core: compact (present channels only) -----------------------------------------------------------
+    def compact(self, structures: Sequence[Structure], rotations: Optional[np.ndarray] = None,
+                names: Optional[Sequence[str]] = None) -> List[SparseVoxels]:
+        """Sparse voxels of each structure's own channels (no grids of absent elements, no empty voxels).
+
+        Args:
+            structures: S structures.
+            rotations: optional (3, 3) or (S, 3, 3) orthogonal matrices R applied to G before binning,
+                which gives the descriptor of the structure rotated by R.
+            names: channel list (default :meth:`channel_names` of the structures).
+        Returns:
+            one :class:`SparseVoxels` per structure, channel indices into ``names``.
+        """
+        names = tuple(names) if names is not None else self.channel_names(structures)
+        R = _rotations(rotations, len(structures))
+        weights = [self._weights(s, names) for s in structures]
+        out: List = [None] * len(structures)
+        for key, members in _groups(structures, lambda s: self._group_key(s, R is not None)).items():
+            for chunk in _chunks(members, key):
+                sparse = self._bin_group([structures[i] for i in chunk], [weights[i][0] for i in chunk],
+                                         None if R is None else R[chunk])
+                for (index, values), i in zip(sparse, chunk):
+                    out[i] = SparseVoxels(index, values, weights[i][1])
+        return out
+
+    def batch(self, structures: Sequence[Structure], rotations: Optional[np.ndarray] = None) -> np.ndarray:
+        """(S, C, N, N, N) float32 dense descriptors, C = len(self.channel_names(structures))."""
+        names = self.channel_names(structures)
+        out = np.zeros((len(structures), len(names)) + (self.n,) * 3, dtype=np.float32)
+        flat = out.reshape(len(structures), len(names), -1)
+        for k, sv in enumerate(self.compact(structures, rotations, names)):
+            flat[k, sv.channels[:, None], sv.index[None, :]] = sv.values
+        return out
+
+    def __call__(self, structure: Structure, rotation: Optional[np.ndarray] = None) -> np.ndarray:
+        """(C, N, N, N) float32 descriptor of one structure; rotation: optional (3, 3) orthogonal R."""
+        return self.batch([structure], None if rotation is None else np.asarray(rotation)[None])[0]
+
+    def reciprocal(self, structure: Structure, names: Optional[Sequence[str]] = None) -> ReciprocalSet:
+        """The unbinned descriptor: G within |G| <= sqrt(3) pi N / L and |h_c(G)| of the present channels.
+
+        Binning ``R G`` with :func:`voxel_index` (or :func:`cloudvox.binning.bin_reciprocal` on a device)
+        reproduces ``self(structure, R)`` for crystals. For a molecule the set is the transform sampled at
+        the voxel centres, exact without rotation and a nearest-voxel resampling with one.
+        """
+        names = tuple(names) if names is not None else self.channel_names([structure])
+        W, ids = self._weights(structure, names)
+        G, amp = self._group_amplitudes([structure], [W], None, ball=True)
+        G, amp = G[0], amp[0]
+        if structure.is_periodic:
+            keep = (G * G).sum(-1) <= (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
+            G, amp = G[keep], amp[:, keep]
+        return ReciprocalSet(G=G, amp=amp.astype(np.float32), channels=ids)
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _group_key(self, s: Structure, ball: bool) -> Tuple:
+        """Structures with equal keys are evaluated as one vectorised batch."""
+        c = len(s.elements) if self.channels == "element" else 1
+        if not s.is_periodic:
+            return (-1, -1, -1, len(s), c)
+        return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
+
+    def _extent(self, lattice: np.ndarray, ball: bool) -> np.ndarray:
+        if ball or self.mode == "spherical":
+            return reciprocal_box(lattice, np.sqrt(3) * self.half_width, "ball")
+        return reciprocal_box(lattice, self.half_width, "cube")
+
+    def _group_amplitudes(self, group: Sequence[Structure], W: Sequence[np.ndarray], R: Optional[np.ndarray],
+                          ball: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """G (S, P, 3) float64 in 1/Angstrom and |h| (S, C, P) float64 of a group with one key.
+
+        For molecules the rotation R is applied to the atoms (sampling points stay at voxel centres) and G
+        is returned unrotated; for crystals G is returned unrotated and R is applied at binning.
+        """
+        W = np.stack(W)  # (S, C, J)
+        S = len(group)
+        if group[0].is_periodic:
+            lat = np.stack([s.lattice for s in group])  # (S, 3, 3)
+            ext = self._extent(lat[0], ball or R is not None)
+            ticks = [np.arange(-e, e + 1, dtype=np.float64) for e in ext]
+            frac = np.stack([s.frac_coords for s in group]) * (2 * np.pi)
+            F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in ticks])
+            m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # (P, 3)
+            G = np.matmul(m, reciprocal_lattice(lat))  # (S, P, 3)
+            scale = 1.0 / np.abs(np.linalg.det(lat))  # 1 / Angstrom^3
+        else:
+            cart = np.stack([s.cart_coords for s in group])  # (S, J, 3)
+            if R is not None:
+                cart = np.matmul(cart, np.swapaxes(R, -1, -2))
+            if self.mode == "cartesian":
+                w = 2 * np.pi / self.length
+                k = (np.arange(self.n) + 0.5) * w - self.half_width  # voxel centres, 1/Angstrom
+                F = structure_factors(cart, W, [np.broadcast_to(k, (S, self.n))] * 3)
+                G = np.stack(np.meshgrid(k, k, k, indexing="ij"), -1).reshape(1, -1, 3)
+            else:
+                G = spherical_voxel_centres(self.n, self.length).reshape(1, -1, 3)
+                F = np.matmul(W.astype(np.complex128), np.exp(-1j * np.matmul(cart, G[0].T)))  # (S, C, P)
+            G = np.broadcast_to(G, (S,) + G.shape[1:])
+            scale = np.ones(S)
+        gg = (G * G).sum(-1)
+        amp = np.abs(F.reshape(S, W.shape[1], -1)) * (scale[:, None] * np.exp(-self.sigma ** 2 / 2 * gg))[:, None, :]
+        return G, amp
+
+    def _bin_group(self, group: Sequence[Structure], W: Sequence[np.ndarray],
+                   R: Optional[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Per structure of a group with one key: occupied voxels (K,) int32 and their values (C, K) float32."""
+        G, amp = self._group_amplitudes(group, W, R)
+        if group[0].is_periodic:
+            G = G.astype(np.float32).astype(np.float64)  # the original bins float32 G
+            if R is not None:
+                G = np.matmul(G, np.swapaxes(R, -1, -2))
+        idx = voxel_index(G, self.n, self.length, self.mode)  # (S, P)
+        return sparse_bin(idx, amp.astype(np.float32), self.n ** 3)  # the original sums float32 |h| in float64
+
+
+def sparse_bin(idx: np.ndarray, values: np.ndarray, size: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Sum values into their bins, keeping only occupied bins, for S structures at once.
+
+    Args:
+        idx: (S, P) int bin of each point in [0, size), or -1 (dropped).
+        values: (S, C, P) values per channel.
+        size: number of bins per structure (N^3).
+    Returns:
+        per structure: (occupied bins (K,) int32 ascending, sums (C, K) float32, accumulated in float64).
+    """
+    S, C, P = values.shape
+    keep = idx >= 0
+    key = (idx + (np.arange(S) * size)[:, None])[keep]  # global bin of each kept point
+    mark = np.zeros(S * size, dtype=bool)  # O(S N^3) bytes of scratch: cheaper than sorting the points
+    mark[key] = True
+    occupied = np.flatnonzero(mark)
+    rank = np.empty(S * size, dtype=np.int64)
+    rank[occupied] = np.arange(len(occupied))
+    slot = rank[key]  # (kept,) position of each point among the occupied bins
+    K = len(occupied)
+    sums = np.bincount((slot[None, :] + (np.arange(C) * K)[:, None]).ravel(),
+                       weights=values.transpose(1, 0, 2)[:, keep].ravel(), minlength=C * K)
+    sums = sums.astype(np.float32).reshape(C, K)
+    bounds = np.searchsorted(occupied, np.arange(S + 1) * size)
+    return [((occupied[a:b] - s * size).astype(np.int32), sums[:, a:b])
+            for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _rotations(rotations, count: int) -> Optional[np.ndarray]:
+    if rotations is None:
+        return None
+    R = np.asarray(rotations, dtype=np.float64)
+    if R.shape == (3, 3):
+        R = np.broadcast_to(R, (count, 3, 3))
+    if R.shape != (count, 3, 3):
+        raise ValueError(f"rotations must be (3, 3) or ({count}, 3, 3), got {R.shape}")
+    if not np.allclose(R @ np.swapaxes(R, -1, -2), np.eye(3), atol=1e-8):
+        raise ValueError("rotations must be orthogonal matrices")
+    return R
+
+
+def _groups(items, key) -> Dict[Tuple, List[int]]:
+    groups: Dict[Tuple, List[int]] = {}
+    for i, s in enumerate(items):
+        groups.setdefault(key(s), []).append(i)
+    return groups
+
+
+def _chunks(members: List[int], key: Tuple):
+    """Split a group so that one vectorised step holds about _CHUNK_COMPLEX complex numbers."""
+    points = int(np.prod([2 * e + 1 for e in key[:3]])) if key[0] >= 0 else 32 ** 3
+    step = max(1, _CHUNK_COMPLEX // max(points * key[3], 1))
+    for i in range(0, len(members), step):
+        yield members[i:i + step]
