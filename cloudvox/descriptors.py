@@ -61,6 +61,11 @@ def reciprocal_box(lattice: np.ndarray, half_width: float, shape: str = "cube") 
     return np.floor(half_width * norm / (2 * np.pi) + _BOX_TOL).astype(np.int64)
 
 
+def _sqnorm(v: np.ndarray) -> np.ndarray:
+    """(...,) squared norms of (..., 3) vectors (faster than a reduction over the length-3 axis)."""
+    return v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2]
+
+
 def _xp(x):
     """The array namespace of x: numpy, or torch for a torch tensor (imported lazily)."""
     if type(x).__module__.startswith("torch"):
@@ -82,8 +87,9 @@ def voxel_index(G, n: int, length: float, mode: str = "cartesian"):
     w = 2 * np.pi / length
     if mode == "cartesian":
         i = xp.floor((G + w * n / 2) / w)  # the original's rounding order
-        inside = ((i >= 0) & (i < n)).all(-1)
-        i = xp.where(inside[..., None], i, xp.zeros_like(i))
+        i0, i1, i2 = i[..., 0], i[..., 1], i[..., 2]  # (reductions over a length-3 axis are slow)
+        inside = (i0 >= 0) & (i0 < n) & (i1 >= 0) & (i1 < n) & (i2 >= 0) & (i2 < n)
+        flat = (i0 * n + i1) * n + i2
     elif mode == "spherical":
         x, y, z = G[..., 0], G[..., 1], G[..., 2]
         r = xp.sqrt(x * x + y * y + z * z)
@@ -95,12 +101,11 @@ def voxel_index(G, n: int, length: float, mode: str = "cartesian"):
         it = xp.clip(xp.floor(theta / (np.pi / n)), 0, n - 1)
         ip = xp.floor((phi + np.pi) / (2 * np.pi / n)) % n
         inside = ir < n
-        i = xp.stack([xp.where(inside, ir, xp.zeros_like(ir)), it, ip], -1)
+        flat = (ir * n + it) * n + ip
     else:
         raise ValueError(f"unknown descriptor mode {mode!r}; expected one of {MODES}")
-    flat = (i[..., 0] * n + i[..., 1]) * n + i[..., 2]
-    flat = flat.long() if xp is not np else flat.astype(np.int64)
-    return xp.where(inside, flat, -xp.ones_like(flat))
+    flat = xp.where(inside, flat, -xp.ones_like(flat))
+    return flat.long() if xp is not np else flat.astype(np.int64)
 
 
 def spherical_voxel_centres(n: int, length: float) -> np.ndarray:
@@ -282,7 +287,7 @@ class ReciprocalVoxelizer:
         G, amp = self._group_amplitudes([structure], [W], None, ball=True)
         G, amp = G[0], amp[0]
         if structure.is_periodic:
-            keep = (G * G).sum(-1) <= (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
+            keep = _sqnorm(G) <= (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
             G, amp = G[keep], amp[:, keep]
         return ReciprocalSet(G=G, amp=amp.astype(np.float32), channels=ids)
 
@@ -310,13 +315,21 @@ class ReciprocalVoxelizer:
         S = len(group)
         if group[0].is_periodic:
             lat = np.stack([s.lattice for s in group])  # (S, 3, 3)
-            ext = self._extent(lat[0], ball or R is not None)
-            ticks = [np.arange(-e, e + 1, dtype=np.float64) for e in ext]
-            frac = np.stack([s.frac_coords for s in group]) * (2 * np.pi)
-            F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in ticks])
-            m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # (P, 3)
+            e0, e1, e2 = self._extent(lat[0], ball or R is not None)
+            ticks = [np.arange(-e, e + 1, dtype=np.float64) for e in (e0, e1, e2)]
+            m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # (P, 3), -m is m reversed
             G = np.matmul(m, reciprocal_lattice(lat))  # (S, P, 3)
+            # Friedel symmetry |h(-G)| = |h(G)|: evaluate the half box m0 <= 0 and mirror it.
+            half = ticks[0][:e0 + 1]
+            frac = np.stack([s.frac_coords for s in group]) * (2 * np.pi)
+            F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in (half, ticks[1], ticks[2])])
+            gg = _sqnorm(G[:, :(e0 + 1) * (2 * e1 + 1) * (2 * e2 + 1)])
             scale = 1.0 / np.abs(np.linalg.det(lat))  # 1 / Angstrom^3
+            amp = np.abs(F).reshape(S, W.shape[1], -1)
+            amp *= (scale[:, None] * np.exp(-self.sigma ** 2 / 2 * gg))[:, None, :]
+            amp = amp.reshape(F.shape)  # (S, C, e0 + 1, n1, n2)
+            amp = np.concatenate([amp, amp[:, :, e0 - 1::-1, ::-1, ::-1] if e0 else amp[:, :, :0]], axis=2)
+            return G, amp.reshape(S, W.shape[1], -1)
         else:
             cart = np.stack([s.cart_coords for s in group])  # (S, J, 3)
             if R is not None:
@@ -331,7 +344,7 @@ class ReciprocalVoxelizer:
                 F = np.matmul(W.astype(np.complex128), np.exp(-1j * np.matmul(cart, G[0].T)))  # (S, C, P)
             G = np.broadcast_to(G, (S,) + G.shape[1:])
             scale = np.ones(S)
-        gg = (G * G).sum(-1)
+        gg = _sqnorm(G)
         amp = np.abs(F.reshape(S, W.shape[1], -1)) * (scale[:, None] * np.exp(-self.sigma ** 2 / 2 * gg))[:, None, :]
         return G, amp
 
@@ -344,32 +357,45 @@ class ReciprocalVoxelizer:
             if R is not None:
                 G = np.matmul(G, np.swapaxes(R, -1, -2))
         idx = voxel_index(G, self.n, self.length, self.mode)  # (S, P)
-        return sparse_bin(idx, amp.astype(np.float32), self.n ** 3)  # the original sums float32 |h| in float64
+        distinct = not group[0].is_periodic or _coarser_than_voxels(np.stack([s.lattice for s in group]), self.length)
+        return sparse_bin(idx, amp.astype(np.float32), self.n ** 3, distinct)  # float32 |h|, as the original
 
 
-def sparse_bin(idx: np.ndarray, values: np.ndarray, size: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+def _coarser_than_voxels(lattice: np.ndarray, length: float) -> bool:
+    """Whether no two reciprocal vectors of any of these (S, 3, 3) lattices can share a voxel.
+
+    The shortest non-zero G = m @ recip is at least 2 pi / sigma_max(lattice); two G closer than a voxel
+    diagonal sqrt(3) 2 pi / L could share a voxel.
+    """
+    sigma_max = np.linalg.norm(lattice, ord=2, axis=(1, 2)).max()
+    return 2 * np.pi / sigma_max > 1.01 * np.sqrt(3) * 2 * np.pi / length
+
+
+def sparse_bin(idx: np.ndarray, values: np.ndarray, size: int,
+               distinct: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Sum values into their bins, keeping only occupied bins, for S structures at once.
 
     Args:
         idx: (S, P) int bin of each point in [0, size), or -1 (dropped).
-        values: (S, C, P) values per channel.
+        values: (S, C, P) float32 values per channel.
         size: number of bins per structure (N^3).
+        distinct: the caller knows no two kept points of a structure share a bin (nothing to sum).
     Returns:
-        per structure: (occupied bins (K,) int32 ascending, sums (C, K) float32, accumulated in float64).
+        per structure: (occupied bins (K,) int32, unique, sums (C, K) float32, accumulated in float64).
     """
     S, C, P = values.shape
     keep = idx >= 0
+    counts = keep.sum(1)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    picked = values.transpose(1, 0, 2)[:, keep]  # (C, kept)
+    if distinct:
+        index = idx[keep].astype(np.int32)
+        return [(index[a:b], picked[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     key = (idx + (np.arange(S) * size)[:, None])[keep]  # global bin of each kept point
-    mark = np.zeros(S * size, dtype=bool)  # O(S N^3) bytes of scratch: cheaper than sorting the points
-    mark[key] = True
-    occupied = np.flatnonzero(mark)
-    rank = np.empty(S * size, dtype=np.int64)
-    rank[occupied] = np.arange(len(occupied))
-    slot = rank[key]  # (kept,) position of each point among the occupied bins
+    occupied, slot = np.unique(key, return_inverse=True)
     K = len(occupied)
     sums = np.bincount((slot[None, :] + (np.arange(C) * K)[:, None]).ravel(),
-                       weights=values.transpose(1, 0, 2)[:, keep].ravel(), minlength=C * K)
-    sums = sums.astype(np.float32).reshape(C, K)
+                       weights=picked.ravel(), minlength=C * K).astype(np.float32).reshape(C, K)
     bounds = np.searchsorted(occupied, np.arange(S + 1) * size)
     return [((occupied[a:b] - s * size).astype(np.int32), sums[:, a:b])
             for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
