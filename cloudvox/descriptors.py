@@ -18,6 +18,8 @@ Binning (voxel width ``w = 2 pi / L`` in 1/Angstrom, grid half-width ``h = pi N 
   holds the sum of |h_c(G)| over the G inside it (G = 0 included). Axis order (x, y, z).
 * spherical: ``(floor(|G| / (sqrt(3) pi / L)), floor(theta / (pi / N)), floor((phi + pi) / (2 pi / N)))``
   with theta from +z and phi = atan2(y, x); theta = pi falls in the last bin and phi = pi wraps to bin 0.
+  Bin edges are offset by 1e-4 of a bin so that G lying exactly on an edge (common by symmetry) bins the
+  same way in float32 and float64 (to the upper bin).
 
 Exactness: G is computed in float64; like the original code, G is rounded to float32 before binning, and
 |h| is rounded to float32 and accumulated in float64, so voxels equal the original's.
@@ -34,6 +36,7 @@ from .structure import Structure, StructureError
 
 MODES = ("cartesian", "spherical")
 CHANNELS = ("element", "total")
+_TIE = 1e-4  # spherical bins: edge offset, in bins, that makes exact ties robust to float32 rounding
 _BOX_TOL = 1e-5  # in units of m: covers float32 rounding of G at the grid edge
 _CHUNK_COMPLEX = 1 << 18  # complex128 entries per vectorised chunk (64 MB)
 
@@ -97,9 +100,11 @@ def voxel_index(G, n: int, length: float, mode: str = "cartesian"):
         cos_t = xp.clip(z / safe, -1.0, 1.0)
         theta = xp.where(r > 0, xp.arccos(cos_t), xp.zeros_like(r))
         phi = xp.arctan2(y, x)
-        ir = xp.floor(r / (np.sqrt(3) * np.pi / length))
-        it = xp.clip(xp.floor(theta / (np.pi / n)), 0, n - 1)
-        ip = xp.floor((phi + np.pi) / (2 * np.pi / n)) % n
+        # Symmetric crystals put many G exactly on angular bin edges (phi = 45 deg, theta = 90 deg, ...):
+        # edges are offset by TIE bin widths so that such ties go to the upper bin in float32 and float64.
+        ir = xp.floor(r / (np.sqrt(3) * np.pi / length) + _TIE)
+        it = xp.clip(xp.floor(theta / (np.pi / n) + _TIE), 0, n - 1)
+        ip = xp.floor((phi + np.pi) / (2 * np.pi / n) + _TIE) % n
         inside = ir < n
         flat = (ir * n + it) * n + ip
     else:
@@ -275,12 +280,14 @@ class ReciprocalVoxelizer:
         """(C, N, N, N) float32 descriptor of one structure; rotation: optional (3, 3) orthogonal R."""
         return self.batch([structure], None if rotation is None else np.asarray(rotation)[None])[0]
 
-    def reciprocal(self, structure: Structure, names: Optional[Sequence[str]] = None) -> ReciprocalSet:
+    def reciprocal(self, structure: Structure, names: Optional[Sequence[str]] = None,
+                   dtype=np.float32) -> ReciprocalSet:
         """The unbinned descriptor: G within |G| <= sqrt(3) pi N / L and |h_c(G)| of the present channels.
 
         Binning ``R G`` with :func:`voxel_index` (or :func:`cloudvox.binning.bin_reciprocal` on a device)
         reproduces ``self(structure, R)`` for crystals. For a molecule the set is the transform sampled at
         the voxel centres, exact without rotation and a nearest-voxel resampling with one.
+        dtype: of ``amp`` (float32 for storage, float64 for exact checks).
         """
         names = tuple(names) if names is not None else self.channel_names([structure])
         W, ids = self._weights(structure, names)
@@ -289,7 +296,7 @@ class ReciprocalVoxelizer:
         if structure.is_periodic:
             keep = _sqnorm(G) <= (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
             G, amp = G[keep], amp[:, keep]
-        return ReciprocalSet(G=G, amp=amp.astype(np.float32), channels=ids)
+        return ReciprocalSet(G=G, amp=amp.astype(dtype), channels=ids)
 
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure, ball: bool) -> Tuple:
@@ -357,12 +364,15 @@ class ReciprocalVoxelizer:
             if R is not None:
                 G = np.matmul(G, np.swapaxes(R, -1, -2))
         idx = voxel_index(G, self.n, self.length, self.mode)  # (S, P)
-        distinct = not group[0].is_periodic or _coarser_than_voxels(np.stack([s.lattice for s in group]), self.length)
+        if not group[0].is_periodic:
+            distinct = True  # one sample per voxel centre
+        else:  # spherical voxels near the origin are much smaller than a lattice spacing
+            distinct = self.mode == "cartesian" and _coarser_than_voxels(np.stack([s.lattice for s in group]), self.length)
         return sparse_bin(idx, amp.astype(np.float32), self.n ** 3, distinct)  # float32 |h|, as the original
 
 
 def _coarser_than_voxels(lattice: np.ndarray, length: float) -> bool:
-    """Whether no two reciprocal vectors of any of these (S, 3, 3) lattices can share a voxel.
+    """Whether no two reciprocal vectors of any of these (S, 3, 3) lattices can share a cartesian voxel.
 
     The shortest non-zero G = m @ recip is at least 2 pi / sigma_max(lattice); two G closer than a voxel
     diagonal sqrt(3) 2 pi / L could share a voxel.

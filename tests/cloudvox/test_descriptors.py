@@ -1,0 +1,210 @@
+"""The voxel descriptor: exactness against the original algorithm and its invariances (float64)."""
+import importlib.util
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from cloudvox.descriptors import ReciprocalVoxelizer, voxel_index
+from cloudvox.io import read_aflow, structure_from_aflow
+from cloudvox.structure import Structure, StructureError
+from tests.conftest import shared_reference
+
+RTOL = 1e-12  # float64 invariances
+
+
+def load_reference():
+    spec = importlib.util.spec_from_file_location("original_voxelnet_reference", shared_reference())
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def perovskite(a=3.95, id="SrTiO3"):
+    return Structure(["Sr", "Ti", "O", "O", "O"], [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]],
+                     np.eye(3) * a, id=id)
+
+
+def triclinic(rng, id="tri"):
+    lat = np.array([[4.1, 0, 0], [0.9, 4.6, 0], [-0.7, 1.1, 5.2]])
+    return Structure(["Sr", "Ti", "O", "O"], rng.uniform(0, 1, (4, 3)), lat, id=id)
+
+
+def molecule():
+    return Structure.molecule([[0, 0, 0], [1.09, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89]],
+                              ["C", "H", "H", "H", "H"], id="CH4")
+
+
+@pytest.mark.parametrize("fixture", ["osrti_path", "perovskites_path"])
+def test_voxels_equal_the_original_on_every_shared_entry(fixture, request):
+    path = request.getfixturevalue(fixture)
+    ref = load_reference()
+    entries = [json.loads(line) for line in open(path)]
+    structures = [structure_from_aflow(e) for e in entries]
+    vox = ReciprocalVoxelizer(sigma=0.1, length=12.8, n=32, mode="cartesian")
+    names = vox.channel_names(structures)
+    worst = 0.0
+    for entry, sv in zip(entries, vox.compact(structures, names=names)):
+        elements = sorted(entry["species"])
+        expected = np.swapaxes(ref.featurize(entry, elements), 1, 2)  # the original stores (y, x, z)
+        got = sv.dense(len(names), 32)[[names.index(e) for e in elements]]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    assert worst <= 1e-5, f"max abs difference {worst}"
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "spherical"])
+def test_translation_and_permutation_invariance(rng, mode):
+    vox = ReciprocalVoxelizer(sigma=0.2, length=10.0, n=16, mode=mode)
+    for s in (perovskite(), triclinic(rng)):
+        base = vox.reciprocal(s, dtype=np.float64)
+        for moved in (s.translated(rng.normal(size=3) * 3), s.permuted(rng.permutation(len(s)))):
+            other = vox.reciprocal(moved, dtype=np.float64)
+            np.testing.assert_array_equal(other.G, base.G)
+            np.testing.assert_allclose(other.amp, base.amp, rtol=RTOL, atol=1e-14)
+    m = molecule()
+    base = vox(m)
+    np.testing.assert_allclose(vox(m.translated([1.3, -2.0, 0.4])), base, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vox(m.permuted([4, 2, 0, 1, 3])), base, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [(2, 1, 1), (2, 2, 2)])
+def test_supercell_gives_the_same_h_at_the_original_G_and_zero_at_new_ones(rng, scale):
+    vox = ReciprocalVoxelizer(sigma=0.1, length=12.8, n=32)
+    for s in (perovskite(), triclinic(rng)):
+        small = vox.reciprocal(s, dtype=np.float64)
+        big = vox.reciprocal(s.supercell(scale), dtype=np.float64)
+        # G of the supercell on the original reciprocal lattice: integer m in the original basis
+        m = big.G @ s.lattice.T / (2 * np.pi)
+        on_original = np.all(np.abs(m - np.round(m)) < 1e-9, axis=1)
+        assert on_original.sum() == len(small.G)
+        key = lambda G: np.round(G @ s.lattice.T / (2 * np.pi)).astype(int)
+        order_small = np.lexsort(key(small.G).T)
+        order_big = np.lexsort(key(big.G[on_original]).T)
+        np.testing.assert_allclose(big.amp[:, on_original][:, order_big], small.amp[:, order_small],
+                                   rtol=1e-10, atol=1e-14)
+        assert np.abs(big.amp[:, ~on_original]).max() < 1e-12 * small.amp.max()
+        np.testing.assert_allclose(vox(s.supercell(scale)), vox(s), rtol=1e-5, atol=1e-7)
+
+
+def cube_symmetries():
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product([1, -1], repeat=3):
+            R = np.zeros((3, 3))
+            R[range(3), perm] = signs
+            yield R
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "spherical"])
+def test_the_48_cube_symmetries_are_exact_on_a_cubic_cell(mode):
+    vox = ReciprocalVoxelizer(mode=mode)
+    s = perovskite()
+    mats = list(cube_symmetries())
+    assert len(mats) == 48
+    binned = vox.batch([s] * 48, np.stack(mats))
+    for R, got in zip(mats, binned):
+        np.testing.assert_array_equal(got, vox(s.rotated(R)))
+    if mode == "cartesian":  # and the cartesian grid itself permutes: G_x = 0 falls on an edge, so compare G sets
+        rs = vox.reciprocal(s, dtype=np.float64)
+        for R in mats:
+            rr = vox.reciprocal(s.rotated(R), dtype=np.float64)
+            a = np.lexsort(np.round(rs.G @ R.T, 9).T)
+            b = np.lexsort(np.round(rr.G, 9).T)
+            np.testing.assert_allclose((rs.G @ R.T)[a], rr.G[b], atol=1e-12)
+            np.testing.assert_allclose(rs.amp[:, a], rr.amp[:, b], rtol=RTOL)
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "spherical"])
+def test_binning_rotated_G_equals_the_descriptor_of_the_rotated_structure(rng, mode):
+    vox = ReciprocalVoxelizer(mode=mode, n=24, length=10.0)
+    for s in (perovskite(), triclinic(rng), molecule()):
+        for _ in range(3):
+            R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+            np.testing.assert_allclose(vox(s, R), vox(s.rotated(R)), rtol=1e-5, atol=1e-6)
+
+
+def test_molecule_descriptor_rotates_with_the_molecule():
+    vox = ReciprocalVoxelizer(n=16, length=8.0)
+    m = molecule()
+    Rz = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])  # (x, y, z) -> (-y, x, z)
+    rotated = vox(m.rotated(Rz))
+    # F_rot(k) = F(Rz^T k); voxel (i, j, l) of the rotated grid is voxel (j, N-1-i, l) of the original
+    base = vox(m)
+    expected = np.transpose(base, (0, 2, 1, 3))[:, :, ::-1, :]
+    np.testing.assert_allclose(rotated, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(rotated, base, atol=1e-3)
+
+
+def test_analytic_h_equals_the_fft_of_the_sampled_density(rng):
+    sigma, M = 0.25, 48
+    for s in (perovskite(a=4.2), triclinic(rng)):
+        f = (np.stack(np.meshgrid(*[np.arange(M) / M] * 3, indexing="ij"), -1)).reshape(-1, 3)
+        x = f @ s.lattice
+        images = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), -1).reshape(-1, 3) @ s.lattice
+        density = np.zeros(len(x))
+        for mu in s.cart_coords:
+            for shift in images:
+                d2 = ((x - mu - shift) ** 2).sum(1)
+                density += np.exp(-d2 / (2 * sigma ** 2))
+        density /= (2 * np.pi * sigma ** 2) ** 1.5
+        coeff = np.fft.fftn(density.reshape(M, M, M)) / M ** 3  # (1/V) int_cell s(x) exp(-i G.x) dx
+        vox = ReciprocalVoxelizer(sigma=sigma, length=12.8, n=16, channels="total")
+        rs = vox.reciprocal(s, dtype=np.float64)
+        m = np.round(rs.G @ s.lattice.T / (2 * np.pi)).astype(int)
+        small = np.all(np.abs(m) < M // 4, axis=1)
+        numeric = np.abs(coeff[m[small, 0] % M, m[small, 1] % M, m[small, 2] % M])
+        analytic = rs.amp[0, small]
+        significant = analytic > 1e-3 * analytic.max()
+        assert significant.sum() > 50
+        rel = np.abs(numeric[significant] - analytic[significant]) / analytic[significant]
+        assert rel.max() <= 1e-3, rel.max()
+
+
+def test_G_zero_and_edges():
+    vox = ReciprocalVoxelizer(n=32, length=12.8)
+    G = np.array([[0.0, 0.0, 0.0], [np.pi * 32 / 12.8, 0, 0], [-np.pi * 32 / 12.8, 0, 0]])
+    idx = voxel_index(G, 32, 12.8, "cartesian")
+    assert idx[0] == (16 * 32 + 16) * 32 + 16 and idx[1] == -1 and idx[2] == (0 * 32 + 16) * 32 + 16
+    sph = voxel_index(np.array([[0.0, 0, 0], [0, 0, -1.0], [-1.0, 0, 0]]), 32, 12.8, "spherical")
+    assert sph[0] == 0 * 32 * 32 + 0 * 32 + 16  # r = 0, theta = 0 by convention, phi = atan2(0, 0) = 0
+    assert (sph[1] // 32) % 32 == 31  # theta = pi falls in the last bin
+    assert sph[2] % 32 == 0  # phi = pi wraps to bin 0
+    s = perovskite()
+    grid = vox(s)
+    assert grid[:, 16, 16, 16] == pytest.approx(np.array([3, 1, 1]) / s.volume, rel=1e-6)  # O, Sr, Ti at G = 0
+
+
+def test_channels_species_and_errors():
+    s = perovskite()
+    assert ReciprocalVoxelizer()(s).shape == (3, 32, 32, 32)
+    vox = ReciprocalVoxelizer(species=("Ba", "O", "Sr", "Ti"))
+    x = vox(s)
+    assert x.shape == (4, 32, 32, 32) and x[0].max() == 0 and x[1:].min() >= 0 and x[1].max() > 0
+    total = ReciprocalVoxelizer(channels="total")(s)
+    assert total.shape == (1, 32, 32, 32)
+    with pytest.raises(StructureError, match="SrTiO3.*not in the species list"):
+        ReciprocalVoxelizer(species=("O", "Ti"))(s)
+    for bad in (dict(sigma=0), dict(sigma=-1), dict(n=1), dict(length=0), dict(mode="polar"), dict(channels="x")):
+        with pytest.raises(ValueError):
+            ReciprocalVoxelizer(**bad)
+
+
+def test_batch_equals_one_by_one(osrti_path):
+    structures = read_aflow(osrti_path)[:20] + [molecule()]
+    for mode in ("cartesian", "spherical"):
+        vox = ReciprocalVoxelizer(mode=mode, species=("C", "H", "O", "Sr", "Ti"))
+        batch = vox.batch(structures)
+        for s, got in zip(structures, batch):
+            np.testing.assert_array_equal(got, vox(s))
+
+
+def test_sparse_voxels_are_compact_and_dense_roundtrips(osrti_path):
+    structures = read_aflow(osrti_path)[:10]
+    vox = ReciprocalVoxelizer()
+    names = vox.channel_names(structures)
+    for s, sv in zip(structures, vox.compact(structures, names=names)):
+        assert len(np.unique(sv.index)) == len(sv.index)
+        assert list(sv.channels) == [names.index(e) for e in s.elements]
+        dense = sv.dense(len(names), 32)
+        assert np.count_nonzero(dense) <= sv.values.size
+        np.testing.assert_array_equal(dense.reshape(len(names), -1)[sv.channels][:, sv.index], sv.values)
