@@ -25,13 +25,17 @@ def prototypes_path() -> Path:
 
 
 def iter_prototypes(path: Optional[Path] = None) -> Iterator[Record]:
-    """Records of the AFLOW prototypes; id = AFLOW prototype label, meta = mineral, Pearson symbol, ..."""
+    """Records of the AFLOW prototypes; id = AFLOW prototype label (``label#2``... where one repeats),
+    meta = mineral, Pearson symbol, ..."""
     path = Path(path) if path is not None else prototypes_path()
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         entries = json.load(fh)
+    seen = {}
     for k, entry in enumerate(entries, 1):
         tags = entry.get("tags", {}) or {}
-        sid = str(tags.get("aflow") or f"prototype-{k}")
+        label = str(tags.get("aflow") or f"prototype-{k}")
+        seen[label] = seen.get(label, 0) + 1
+        sid = label if seen[label] == 1 else f"{label}#{seen[label]}"  # some labels repeat with other parameters
         try:
             snl = entry["snl"]
             sites = snl["sites"]
