@@ -46,36 +46,49 @@ def lattice_from_parameters(a: float, b: float, c: float, alpha: float, beta: fl
     return np.round(columns, 14).T.copy()
 
 
+def _det3(m: np.ndarray) -> float:
+    """Determinant of a 3x3 matrix (a triple product: cheaper than LAPACK for one small matrix)."""
+    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+
+
 def _readonly(x: np.ndarray) -> np.ndarray:
     x = np.array(x)  # own copy
     x.setflags(write=False)
     return x
 
 
-def find_overlap(cart: np.ndarray, lattice: Optional[np.ndarray] = None,
-                 cutoff: float = MIN_DISTANCE) -> Optional[Tuple[int, int, float]]:
+def find_overlap(cart: np.ndarray, lattice: Optional[np.ndarray] = None, cutoff: float = MIN_DISTANCE,
+                 frac: Optional[np.ndarray] = None) -> Optional[Tuple[int, int, float]]:
     """The first pair of atoms closer than ``cutoff`` (Angstrom) over periodic images, or None.
 
-    cart: (n, 3) Cartesian coordinates in Angstrom; lattice: (3, 3) rows in Angstrom or None (molecule).
-    Returns (i, j, distance) with i <= j (i == j: an atom and its own periodic image).
+    cart: (n, 3) Cartesian coordinates in Angstrom; lattice: (3, 3) rows in Angstrom or None (molecule);
+    frac: (n, 3) fractional coordinates if already known. Returns (i, j, distance) with i <= j
+    (i == j: an atom and its own periodic image).
 
     With fractional differences wrapped into [-1/2, 1/2], an image n can only come closer than the cutoff
     if |n_k| <= 1/2 + cutoff |b_k| / (2 pi) on every axis, which is n = 0 for any cell whose planes are
     more than 2 cutoff apart: the check is one vectorised pass over pairs, with images only when needed.
     """
-    i, j = _pairs(len(cart), lattice is not None)
     if lattice is None:
-        d = cart[j] - cart[i]
-        shifts = np.zeros((1, 3))
+        i, j = _pairs(len(cart), False)
+        d, shifts = cart[j] - cart[i], None
     else:
         inv = np.linalg.inv(lattice)
-        frac = cart @ inv
+        ext = np.floor(0.5 + cutoff * np.sqrt((inv * inv).sum(0))).astype(int)
+        i, j = _pairs(len(cart), bool(ext.any()))
+        frac = cart @ inv if frac is None else frac
         f = frac[j] - frac[i]
         f -= np.round(f)
-        ext = np.floor(0.5 + cutoff * np.linalg.norm(inv, axis=0)).astype(int)
-        grid = np.stack(np.meshgrid(*[np.arange(-e, e + 1) for e in ext], indexing="ij"), -1).reshape(-1, 3)
         d = f @ lattice
-        shifts = grid @ lattice  # (k, 3), includes n = 0
+        shifts = None
+        if ext.any():  # planes closer than 2 cutoff: look at the images too
+            grid = np.stack(np.meshgrid(*[np.arange(-e, e + 1) for e in ext], indexing="ij"), -1).reshape(-1, 3)
+            shifts = grid @ lattice  # (k, 3), includes n = 0
+    if shifts is None:
+        r2 = np.einsum("px,px->p", d, d)
+        hit = np.flatnonzero(r2 < cutoff * cutoff)
+        return (int(i[hit[0]]), int(j[hit[0]]), float(np.sqrt(r2[hit[0]]))) if len(hit) else None
     for lo in range(0, len(i), 8192):  # bounded memory for large cells
         dd = d[lo:lo + 8192, None, :] + shifts[None]  # (p, k, 3)
         r2 = np.einsum("pkx,pkx->pk", dd, dd)
@@ -149,7 +162,7 @@ class Structure:
                 raise self._error(f"lattice has shape {lat.shape}, expected (3, 3)")
             if not np.isfinite(lat).all():
                 raise self._error("lattice has non-finite entries (NaN or inf)")
-            vol = abs(float(np.linalg.det(lat)))
+            vol = abs(_det3(lat))
             if not vol >= MIN_VOLUME:
                 raise self._error(f"singular or degenerate lattice: volume {vol:.3g} A^3 < {MIN_VOLUME} A^3")
             if cartesian:
@@ -161,7 +174,7 @@ class Structure:
             cart = xyz
             self._lattice, self._frac = None, None
         self._numbers, self._cart = _readonly(nums), _readonly(cart)
-        overlap = find_overlap(cart, self._lattice)
+        overlap = find_overlap(cart, self._lattice, frac=self._frac)
         if overlap is not None:
             i, j, dmin = overlap
             what = f"atoms {i} and {j}" if i != j else f"atom {i} and its own periodic image"
@@ -239,7 +252,7 @@ class Structure:
         """|det(lattice)| in Angstrom^3; raises for a molecule."""
         if self._lattice is None:
             raise AttributeError(f"structure {self.id}: a molecule has no cell volume")
-        return abs(float(np.linalg.det(self._lattice)))
+        return abs(_det3(self._lattice))
 
     @property
     def formula(self) -> str:

@@ -13,6 +13,7 @@ from typing import Iterator, List, Optional, Union
 
 import numpy as np
 
+from ..elements import UnknownElementError, atomic_numbers
 from ..structure import Structure, StructureError, lattice_from_parameters
 from .records import Record, collect
 
@@ -49,7 +50,10 @@ def structure_from_aflow(entry: dict, id: Optional[str] = None) -> Structure:
         lattice = lattice_from_parameters(*geometry)
     except ValueError as e:
         raise StructureError(f"structure {sid}: singular or degenerate lattice: {e}") from None
-    symbols = [s for s, c in zip(species, counts) for _ in range(c)]
+    try:
+        numbers = np.repeat(atomic_numbers(species), counts)  # species by species, as composition counts
+    except UnknownElementError as e:
+        raise StructureError(f"structure {sid}: {e}") from None
     props = {k: float(v) for k, v in entry.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "natoms" and math.isfinite(v)}
     meta = {k: str(entry[k]) for k in META_KEYS if k in entry and entry[k] is not None}
@@ -57,7 +61,7 @@ def structure_from_aflow(entry: dict, id: Optional[str] = None) -> Structure:
         frac = np.asarray(entry["positions_fractional"], dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise StructureError(f"structure {sid}: positions_fractional is not an (n, 3) array: {e}") from None
-    return Structure(symbols, frac, lattice, id=sid, props=props, meta=meta)
+    return Structure(numbers, frac, lattice, id=sid, props=props, meta=meta)
 
 
 def iter_aflow(path: Union[str, Path]) -> Iterator[Record]:
