@@ -170,12 +170,24 @@ class ReciprocalSet:
     """The unbinned descriptor of one structure.
 
     G: (P, 3) float64 reciprocal vectors in 1/Angstrom (all |G| <= sqrt(3) pi N / L, so that any rotation of
-    the grid's cube is covered); amp: (C, P) float32 |h_c(G)| (Angstrom^-3 for crystals); channels: (C,)
-    int64 indices of the channels into the voxelizer's channel list.
+    the grid's cube is covered); amp: (C, P) |h_c(G)| (Angstrom^-3 for crystals); channels: (C,) int64
+    indices of the channels into the voxelizer's channel list; m: (P, 3) int Miller indices with
+    G = m @ recip (crystals; None for molecules). A ``half`` set holds one of each Friedel pair (G, -G)
+    (|h(-G)| = |h(G)|) and G = 0: :meth:`full` restores the other half.
     """
     G: np.ndarray
     amp: np.ndarray
     channels: np.ndarray
+    m: Optional[np.ndarray] = None
+    half: bool = False
+
+    def full(self) -> "ReciprocalSet":
+        """The set with both members of every Friedel pair."""
+        if not self.half:
+            return self
+        nz = np.any(self.m != 0, axis=1) if self.m is not None else np.any(self.G != 0, axis=1)
+        return ReciprocalSet(np.concatenate([self.G, -self.G[nz]]), np.concatenate([self.amp, self.amp[:, nz]], 1),
+                             self.channels, None if self.m is None else np.concatenate([self.m, -self.m[nz]]), False)
 
 
 class ReciprocalVoxelizer:
@@ -280,23 +292,42 @@ class ReciprocalVoxelizer:
         """(C, N, N, N) float32 descriptor of one structure; rotation: optional (3, 3) orthogonal R."""
         return self.batch([structure], None if rotation is None else np.asarray(rotation)[None])[0]
 
-    def reciprocal(self, structure: Structure, names: Optional[Sequence[str]] = None,
-                   dtype=np.float32) -> ReciprocalSet:
+    def reciprocal(self, structure: Structure, names: Optional[Sequence[str]] = None, dtype=np.float32,
+                   half: bool = False) -> ReciprocalSet:
         """The unbinned descriptor: G within |G| <= sqrt(3) pi N / L and |h_c(G)| of the present channels.
 
         Binning ``R G`` with :func:`voxel_index` (or :func:`cloudvox.binning.bin_reciprocal` on a device)
         reproduces ``self(structure, R)`` for crystals. For a molecule the set is the transform sampled at
         the voxel centres, exact without rotation and a nearest-voxel resampling with one.
-        dtype: of ``amp`` (float32 for storage, float64 for exact checks).
+        dtype: of ``amp`` (float32 for storage, float64 for exact checks); half: one of each Friedel pair.
         """
         names = tuple(names) if names is not None else self.channel_names([structure])
-        W, ids = self._weights(structure, names)
-        G, amp = self._group_amplitudes([structure], [W], None, ball=True)
-        G, amp = G[0], amp[0]
-        if structure.is_periodic:
-            keep = _sqnorm(G) <= (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
-            G, amp = G[keep], amp[:, keep]
-        return ReciprocalSet(G=G, amp=amp.astype(dtype), channels=ids)
+        return self.reciprocal_batch([structure], names, dtype, half)[0]
+
+    def reciprocal_batch(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None,
+                         dtype=np.float32, half: bool = False) -> List[ReciprocalSet]:
+        """:meth:`reciprocal` of many structures, vectorised over structures of one shape."""
+        names = tuple(names) if names is not None else self.channel_names(structures)
+        weights = [self._weights(s, names) for s in structures]
+        out: List = [None] * len(structures)
+        cutoff = (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
+        for key, members in _groups(structures, lambda s: self._group_key(s, True)).items():
+            for chunk in _chunks(members, key):
+                group = [structures[i] for i in chunk]
+                G, amp = self._group_amplitudes(group, [weights[i][0] for i in chunk], None, ball=True)
+                m = None
+                if group[0].is_periodic:
+                    ticks = [np.arange(-e, e + 1) for e in self._extent(group[0].lattice, True)]
+                    m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # -m is m reversed
+                P = G.shape[1]
+                stop = P // 2 + 1 if (half and m is not None) else P  # the first half ends at m = 0
+                for k, i in enumerate(chunk):
+                    g, a = G[k, :stop], amp[k, :, :stop]
+                    keep = _sqnorm(g) <= cutoff if m is not None else slice(None)
+                    out[i] = ReciprocalSet(G=g[keep], amp=a[:, keep].astype(dtype), channels=weights[i][1],
+                                           m=None if m is None else m[:stop][keep].astype(np.int16),
+                                           half=half and m is not None)
+        return out
 
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure, ball: bool) -> Tuple:
