@@ -35,5 +35,5 @@ setup(
         "horovod": ["horovod>=0.28"],
         "test": ["pytest>=7"],
     },
-    entry_points={"console_scripts": ["cloudvox = cloudvox.cli:main"]},
+    entry_points={"console_scripts": ["cloudvox = hpc.cli:main"]},
 )

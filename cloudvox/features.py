@@ -1,0 +1,380 @@
+"""The feature file: one documented HDF5 layout for featurized structures, its writer and its reader.
+
+Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures in input order::
+
+    /                          attrs: format, format_version, cloudvox_version, created (ISO 8601 UTC),
+                                      command, input (JSON list of paths), input_format, species (JSON list:
+                                      the elements present, sorted), descriptor (JSON: sigma, length, n, mode,
+                                      channels, species), units (JSON: sigma and length "Angstrom",
+                                      positions "Angstrom", lattice "Angstrom", voxels "1/Angstrom^3")
+    /structures/id             (S,) fixed-length UTF-8 bytes   structure id (AFLOW auid, qm9:<index>, file stem)
+    /structures/formula        (S,) fixed-length UTF-8 bytes
+    /structures/natoms         (S,) int32
+    /structures/status         (S,) int8     1 done, 2 failed (see /failures)
+    /structures/lattice        (S, 3, 3) float64  rows a, b, c in Angstrom; NaN for molecules and failures
+    /structures/source         (S,) int16    index into the root attribute ``input``
+    /structures/line           (S,) int64    line (JSONL, CSV) or item number of the record in its source
+    /structures/props/<name>   (S,) float64  numeric properties, NaN where absent; attr ``unit``
+    /structures/meta/<name>    (S,) fixed-length UTF-8 bytes   string metadata (compound, smiles, ...)
+    /cloud/positions           (A, 3) float64  Cartesian positions, Angstrom     ragged: positions_offsets
+    /cloud/numbers             (A,) uint8      atomic numbers                    ragged: numbers_offsets
+    /channels/z                (Cs,) uint8     the atomic numbers of each structure's own channels
+                                               (0: the single total channel)     ragged: z_offsets
+    /voxels/index              (K,) int32      occupied flat voxels (i0 N + i1) N + i2, axis order (x, y, z)
+    /voxels/values             (sum c_i K_i,) float32  per structure a (c_i, K_i) block, 1/Angstrom^3
+    /reciprocal/m              (P, 3) int16    Miller indices of one of each Friedel pair (|h(-G)| = |h(G)|),
+                                               |G| <= sqrt(3) pi N / L; G = m @ recip(lattice)
+    /reciprocal/values         (sum c_i P_i,) float32  per structure a (c_i, P_i) block of |h|
+    /failures/{index, id, source, line, reason}   one row per bad record
+
+Every ragged dataset ``<group>/<name>`` has ``<group>/<name>_offsets`` (S + 1,) int64: structure i owns
+rows ``offsets[i]:offsets[i + 1]``. Descriptor data are stored compactly (each structure's own elements,
+occupied voxels only, gzip-compressed); :class:`FeatureFile` returns dense tensors for any species list.
+A file is written as ``NAME.part`` and renamed when complete. The same layout serves the per-block shard
+files of a parallel job (:func:`write_features`), which are concatenated into the final file.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__
+from .descriptors import ReciprocalSet, ReciprocalVoxelizer, reciprocal_lattice
+from .elements import SYMBOLS
+from .io.records import Record
+from .properties import UNITS
+from .structure import Structure, StructureError
+
+FORMAT = "cloudvox-features"
+FORMAT_VERSION = 1
+DONE, FAILED = 1, 2
+ALL_ELEMENTS = SYMBOLS[1:]  # channel index + 1 = Z
+STORE_DEFAULT = ("voxels", "reciprocal", "cloud")
+
+# ragged datasets: name -> (dtype, trailing shape, what it belongs to)
+RAGGED: Dict[str, Tuple[np.dtype, Tuple[int, ...]]] = {
+    "cloud/positions": (np.dtype(np.float64), (3,)),
+    "cloud/numbers": (np.dtype(np.uint8), ()),
+    "channels/z": (np.dtype(np.uint8), ()),
+    "voxels/index": (np.dtype(np.int32), ()),
+    "voxels/values": (np.dtype(np.float32), ()),
+    "reciprocal/m": (np.dtype(np.int16), (3,)),
+    "reciprocal/values": (np.dtype(np.float32), ()),
+}
+# one row per structure: name -> (dtype or "str", trailing shape)
+FIXED: Dict[str, Tuple[object, Tuple[int, ...]]] = {
+    "structures/id": ("str", ()),
+    "structures/formula": ("str", ()),
+    "structures/natoms": (np.dtype(np.int32), ()),
+    "structures/status": (np.dtype(np.int8), ()),
+    "structures/lattice": (np.dtype(np.float64), (3, 3)),
+    "structures/source": (np.dtype(np.int16), ()),
+    "structures/line": (np.dtype(np.int64), ()),
+}
+FAILURES: Dict[str, Tuple[object, Tuple[int, ...]]] = {
+    "failures/index": (np.dtype(np.int64), ()),
+    "failures/id": ("str", ()),
+    "failures/source": (np.dtype(np.int16), ()),
+    "failures/line": (np.dtype(np.int64), ()),
+    "failures/reason": ("str", ()),
+}
+COMPRESSED = ("cloud/positions", "voxels/index", "voxels/values", "reciprocal/m", "reciprocal/values")
+
+
+def encode(strings: Sequence[str]) -> np.ndarray:
+    """Fixed-length UTF-8 bytes (parallel HDF5 cannot write variable-length strings)."""
+    raw = [s.encode("utf-8") for s in strings]
+    return np.array(raw, dtype=f"S{max([len(r) for r in raw] + [1])}")
+
+
+def decode(array: np.ndarray) -> List[str]:
+    return [b.decode("utf-8") for b in np.asarray(array).tolist()]
+
+
+# ------------------------------------------------------------------------------------------------------
+# computing a block
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class Block:
+    """Featurized records ``start .. start + len(ids)`` of a dataset, in memory (one shard file)."""
+    start: int
+    fixed: Dict[str, object]  # FIXED name -> array (strings as python lists)
+    props: Dict[str, np.ndarray]
+    meta: Dict[str, List[str]]
+    ragged: Dict[str, Tuple[np.ndarray, np.ndarray]]  # name -> (counts (S,), data)
+    failures: Dict[str, object]
+
+    @property
+    def size(self) -> int:
+        return len(self.fixed["structures/id"])
+
+
+def featurize_block(records: Sequence[Record], start: int, voxelizer: ReciprocalVoxelizer,
+                    sources: Sequence[str], store: Sequence[str] = STORE_DEFAULT) -> Block:
+    """Compute everything the feature file holds for a run of records (bad ones recorded as failures).
+
+    records: S records in dataset order, the first being dataset record ``start``; sources: the input
+    paths (``Record.source`` is looked up there); store: any of "voxels", "reciprocal", "cloud".
+    """
+    S = len(records)
+    structures: List[Optional[Structure]] = [r.structure for r in records]
+    reasons: List[Optional[str]] = [r.error for r in records]
+    names = ALL_ELEMENTS if voxelizer.species is None else voxelizer.species
+    if voxelizer.species is not None:  # fail structures with elements outside the configured list early
+        for k, s in enumerate(structures):
+            extra = [] if s is None else [e for e in s.elements if e not in names]
+            if extra:
+                structures[k], reasons[k] = None, f"structure {s.id}: element(s) {extra} not in the species list {list(names)}"
+    good = [k for k, s in enumerate(structures) if s is not None]
+    todo = [structures[k] for k in good]
+    sparse = voxelizer.compact(todo, names=names) if "voxels" in store else [None] * len(todo)
+    recip = [None] * len(todo)
+    if "reciprocal" in store:
+        periodic = [k for k, s in enumerate(todo) if s.is_periodic]
+        for k, rs in zip(periodic, voxelizer.reciprocal_batch([todo[k] for k in periodic], names, half=True)):
+            recip[k] = rs
+
+    z_of = (lambda ch: ch + 1) if voxelizer.channels == "element" else (lambda ch: np.zeros_like(ch))
+    if voxelizer.species is not None and voxelizer.channels == "element":
+        z_table = np.array([SYMBOLS.index(e) for e in voxelizer.species])
+        z_of = (lambda ch: z_table[ch])
+    parts: Dict[str, List[np.ndarray]] = {name: [np.empty((0,) + RAGGED[name][1], RAGGED[name][0])] * S
+                                          for name in RAGGED}
+    for k, s, sv, rs in zip(good, todo, sparse, recip):
+        if "cloud" in store:
+            parts["cloud/positions"][k] = s.cart_coords
+            parts["cloud/numbers"][k] = s.numbers.astype(np.uint8)
+        channels = sv.channels if sv is not None else (rs.channels if rs is not None else None)
+        if channels is not None:
+            parts["channels/z"][k] = z_of(channels).astype(np.uint8)
+        if sv is not None:
+            parts["voxels/index"][k] = sv.index
+            parts["voxels/values"][k] = sv.values.reshape(-1)
+        if rs is not None:
+            parts["reciprocal/m"][k] = rs.m
+            parts["reciprocal/values"][k] = rs.amp.reshape(-1)
+    ragged = {name: (np.array([len(p) for p in ps], dtype=np.int64),
+                     np.concatenate(ps) if S else np.empty((0,) + RAGGED[name][1], RAGGED[name][0]))
+              for name, ps in parts.items()}
+
+    status = np.array([DONE if s is not None else FAILED for s in structures], dtype=np.int8)
+    source_index = {src: i for i, src in enumerate(sources)}
+    fixed = {
+        "structures/id": [r.id or (s.id if s is not None else "") for r, s in zip(records, structures)],
+        "structures/formula": [s.formula if s is not None else "" for s in structures],
+        "structures/natoms": np.array([len(s) if s is not None else 0 for s in structures], dtype=np.int32),
+        "structures/status": status,
+        "structures/lattice": np.stack([s.lattice if (s is not None and s.is_periodic) else np.full((3, 3), np.nan)
+                                        for s in structures]) if S else np.empty((0, 3, 3)),
+        "structures/source": np.array([source_index.get(r.source, -1) for r in records], dtype=np.int16),
+        "structures/line": np.array([r.line for r in records], dtype=np.int64),
+    }
+    prop_names = sorted({p for s in structures if s is not None for p in s.props})
+    props = {p: np.array([s.props.get(p, np.nan) if s is not None else np.nan for s in structures]) for p in prop_names}
+    meta_names = sorted({m for s in structures if s is not None for m in s.meta})
+    meta = {m: [s.meta.get(m, "") if s is not None else "" for s in structures] for m in meta_names}
+    bad = np.flatnonzero(status == FAILED)
+    failures = {
+        "failures/index": (start + bad).astype(np.int64),
+        "failures/id": [fixed["structures/id"][k] for k in bad],
+        "failures/source": fixed["structures/source"][bad],
+        "failures/line": fixed["structures/line"][bad],
+        "failures/reason": [reasons[k] or "unknown error" for k in bad],
+    }
+    return Block(start, fixed, props, meta, ragged, failures)
+
+
+def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
+    """Write one block as a complete feature file (serial h5py): ``path.part``, then renamed to ``path``."""
+    import h5py
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    with h5py.File(part, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["block_start"] = block.start
+        for name, value in list(block.fixed.items()) + list(block.failures.items()):
+            f.create_dataset(name, data=encode(value) if isinstance(value, list) else value)
+        for name, value in block.props.items():
+            f.create_dataset(f"structures/props/{name}", data=value)
+        for name, value in block.meta.items():
+            f.create_dataset(f"structures/meta/{name}", data=encode(value))
+        for name, (counts, data) in block.ragged.items():
+            f.create_dataset(name, data=data)
+            f.create_dataset(f"{name}_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    os.replace(part, path)
+
+
+def root_attributes(voxelizer: ReciprocalVoxelizer, sources: Sequence[str], input_format: str, command: str,
+                    species: Sequence[str] = ()) -> Dict[str, object]:
+    """The root attributes of the layout."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "cloudvox_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
+        "input": json.dumps([str(s) for s in sources]), "input_format": input_format,
+        "species": json.dumps(list(species)), "descriptor": json.dumps(voxelizer.params),
+        "units": json.dumps({"sigma": "Angstrom", "length": "Angstrom", "positions": "Angstrom",
+                             "lattice": "Angstrom", "voxels": "1/Angstrom^3", "reciprocal": "1/Angstrom"}),
+    }
+
+
+def prop_unit(name: str) -> str:
+    return UNITS.get(name, "")
+
+
+# ------------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------------
+class FeatureFile:
+    """Reader of a feature file; the h5py handle is opened lazily, once per process (DataLoader workers).
+
+    Args:
+        path: the .h5 file (or a shard).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = None
+        self._pid = None
+        self._offsets: Dict[str, np.ndarray] = {}
+        f = self.h5
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not a cloudvox feature file (format attribute {f.attrs.get('format')!r})")
+        if int(f.attrs["format_version"]) > FORMAT_VERSION:
+            raise ValueError(f"{self.path} has format version {f.attrs['format_version']}, newer than this "
+                             f"cloudvox ({FORMAT_VERSION}): upgrade cloudvox")
+        self.params = json.loads(f.attrs["descriptor"])
+        self.species: List[str] = json.loads(f.attrs["species"])
+        self.n = int(f["structures/status"].shape[0])
+
+    @property
+    def h5(self):
+        import h5py
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+            self._offsets = {}
+        return self._file
+
+    def __getstate__(self):  # a DataLoader worker reopens the file itself
+        state = dict(self.__dict__)
+        state.update(_file=None, _pid=None, _offsets={})
+        return state
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def attrs(self) -> Dict[str, object]:
+        return dict(self.h5.attrs)
+
+    def offsets(self, name: str) -> np.ndarray:
+        if name not in self._offsets:
+            self._offsets[name] = self.h5[f"{name}_offsets"][...]
+        return self._offsets[name]
+
+    def ragged(self, name: str, i: int) -> np.ndarray:
+        o = self.offsets(name)
+        return self.h5[name][o[i]:o[i + 1]]
+
+    @property
+    def ids(self) -> List[str]:
+        return decode(self.h5["structures/id"][...])
+
+    @property
+    def status(self) -> np.ndarray:
+        return self.h5["structures/status"][...]
+
+    def prop(self, name: str) -> np.ndarray:
+        if f"structures/props/{name}" not in self.h5:
+            raise KeyError(f"{self.path} has no property {name!r}; it has {self.prop_names}")
+        return self.h5[f"structures/props/{name}"][...]
+
+    @property
+    def prop_names(self) -> List[str]:
+        return sorted(self.h5["structures/props"].keys()) if "structures/props" in self.h5 else []
+
+    def meta(self, name: str) -> List[str]:
+        return decode(self.h5[f"structures/meta/{name}"][...])
+
+    def failures(self) -> List[Dict[str, object]]:
+        f = self.h5
+        if "failures/index" not in f:
+            return []
+        sources = json.loads(f.attrs["input"])
+        return [dict(index=int(i), id=d, source=sources[s] if 0 <= s < len(sources) else "", line=int(l), reason=r)
+                for i, d, s, l, r in zip(f["failures/index"][...], decode(f["failures/id"][...]),
+                                         f["failures/source"][...], f["failures/line"][...],
+                                         decode(f["failures/reason"][...]))]
+
+    def _check(self, i: int) -> int:
+        if not -self.n <= i < self.n:
+            raise IndexError(f"structure index {i} out of range: {self.path} holds {self.n} structures")
+        i = i % self.n
+        if self.h5["structures/status"][i] != DONE:
+            raise ValueError(f"structure {i} ({self.ids[i]}) failed featurization; see /failures")
+        return i
+
+    def channel_index(self, i: int, species: Optional[Sequence[str]]) -> np.ndarray:
+        """(c,) indices of structure i's channels in ``species`` (default: the file's species)."""
+        z = self.ragged("channels/z", i)
+        if self.params["channels"] == "total":
+            return np.zeros(len(z), dtype=np.int64)
+        species = list(species if species is not None else self.species)
+        try:
+            return np.array([species.index(SYMBOLS[v]) for v in z], dtype=np.int64)
+        except ValueError:
+            raise ValueError(f"structure {self.ids[i]} has elements {[SYMBOLS[v] for v in z]} outside the species "
+                             f"list {species}") from None
+
+    def n_channels(self, species: Optional[Sequence[str]] = None) -> int:
+        return 1 if self.params["channels"] == "total" else len(species if species is not None else self.species)
+
+    def voxels(self, i: int, species: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(C, N, N, N) float32 dense voxels of structure i for a species list (default: the file's)."""
+        i = self._check(i)
+        n = int(self.params["n"])
+        ch = self.channel_index(i, species)
+        index = self.ragged("voxels/index", i)
+        values = self.ragged("voxels/values", i).reshape(len(ch), len(index))
+        out = np.zeros((self.n_channels(species), n ** 3), dtype=np.float32)
+        out[ch[:, None], index[None, :]] = values
+        return out.reshape(-1, n, n, n)
+
+    def reciprocal(self, i: int, species: Optional[Sequence[str]] = None) -> ReciprocalSet:
+        """The full reciprocal set of structure i (both halves), channels indexed in ``species``."""
+        i = self._check(i)
+        m = self.ragged("reciprocal/m", i).astype(np.int64)
+        ch = self.channel_index(i, species)
+        values = self.ragged("reciprocal/values", i).reshape(len(ch), len(m))
+        lattice = self.h5["structures/lattice"][i]
+        G = m.astype(np.float64) @ reciprocal_lattice(lattice)
+        return ReciprocalSet(G, values, ch, m, half=True).full()
+
+    def cloud(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(natoms, 3) Cartesian positions (Angstrom) and (natoms,) atomic numbers of structure i."""
+        i = self._check(i)
+        return self.ragged("cloud/positions", i), self.ragged("cloud/numbers", i).astype(np.int64)
+
+    def structure(self, i: int) -> Structure:
+        pos, z = self.cloud(i)
+        lattice = self.h5["structures/lattice"][i]
+        lat = None if np.isnan(lattice).any() else lattice
+        props = {p: float(self.h5[f"structures/props/{p}"][i]) for p in self.prop_names}
+        return Structure(z, pos, lat, cartesian=True, id=self.ids[i], props={k: v for k, v in props.items() if v == v})
+
+    def summary(self) -> Dict[str, object]:
+        """Counts, parameters, failures and size, for ``cloudvox info``."""
+        st = self.status
+        return dict(path=str(self.path), structures=self.n, done=int((st == DONE).sum()), failed=int((st == FAILED).sum()),
+                    descriptor=self.params, species=self.species, properties=self.prop_names,
+                    size_bytes=self.path.stat().st_size, cloudvox_version=str(self.h5.attrs["cloudvox_version"]),
+                    created=str(self.h5.attrs["created"]), input=json.loads(self.h5.attrs["input"]))

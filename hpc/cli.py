@@ -1,0 +1,151 @@
+"""The ``cloudvox`` command line: one console script, one subcommand per job.
+
+    cloudvox featurize --input FILE... --format aflow --output OUT.h5 [--config FILE.yaml] [flags]
+    cloudvox info OUT.h5
+
+The same command runs with one process on a laptop, under ``mpirun -n K`` or ``srun`` on a cluster.
+Flags override the YAML config; the YAML is read with ``yaml.safe_load``.
+"""
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+log = logging.getLogger("cloudvox")
+
+
+def load_config(path: Optional[str]) -> Dict:
+    if not path:
+        return {}
+    import yaml
+    with open(path, encoding="utf-8") as fh:
+        cfg = yaml.safe_load(fh) or {}
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"config {path} must be a YAML mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------
+def _featurize_parser(sub) -> None:
+    p = sub.add_parser("featurize", help="structures -> HDF5 feature file (MPI-parallel, resumable)",
+                       description="Featurize structures into one HDF5 file; run under mpirun/srun for many ranks.")
+    p.add_argument("--config", help="YAML file with any of the options below (flags win)")
+    p.add_argument("--input", nargs="+", help="input files or folders (none: the embedded data of qm9/prototypes)")
+    p.add_argument("--format", choices=["aflow", "files", "qm9", "prototypes"])
+    p.add_argument("--output", help="the .h5 file to write")
+    p.add_argument("--descriptor", choices=["cartesian", "spherical"], help="voxel grid (default cartesian)")
+    p.add_argument("--n", type=int, help="voxels per axis (default 32)")
+    p.add_argument("--length", type=float, help="L in Angstrom (default 12.8)")
+    p.add_argument("--sigma", type=float, help="Gaussian width in Angstrom (default 0.1)")
+    p.add_argument("--species", nargs="+", help="restrict channels to these elements (default: all present)")
+    p.add_argument("--channels", choices=["element", "total"], help="one channel per element, or one in total")
+    p.add_argument("--store", nargs="+", choices=["voxels", "reciprocal", "cloud"], help="what to store (default all)")
+    p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--parallel-hdf5", choices=["auto", "on", "off"], help="mpio writes (auto: when h5py has MPI)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output or unfinished run")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is bad")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_featurize)
+
+
+def featurize_job(args, command: str):
+    from .featurize import FeaturizeJob
+    cfg = load_config(args.config)
+    desc = dict(sigma=0.1, length=12.8, n=32, mode="cartesian", species=None, channels="element")
+    desc.update(cfg.get("descriptor") or {})
+    for flag, key in (("descriptor", "mode"), ("n", "n"), ("length", "length"), ("sigma", "sigma"),
+                      ("species", "species"), ("channels", "channels")):
+        if getattr(args, flag) is not None:
+            desc[key] = getattr(args, flag)
+    pick = lambda flag, key, default: getattr(args, flag) if getattr(args, flag) is not None else cfg.get(key, default)
+    inputs = pick("input", "input", [])
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    output, fmt = pick("output", "output", None), pick("format", "format", None)
+    if not output or not fmt:
+        raise SystemExit("cloudvox featurize: --output and --format are required (flag or config)")
+    return FeaturizeJob(inputs=[str(p) for p in inputs], format=fmt, output=str(output), descriptor=desc,
+                        store=tuple(pick("store", "store", ["voxels", "reciprocal", "cloud"])),
+                        block_size=int(pick("block_size", "block_size", 256)), limit=pick("limit", "limit", None),
+                        overwrite=bool(args.overwrite or cfg.get("overwrite", False)),
+                        strict=bool(args.strict or cfg.get("strict", False)),
+                        parallel_hdf5=pick("parallel_hdf5", "parallel_hdf5", "auto"), command=command)
+
+
+def cmd_featurize(args, command: str) -> int:
+    from .comm import abort_on_error, world
+    from .featurize import JobError, run_featurize
+    from .logs import setup_logging
+    comm = world()
+    setup_logging(comm.Get_rank(), args.verbose)
+    try:
+        job = featurize_job(args, command)
+        summary = run_featurize(job, comm)
+    except JobError as e:  # every rank agrees on a refusal: rank 0 says it, all exit 2
+        if comm.Get_rank() == 0:
+            log.error("featurize refused: %s", e)
+        return 2
+    except Exception as e:  # a failing rank brings the job down instead of hanging
+        abort_on_error(comm, e)
+        raise
+    if comm.Get_rank() == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, default=str))
+    return 1 if (job.strict and summary["failed"]) else 0
+
+
+# --------------------------------------------------------------------------------------------------------
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="summary of a feature file: counts, parameters, failures, size")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args, command: str) -> int:
+    from cloudvox.features import FeatureFile
+    try:
+        ff = FeatureFile(args.path)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"cloudvox info: cannot read {args.path}: {e}", file=sys.stderr)
+        return 2
+    s = ff.summary()
+    s["failures"] = ff.failures()
+    if args.json:
+        print(json.dumps(s, indent=1, default=str))
+        return 0
+    d = s["descriptor"]
+    print(f"{s['path']}: {s['structures']} structures, {s['done']} done, {s['failed']} failed, "
+          f"{s['size_bytes'] / 1e6:.2f} MB")
+    print(f"  descriptor: {d['mode']}, N={d['n']}, L={d['length']} A, sigma={d['sigma']} A, channels={d['channels']}")
+    print(f"  species ({len(s['species'])}): {' '.join(s['species'])}")
+    print(f"  properties: {', '.join(s['properties']) or '-'}")
+    print(f"  made by cloudvox {s['cloudvox_version']} on {s['created']} from {', '.join(s['input']) or '-'}")
+    for f in s["failures"][:50]:
+        print(f"  failed: {f['source']}:{f['line']} {f['id']}: {f['reason']}")
+    if len(s["failures"]) > 50:
+        print(f"  ... {len(s['failures']) - 50} more failures (--json lists all)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from cloudvox import __version__
+    ap = argparse.ArgumentParser(prog="cloudvox", description="3D learning representations of atomic structures.")
+    ap.add_argument("--version", action="version", version=f"cloudvox {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _featurize_parser(sub)
+    _info_parser(sub)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    return args.func(args, "cloudvox " + " ".join(shlex.quote(a) for a in argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
