@@ -1,0 +1,152 @@
+"""The featurize job for real: under mpirun at 1, 2 and 3 ranks, resumed after kill -9, with bad input."""
+import json
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from cloudvox.descriptors import ReciprocalVoxelizer
+from cloudvox.features import FAILED, FeatureFile
+from cloudvox.io import read_aflow
+from tests.cloudvox.io.test_aflow import GOOD, MALFORMED
+from tests.hpc.conftest import assert_same_datasets, cloudvox_cmd, kill_session, mpi_env, run_cloudvox
+
+AFLOW = ["--format", "aflow", "--block-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def serial_osrti(tmp_path_factory, request):
+    from tests.conftest import shared_file
+    src = shared_file("aflow", "O-Sr-Ti.jsonl")
+    out = tmp_path_factory.mktemp("serial") / "osrti.h5"
+    run_cloudvox(0, "featurize", "--input", str(src), "--output", str(out), *AFLOW)
+    return src, out
+
+
+def test_serial_file_holds_the_exact_descriptor(serial_osrti):
+    src, out = serial_osrti
+    ff = FeatureFile(out)
+    structures = read_aflow(src)
+    assert ff.n == len(structures) == 135 and (ff.status == 1).all()
+    assert ff.species == ["O", "Sr", "Ti"] and ff.ids == [s.id for s in structures]
+    vox = ReciprocalVoxelizer(species=tuple(ff.species))
+    expected = vox.batch(structures)
+    for i in range(0, 135, 7):
+        np.testing.assert_array_equal(ff.voxels(i), expected[i])
+        pos, z = ff.cloud(i)
+        np.testing.assert_allclose(pos, structures[i].cart_coords)
+        rs = ff.reciprocal(i)
+        assert len(rs.G) == len(vox.reciprocal(structures[i]).G)
+    np.testing.assert_array_equal(ff.prop("enthalpy_atom"), [s.props["enthalpy_atom"] for s in structures])
+    attrs = ff.attrs()
+    assert json.loads(attrs["descriptor"])["sigma"] == 0.1 and json.loads(attrs["units"])["sigma"] == "Angstrom"
+    assert attrs["cloudvox_version"] and "featurize" in attrs["command"] and attrs["created"]
+    assert not out.with_name(out.name + ".parts").exists() and not out.with_name(out.name + ".part").exists()
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_same_file_whatever_the_rank_count(serial_osrti, tmp_path, ranks):
+    src, reference = serial_osrti
+    out = tmp_path / "osrti.h5"
+    proc = run_cloudvox(ranks, "featurize", "--input", str(src), "--output", str(out), *AFLOW)
+    assert_same_datasets(out, reference)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ranks"] == ranks and summary["done"] == 135 and summary["load_imbalance"] >= 1.0
+    assert proc.stdout.count('"path"') == 1  # one rank reports
+
+
+def test_without_parallel_hdf5_the_same_command_works(serial_osrti, tmp_path):
+    src, reference = serial_osrti
+    out = tmp_path / "osrti.h5"
+    run_cloudvox(2, "featurize", "--input", str(src), "--output", str(out), *AFLOW, "--parallel-hdf5", "off")
+    assert_same_datasets(out, reference)
+
+
+def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
+    args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--limit", "1500", "--block-size", "5"]
+    reference = tmp_path / "uninterrupted.h5"
+    run_cloudvox(1, *args, "--output", str(reference))
+    out = tmp_path / "resumed.h5"
+    parts = tmp_path / "resumed.h5.parts"
+    proc = subprocess.Popen(cloudvox_cmd(2, *args, "--output", str(out)), env=mpi_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("block-*.h5"))) < 30:
+        time.sleep(0.02)
+    kill_session(proc.pid)  # kill -9 of mpirun and every rank at once
+    proc.wait()
+    time.sleep(0.5)
+    done_before = len(list(parts.glob("block-*.h5")))
+    assert not out.exists() and 30 <= done_before < 300, done_before
+    rerun = run_cloudvox(2, *args, "--output", str(out))
+    assert f"{done_before} already done" in rerun.stderr
+    assert_same_datasets(out, reference)
+    again = run_cloudvox(2, *args, "--output", str(out))  # a requeued job that finds the file complete
+    assert "already complete" in again.stderr
+
+
+def test_bad_input_is_recorded_and_the_job_goes_on(tmp_path):
+    src = tmp_path / "mixed.jsonl"
+    entries = [dict(GOOD, auid=f"aflow:good{k}") for k in range(5)] + [e for e, _ in MALFORMED]
+    src.write_text("\n".join(json.dumps(e) for e in entries) + "\nnot json at all\n"
+                   + json.dumps(dict(GOOD, auid="aflow:last")) + "\n")
+    out = tmp_path / "mixed.h5"
+    proc = run_cloudvox(2, "featurize", "--input", str(src), "--output", str(out), "--format", "aflow",
+                        "--block-size", "3")
+    ff = FeatureFile(out)
+    fails = ff.failures()
+    assert ff.n == len(entries) + 2 and len(fails) == len(MALFORMED) + 1
+    for (entry, message), fail in zip(MALFORMED, fails):
+        assert fail["id"] == entry["auid"] and message in fail["reason"] and fail["line"] == entries.index(entry) + 1
+    assert fails[-1]["line"] == len(entries) + 1 and "invalid JSON" in fails[-1]["reason"]
+    assert (ff.status == FAILED).sum() == len(fails) and ff.ids[-1] == "aflow:last"
+    assert "aflow:nan" in proc.stderr  # logged
+    strict = run_cloudvox(2, "featurize", "--input", str(src), "--output", str(tmp_path / "strict.h5"),
+                          "--format", "aflow", "--strict", check=False)
+    assert strict.returncode == 1 and (tmp_path / "strict.h5").exists()
+    info = run_cloudvox(0, "info", str(out))
+    assert "aflow:overlap" in info.stdout and f"{len(fails)} failed" in info.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sigma", "0"], "sigma must be > 0"),
+    (["--n", "1"], "n must be an integer >= 2"),
+    (["--length", "-3"], "length must be > 0"),
+])
+def test_invalid_parameters_are_refused(serial_osrti, tmp_path, extra, message):
+    src, _ = serial_osrti
+    proc = run_cloudvox(2, "featurize", "--input", str(src), "--output", str(tmp_path / "x.h5"), *AFLOW, *extra,
+                        check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("refused") == 1
+
+
+def test_refuses_unwritable_output_and_mismatching_existing_file(serial_osrti, tmp_path):
+    src, reference = serial_osrti
+    proc = run_cloudvox(1, "featurize", "--input", str(src), "--output", str(tmp_path / "nope" / "x.h5"), *AFLOW,
+                        check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    out = tmp_path / "x.h5"
+    run_cloudvox(1, "featurize", "--input", str(src), "--output", str(out), *AFLOW)
+    proc = run_cloudvox(1, "featurize", "--input", str(src), "--output", str(out), *AFLOW, "--sigma", "0.2",
+                        check=False)
+    assert proc.returncode == 2 and "other parameters" in proc.stderr and "sigma" in proc.stderr
+    run_cloudvox(1, "featurize", "--input", str(src), "--output", str(out), *AFLOW, "--sigma", "0.2", "--overwrite")
+    assert FeatureFile(out).params["sigma"] == 0.2
+
+
+def test_a_failing_rank_brings_the_job_down(serial_osrti, tmp_path):
+    from cloudvox.io.sources import Source
+    from hpc.featurize import FeaturizeJob
+    src, _ = serial_osrti
+    out = tmp_path / "x.h5"
+    parts = tmp_path / "x.h5.parts"
+    parts.mkdir()
+    job = FeaturizeJob(inputs=[str(src)], format="aflow", output=str(out), block_size=16)
+    identity = json.loads(json.dumps(job.identity(Source("aflow", [str(src)]))))
+    (parts / "manifest.json").write_text(json.dumps(dict(identity=identity, block_size=16)))
+    (parts / "block-0000000000-0000000016.h5").write_text("not an HDF5 file")  # a corrupt shard
+    t = time.time()
+    proc = run_cloudvox(2, "featurize", "--input", str(src), "--output", str(out), *AFLOW, check=False, timeout=120)
+    assert proc.returncode != 0 and time.time() - t < 60
+    assert "rank 0 failed" in proc.stderr and not out.exists()
