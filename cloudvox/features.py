@@ -6,7 +6,9 @@ Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures 
                                       command, input (JSON list of paths), input_format, species (JSON list:
                                       the elements present, sorted), descriptor (JSON: sigma, length, n, mode,
                                       channels, species), units (JSON: sigma and length "Angstrom",
-                                      positions "Angstrom", lattice "Angstrom", voxels "1/Angstrom^3")
+                                      positions "Angstrom", lattice "Angstrom", voxels "1/Angstrom^3"),
+                                      store (JSON list of what is stored), job (JSON: parameters and input
+                                      fingerprint that a rerun must match to reuse the file)
     /structures/id             (S,) fixed-length UTF-8 bytes   structure id (AFLOW auid, qm9:<index>, file stem)
     /structures/formula        (S,) fixed-length UTF-8 bytes
     /structures/natoms         (S,) int32
@@ -378,3 +380,9 @@ class FeatureFile:
                     descriptor=self.params, species=self.species, properties=self.prop_names,
                     size_bytes=self.path.stat().st_size, cloudvox_version=str(self.h5.attrs["cloudvox_version"]),
                     created=str(self.h5.attrs["created"]), input=json.loads(self.h5.attrs["input"]))
+
+
+if __name__ == "__main__":  # python -m cloudvox.features > docs/hdf5_layout.md
+    print("# The cloudvox feature file (HDF5)\n\nThis page is generated from the docstring of `cloudvox/features.py` "
+          "(`python -m cloudvox.features > docs/hdf5_layout.md`), the single definition of the layout.\n\n```\n"
+          + __doc__.strip() + "\n```")

@@ -11,7 +11,9 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
 log() { echo "[setup] $*" >&2; }
-pip_c() { "$PY" -m pip install --quiet -c "$CONSTRAINTS" "$@"; }
+# pip's notes about the machine's extra local indexes are noise: keep its real warnings and errors
+quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v -e "is ignored: it is neither" -e "^\s*$" >&2); }
+pip_c() { quiet_pip install --quiet -c "$CONSTRAINTS" "$@"; }
 
 # 1. system packages -------------------------------------------------------------------------------
 APT_PKGS=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev)
@@ -57,7 +59,7 @@ fi
 if [ "${CLOUDVOX_SKIP_HOROVOD:-0}" != 1 ] && ! "$PY" -c 'import horovod.torch' 2>/dev/null; then
   log "building Horovod 0.28.1 with PyTorch, MPI and Gloo (a few minutes)"
   work=$(mktemp -d)
-  "$PY" -m pip download --quiet --no-deps --no-binary :all: -d "$work" horovod==0.28.1
+  quiet_pip download --quiet --no-deps --no-binary :all: -d "$work" horovod==0.28.1
   tar -xzf "$work"/horovod-0.28.1.tar.gz -C "$work"
   src="$work/horovod-0.28.1"
   sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
