@@ -38,7 +38,7 @@ MODES = ("cartesian", "spherical")
 CHANNELS = ("element", "total")
 _TIE = 1e-4  # spherical bins: edge offset, in bins, that makes exact ties robust to float32 rounding
 _BOX_TOL = 1e-5  # in units of m: covers float32 rounding of G at the grid edge
-_CHUNK_COMPLEX = 1 << 18  # complex128 entries per vectorised chunk (64 MB)
+_CHUNK_COMPLEX = 1 << 19  # complex128 entries per vectorised chunk (64 MB)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -314,19 +314,19 @@ class ReciprocalVoxelizer:
         for key, members in _groups(structures, lambda s: self._group_key(s, True)).items():
             for chunk in _chunks(members, key):
                 group = [structures[i] for i in chunk]
-                G, amp = self._group_amplitudes(group, [weights[i][0] for i in chunk], None, ball=True)
+                periodic = group[0].is_periodic
+                G, amp = self._group_amplitudes(group, [weights[i][0] for i in chunk], None, ball=True,
+                                                half=half and periodic)
                 m = None
-                if group[0].is_periodic:
+                if periodic:
                     ticks = [np.arange(-e, e + 1) for e in self._extent(group[0].lattice, True)]
-                    m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # -m is m reversed
-                P = G.shape[1]
-                stop = P // 2 + 1 if (half and m is not None) else P  # the first half ends at m = 0
+                    m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)[:G.shape[1]].astype(np.int16)
+                    inside = _sqnorm(G) <= cutoff  # (S, P): the ball that covers every rotation of the grid
+                amp = amp.astype(dtype)
                 for k, i in enumerate(chunk):
-                    g, a = G[k, :stop], amp[k, :, :stop]
-                    keep = _sqnorm(g) <= cutoff if m is not None else slice(None)
-                    out[i] = ReciprocalSet(G=g[keep], amp=a[:, keep].astype(dtype), channels=weights[i][1],
-                                           m=None if m is None else m[:stop][keep].astype(np.int16),
-                                           half=half and m is not None)
+                    keep = inside[k] if periodic else slice(None)
+                    out[i] = ReciprocalSet(G=G[k, keep], amp=amp[k][:, keep], channels=weights[i][1],
+                                           m=None if m is None else m[keep], half=half and periodic)
         return out
 
     # --- internals -------------------------------------------------------------------------------------
@@ -343,8 +343,11 @@ class ReciprocalVoxelizer:
         return reciprocal_box(lattice, self.half_width, "cube")
 
     def _group_amplitudes(self, group: Sequence[Structure], W: Sequence[np.ndarray], R: Optional[np.ndarray],
-                          ball: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+                          ball: bool = False, half: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """G (S, P, 3) float64 in 1/Angstrom and |h| (S, C, P) float64 of a group with one key.
+
+        Crystals: P runs over the integer box of m in lexicographic order, so -m is m reversed; with
+        ``half`` only the first P // 2 + 1 points (one of each Friedel pair, and m = 0) are returned.
 
         For molecules the rotation R is applied to the atoms (sampling points stay at voxel centres) and G
         is returned unrotated; for crystals G is returned unrotated and R is applied at binning.
@@ -356,15 +359,18 @@ class ReciprocalVoxelizer:
             e0, e1, e2 = self._extent(lat[0], ball or R is not None)
             ticks = [np.arange(-e, e + 1, dtype=np.float64) for e in (e0, e1, e2)]
             m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # (P, 3), -m is m reversed
-            G = np.matmul(m, reciprocal_lattice(lat))  # (S, P, 3)
-            # Friedel symmetry |h(-G)| = |h(G)|: evaluate the half box m0 <= 0 and mirror it.
-            half = ticks[0][:e0 + 1]
+            # Friedel symmetry |h(-G)| = |h(G)|: evaluate the half box m0 <= 0 (Q points) and mirror it.
+            Q = (e0 + 1) * (2 * e1 + 1) * (2 * e2 + 1)
+            G = np.matmul(m[:Q] if half else m, reciprocal_lattice(lat))  # (S, Q or P, 3)
             frac = np.stack([s.frac_coords for s in group]) * (2 * np.pi)
-            F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in (half, ticks[1], ticks[2])])
-            gg = _sqnorm(G[:, :(e0 + 1) * (2 * e1 + 1) * (2 * e2 + 1)])
+            F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in (ticks[0][:e0 + 1], ticks[1], ticks[2])])
+            gg = _sqnorm(G[:, :Q])
             scale = 1.0 / np.abs(np.linalg.det(lat))  # 1 / Angstrom^3
             amp = np.abs(F).reshape(S, W.shape[1], -1)
             amp *= (scale[:, None] * np.exp(-self.sigma ** 2 / 2 * gg))[:, None, :]
+            if half:
+                stop = len(m) // 2 + 1  # the lexicographic first half ends at m = 0, inside the half box
+                return G[:, :stop], amp[:, :, :stop]
             amp = amp.reshape(F.shape)  # (S, C, e0 + 1, n1, n2)
             amp = np.concatenate([amp, amp[:, :, e0 - 1::-1, ::-1, ::-1] if e0 else amp[:, :, :0]], axis=2)
             return G, amp.reshape(S, W.shape[1], -1)
