@@ -351,6 +351,14 @@ class FeatureFile:
         out[ch[:, None], index[None, :]] = values
         return out.reshape(-1, n, n, n)
 
+    def voxels_batch(self, indices: Sequence[int], species: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(B, C, N, N, N) float32 dense voxels of several structures (the model's input)."""
+        n = int(self.params["n"])
+        out = np.zeros((len(indices), self.n_channels(species), n, n, n), dtype=np.float32)
+        for k, i in enumerate(indices):
+            out[k] = self.voxels(i, species)
+        return out
+
     def reciprocal(self, i: int, species: Optional[Sequence[str]] = None) -> ReciprocalSet:
         """The full reciprocal set of structure i (both halves), channels indexed in ``species``."""
         i = self._check(i)

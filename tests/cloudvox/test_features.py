@@ -28,6 +28,7 @@ def test_block_roundtrip_and_reader_errors(tmp_path, osrti_path):
     structures = [r.structure for r in src.records(0, 10)]
     expected = ReciprocalVoxelizer(species=("Ba", "O", "Sr", "Ti")).batch(structures)
     np.testing.assert_array_equal(ff.voxels(2, ["Ba", "O", "Sr", "Ti"]), expected[2])
+    np.testing.assert_array_equal(ff.voxels_batch([4, 1], ["Ba", "O", "Sr", "Ti"]), expected[[4, 1]])
     with pytest.raises(IndexError, match="out of range"):
         ff.voxels(10)
     with pytest.raises(ValueError, match="outside the species list"):
