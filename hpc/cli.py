@@ -2,6 +2,7 @@
 
     cloudvox featurize --input FILE... --format aflow --output OUT.h5 [--config FILE.yaml] [flags]
     cloudvox info OUT.h5
+    cloudvox fetch aflow --query "species(O),nspecies(3),Pearson_symbol_orig('cP5')" --out FILE.jsonl
 
 The same command runs with one process on a laptop, under ``mpirun -n K`` or ``srun`` on a cluster.
 Flags override the YAML config; the YAML is read with ``yaml.safe_load``.
@@ -131,6 +132,39 @@ def cmd_info(args, command: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+def _fetch_parser(sub) -> None:
+    p = sub.add_parser("fetch", help="download structures from a database into the format featurize reads")
+    fsub = p.add_subparsers(dest="database", required=True)
+    a = fsub.add_parser("aflow", help="an AFLUX query -> JSONL (resumable, retried, validated)")
+    a.add_argument("--query", required=True, help="AFLUX matchbook, e.g. \"species(O),nspecies(3),Pearson_symbol_orig('cP5')\"")
+    a.add_argument("--out", required=True, help="the JSONL file to write (resumed if its progress file exists)")
+    a.add_argument("--page-size", type=int, default=1000)
+    a.add_argument("--server", default=None, help="AFLUX endpoint (default https://aflow.org/API/aflux/)")
+    a.add_argument("--keywords", nargs="*", default=[], help="extra keywords to request")
+    a.add_argument("--max-attempts", type=int, default=6, help="attempts per page before giving up")
+    a.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    a.add_argument("--min-interval", type=float, default=1.0, help="seconds between requests (be polite)")
+    a.add_argument("-v", "--verbose", action="store_true")
+    a.set_defaults(func=cmd_fetch_aflow)
+
+
+def cmd_fetch_aflow(args, command: str) -> int:
+    from cloudvox.io.aflux import DEFAULT_SERVER, KEYWORDS, AfluxClient, FetchError, fetch_aflow
+    from .logs import setup_logging
+    setup_logging(0, args.verbose)
+    client = AfluxClient(server=args.server or DEFAULT_SERVER, timeout=args.timeout, max_attempts=args.max_attempts,
+                         min_interval=args.min_interval)
+    keywords = list(KEYWORDS) + [k for k in args.keywords if k not in KEYWORDS]
+    try:
+        summary = fetch_aflow(args.query, args.out, keywords, args.page_size, client)
+    except FetchError as e:
+        log.error("fetch failed: %s", e)
+        return 3
+    print(json.dumps(summary))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from cloudvox import __version__
     ap = argparse.ArgumentParser(prog="cloudvox", description="3D learning representations of atomic structures.")
@@ -138,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _featurize_parser(sub)
     _info_parser(sub)
+    _fetch_parser(sub)
     return ap
 
 
