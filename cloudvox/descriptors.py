@@ -32,10 +32,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .elements import property_weights
 from .structure import Structure, StructureError
 
 MODES = ("cartesian", "spherical")
-CHANNELS = ("element", "total")
+CHANNELS = ("element", "total", "properties")
+DEFAULT_PROPERTIES = ("one", "Z", "row", "group", "X", "radius", "ionization", "affinity")
 _TIE = 1e-4  # spherical bins: edge offset, in bins, that makes exact ties robust to float32 rounding
 _BOX_TOL = 1e-5  # in units of m: covers float32 rounding of G at the grid edge
 _CHUNK_COMPLEX = 1 << 19  # complex128 entries per vectorised chunk (64 MB)
@@ -200,11 +202,16 @@ class ReciprocalVoxelizer:
         mode: "cartesian" or "spherical".
         species: element symbols, one channel each, in this order; None: the sorted elements of the
             structures at hand (of each structure for a single call, of the batch for :meth:`batch`).
-        channels: "element" (one channel per species) or "total" (one channel, all atoms).
+        channels: "element" (one channel per species: the original descriptor), "total" (one channel, all
+            atoms), or "properties" (one channel per element property k, the density weighted by w_k(Z):
+            |sum_j w_k(Z_j) exp(-i G . mu_j)|, which keeps where atoms of different elements sit relative to
+            each other, with a fixed channel count; w = Z is the X-ray structure factor).
+        properties: the property names for "properties" (see :func:`cloudvox.elements.property_weights`).
     """
 
     def __init__(self, sigma: float = 0.1, length: float = 12.8, n: int = 32, mode: str = "cartesian",
-                 species: Optional[Sequence[str]] = None, channels: str = "element"):
+                 species: Optional[Sequence[str]] = None, channels: str = "element",
+                 properties: Sequence[str] = DEFAULT_PROPERTIES):
         if not (np.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be > 0 Angstrom, got {sigma}")
         if not (np.isfinite(length) and length > 0):
@@ -219,16 +226,19 @@ class ReciprocalVoxelizer:
         self.species = None if species is None else tuple(species)
         if self.species is not None and len(set(self.species)) != len(self.species):
             raise ValueError(f"species list has duplicates: {self.species}")
+        self.properties = tuple(properties)
+        self._property_weights = property_weights(self.properties) if channels == "properties" else None
 
     def __repr__(self) -> str:
         return (f"ReciprocalVoxelizer(sigma={self.sigma}, length={self.length}, n={self.n}, mode={self.mode!r}, "
-                f"species={self.species}, channels={self.channels!r})")
+                f"species={self.species}, channels={self.channels!r}, properties={self.properties})")
 
     @property
     def params(self) -> Dict[str, object]:
         """Descriptor parameters (sigma and length in Angstrom), for files and checkpoints."""
         return dict(sigma=self.sigma, length=self.length, n=self.n, mode=self.mode,
-                    species=list(self.species or ()), channels=self.channels)
+                    species=list(self.species or ()), channels=self.channels,
+                    properties=list(self.properties) if self.channels == "properties" else [])
 
     @property
     def half_width(self) -> float:
@@ -236,8 +246,11 @@ class ReciprocalVoxelizer:
         return np.pi * self.n / self.length
 
     def channel_names(self, structures: Sequence[Structure] = ()) -> Tuple[str, ...]:
+        """The channel list: species (given, or the sorted elements of ``structures``), "total" or properties."""
         if self.channels == "total":
             return ("total",)
+        if self.channels == "properties":
+            return self.properties
         if self.species is not None:
             return self.species
         return tuple(sorted({e for s in structures for e in s.elements}))
@@ -246,6 +259,8 @@ class ReciprocalVoxelizer:
         """(c, n) channel weights of the channels present in s, and their (c,) indices into names."""
         if self.channels == "total":
             return np.ones((1, len(s))), np.zeros(1, dtype=np.int64)
+        if self.channels == "properties":
+            return self._property_weights[:, s.numbers], np.arange(len(self.properties), dtype=np.int64)
         present = s.elements
         missing = [e for e in present if e not in names]
         if missing:
@@ -332,7 +347,7 @@ class ReciprocalVoxelizer:
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure, ball: bool) -> Tuple:
         """Structures with equal keys are evaluated as one vectorised batch."""
-        c = len(s.elements) if self.channels == "element" else 1
+        c = {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties))
         if not s.is_periodic:
             return (-1, -1, -1, len(s), c)
         return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
@@ -471,6 +486,6 @@ def _groups(items, key) -> Dict[Tuple, List[int]]:
 def _chunks(members: List[int], key: Tuple):
     """Split a group so that one vectorised step holds about _CHUNK_COMPLEX complex numbers."""
     points = int(np.prod([2 * e + 1 for e in key[:3]])) if key[0] >= 0 else 32 ** 3
-    step = max(1, _CHUNK_COMPLEX // max(points * key[3], 1))
+    step = max(1, _CHUNK_COMPLEX // max(points * (key[3] + key[4]), 1))  # atoms and channels
     for i in range(0, len(members), step):
         yield members[i:i + step]

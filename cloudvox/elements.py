@@ -1,5 +1,9 @@
-"""Chemical elements: symbols, atomic numbers (Z) and the conversions between them."""
-from typing import Iterable, Tuple
+"""Chemical elements: symbols, atomic numbers (Z), the conversions between them, and element properties."""
+import csv
+import functools
+import io
+from importlib import resources
+from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
@@ -41,3 +45,48 @@ def symbol(z: int) -> str:
 def atomic_numbers(symbols: Iterable[str]) -> np.ndarray:
     """(n,) int64 atomic numbers of a sequence of symbols."""
     return np.array([atomic_number(s) for s in symbols], dtype=np.int64)
+
+
+PROPERTY_NAMES = ("row", "group", "X", "radius", "mendeleev", "ionization", "affinity", "mass")
+
+
+@functools.lru_cache(maxsize=None)
+def _property_table() -> Dict[str, np.ndarray]:
+    """Raw element properties from ``cloudvox/data/elements.csv`` (NaN where unknown), indexed by Z."""
+    text = resources.files("cloudvox").joinpath("data/elements.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    table = {}
+    for name in PROPERTY_NAMES:
+        col = np.full(MAX_Z + 1, np.nan)
+        for r in rows:
+            col[int(r["Z"])] = float(r[name]) if r[name] else np.nan
+        table[name] = col
+    table["Z"] = np.arange(MAX_Z + 1, dtype=np.float64)
+    table["one"] = np.ones(MAX_Z + 1)
+    return table
+
+
+def property_weights(names: Sequence[str]) -> np.ndarray:
+    """(K, MAX_Z + 1) per-element weights for property-weighted density channels.
+
+    Each property is standardised over the elements that have it (zero mean, unit variance over Z = 1..103),
+    and unknown values are set to the mean (0). "one" is 1 for every element (the total density), "Z" the
+    atomic number divided by its standard deviation (the X-ray-like structure factor, unshifted).
+    Names: "one", "Z" and the columns of ``cloudvox/data/elements.csv`` (:data:`PROPERTY_NAMES`).
+    """
+    table = _property_table()
+    out = np.zeros((len(names), MAX_Z + 1))
+    for k, name in enumerate(names):
+        if name not in table:
+            raise ValueError(f"unknown element property {name!r}; choose from {['one', 'Z'] + list(PROPERTY_NAMES)}")
+        col = table[name].copy()
+        known = np.isfinite(col[1:104])
+        if name == "one":
+            out[k] = col
+            continue
+        vals = col[1:104][known]
+        mean, std = (0.0, vals.std()) if name == "Z" else (vals.mean(), vals.std())
+        col = np.where(np.isfinite(col), (col - mean) / std, 0.0)
+        col[0] = 0.0
+        out[k] = col
+    return out

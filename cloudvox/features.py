@@ -5,7 +5,9 @@ Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures 
     /                          attrs: format, format_version, cloudvox_version, created (ISO 8601 UTC),
                                       command, input (JSON list of paths), input_format, species (JSON list:
                                       the elements present, sorted), descriptor (JSON: sigma, length, n, mode,
-                                      channels, species), units (JSON: sigma and length "Angstrom",
+                                      channels, species, properties), channel_names (JSON list: what
+                                      /channels/index points into: every element symbol H..Og for element
+                                      channels, else ["total"] or the property names), units (JSON: sigma and length "Angstrom",
                                       positions "Angstrom", lattice "Angstrom", voxels "1/Angstrom^3"),
                                       store (JSON list of what is stored), job (JSON: parameters and input
                                       fingerprint that a rerun must match to reuse the file)
@@ -20,8 +22,8 @@ Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures 
     /structures/meta/<name>    (S,) fixed-length UTF-8 bytes   string metadata (compound, smiles, ...)
     /cloud/positions           (A, 3) float64  Cartesian positions, Angstrom     ragged: positions_offsets
     /cloud/numbers             (A,) uint8      atomic numbers                    ragged: numbers_offsets
-    /channels/z                (Cs,) uint8     the atomic numbers of each structure's own channels
-                                               (0: the single total channel)     ragged: z_offsets
+    /channels/index            (Cs,) int16     each structure's own channels, as indices into channel_names
+                                                                                 ragged: index_offsets
     /voxels/index              (K,) int32      occupied flat voxels (i0 N + i1) N + i2, axis order (x, y, z)
     /voxels/values             (sum c_i K_i,) float32  per structure a (c_i, K_i) block, 1/Angstrom^3
     /reciprocal/m              (P, 3) int16    Miller indices of one of each Friedel pair (|h(-G)| = |h(G)|),
@@ -61,7 +63,7 @@ STORE_DEFAULT = ("voxels", "reciprocal", "cloud")
 RAGGED: Dict[str, Tuple[np.dtype, Tuple[int, ...]]] = {
     "cloud/positions": (np.dtype(np.float64), (3,)),
     "cloud/numbers": (np.dtype(np.uint8), ()),
-    "channels/z": (np.dtype(np.uint8), ()),
+    "channels/index": (np.dtype(np.int16), ()),
     "voxels/index": (np.dtype(np.int32), ()),
     "voxels/values": (np.dtype(np.float32), ()),
     "reciprocal/m": (np.dtype(np.int16), (3,)),
@@ -109,6 +111,7 @@ class Block:
     meta: Dict[str, List[str]]
     ragged: Dict[str, Tuple[np.ndarray, np.ndarray]]  # name -> (counts (S,), data)
     failures: Dict[str, object]
+    elements: List[str] = field(default_factory=list)  # sorted elements of the good structures
 
     @property
     def size(self) -> int:
@@ -125,8 +128,8 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
     S = len(records)
     structures: List[Optional[Structure]] = [r.structure for r in records]
     reasons: List[Optional[str]] = [r.error for r in records]
-    names = ALL_ELEMENTS if voxelizer.species is None else voxelizer.species
-    if voxelizer.species is not None:  # fail structures with elements outside the configured list early
+    names = channel_names(voxelizer)
+    if voxelizer.species is not None and voxelizer.channels == "element":  # elements outside the list fail early
         for k, s in enumerate(structures):
             extra = [] if s is None else [e for e in s.elements if e not in names]
             if extra:
@@ -140,10 +143,6 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
         for k, rs in zip(periodic, voxelizer.reciprocal_batch([todo[k] for k in periodic], names, half=True)):
             recip[k] = rs
 
-    z_of = (lambda ch: ch + 1) if voxelizer.channels == "element" else (lambda ch: np.zeros_like(ch))
-    if voxelizer.species is not None and voxelizer.channels == "element":
-        z_table = np.array([SYMBOLS.index(e) for e in voxelizer.species])
-        z_of = (lambda ch: z_table[ch])
     parts: Dict[str, List[np.ndarray]] = {name: [np.empty((0,) + RAGGED[name][1], RAGGED[name][0])] * S
                                           for name in RAGGED}
     for k, s, sv, rs in zip(good, todo, sparse, recip):
@@ -152,7 +151,7 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
             parts["cloud/numbers"][k] = s.numbers.astype(np.uint8)
         channels = sv.channels if sv is not None else (rs.channels if rs is not None else None)
         if channels is not None:
-            parts["channels/z"][k] = z_of(channels).astype(np.uint8)
+            parts["channels/index"][k] = channels.astype(np.int16)
         if sv is not None:
             parts["voxels/index"][k] = sv.index
             parts["voxels/values"][k] = sv.values.reshape(-1)
@@ -187,7 +186,8 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
         "failures/line": fixed["structures/line"][bad],
         "failures/reason": [reasons[k] or "unknown error" for k in bad],
     }
-    return Block(start, fixed, props, meta, ragged, failures)
+    elements = sorted({e for s in structures if s is not None for e in s.elements})
+    return Block(start, fixed, props, meta, ragged, failures, elements)
 
 
 def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
@@ -199,6 +199,7 @@ def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["block_start"] = block.start
+        f.attrs["elements"] = json.dumps(block.elements)
         for name, value in list(block.fixed.items()) + list(block.failures.items()):
             f.create_dataset(name, data=encode(value) if isinstance(value, list) else value)
         for name, value in block.props.items():
@@ -211,10 +212,18 @@ def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
     os.replace(part, path)
 
 
+def channel_names(voxelizer: ReciprocalVoxelizer) -> Tuple[str, ...]:
+    """What /channels/index points into: all elements (or the given species), "total", or the properties."""
+    if voxelizer.channels == "element":
+        return ALL_ELEMENTS if voxelizer.species is None else voxelizer.species
+    return voxelizer.channel_names()
+
+
 def root_attributes(voxelizer: ReciprocalVoxelizer, sources: Sequence[str], input_format: str, command: str,
                     species: Sequence[str] = ()) -> Dict[str, object]:
     """The root attributes of the layout."""
     return {
+        "channel_names": json.dumps(list(channel_names(voxelizer))),
         "format": FORMAT, "format_version": FORMAT_VERSION, "cloudvox_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
         "input": json.dumps([str(s) for s in sources]), "input_format": input_format,
@@ -251,6 +260,7 @@ class FeatureFile:
                              f"cloudvox ({FORMAT_VERSION}): upgrade cloudvox")
         self.params = json.loads(f.attrs["descriptor"])
         self.species: List[str] = json.loads(f.attrs["species"])
+        self.channel_names: List[str] = json.loads(f.attrs["channel_names"])
         self.n = int(f["structures/status"].shape[0])
 
     @property
@@ -325,20 +335,30 @@ class FeatureFile:
             raise ValueError(f"structure {i} ({self.ids[i]}) failed featurization; see /failures")
         return i
 
-    def channel_index(self, i: int, species: Optional[Sequence[str]]) -> np.ndarray:
-        """(c,) indices of structure i's channels in ``species`` (default: the file's species)."""
-        z = self.ragged("channels/z", i)
-        if self.params["channels"] == "total":
-            return np.zeros(len(z), dtype=np.int64)
+    @property
+    def per_element(self) -> bool:
+        return self.params["channels"] == "element"
+
+    def channel_index(self, i: int, species: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(c,) indices of structure i's channels in the model's channel list.
+
+        For element channels that list is ``species`` (default: the file's species); for "total" and
+        "properties" channels it is the file's fixed channel list and ``species`` is ignored.
+        """
+        stored = self.ragged("channels/index", i).astype(np.int64)
+        if not self.per_element:
+            return stored
         species = list(species if species is not None else self.species)
+        names = [self.channel_names[k] for k in stored]
         try:
-            return np.array([species.index(SYMBOLS[v]) for v in z], dtype=np.int64)
+            return np.array([species.index(e) for e in names], dtype=np.int64)
         except ValueError:
-            raise ValueError(f"structure {self.ids[i]} has elements {[SYMBOLS[v] for v in z]} outside the species "
-                             f"list {species}") from None
+            raise ValueError(f"structure {self.ids[i]} has elements {names} outside the species list {species}") from None
 
     def n_channels(self, species: Optional[Sequence[str]] = None) -> int:
-        return 1 if self.params["channels"] == "total" else len(species if species is not None else self.species)
+        if not self.per_element:
+            return len(self.channel_names)
+        return len(species if species is not None else self.species)
 
     def voxels(self, i: int, species: Optional[Sequence[str]] = None) -> np.ndarray:
         """(C, N, N, N) float32 dense voxels of structure i for a species list (default: the file's)."""

@@ -28,7 +28,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.elements import SYMBOLS
 from cloudvox.features import (COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile, featurize_block,
                                prop_unit, root_attributes, write_features)
 from cloudvox.io.sources import Source
@@ -231,7 +230,7 @@ def _shard_header(path: Path) -> Dict[str, object]:
                           if f[name].dtype.kind == "S"},
                  props=sorted(f["structures/props"].keys()) if "structures/props" in f else [],
                  meta={k: int(v.dtype.itemsize) for k, v in f["structures/meta"].items()} if "structures/meta" in f else {},
-                 z=sorted(set(np.unique(f["channels/z"][...]).tolist()) | set(np.unique(f["cloud/numbers"][...]).tolist())))
+                 elements=json.loads(f.attrs["elements"]))
         h["bytes"] = sum(f[n].id.get_storage_size() for n in RAGGED) + 1
     return h
 
@@ -250,7 +249,7 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
         return
     # every writing rank: the same layout decisions from the same headers
     n = sum(h["size"] for h in headers)
-    species = sorted({SYMBOLS[z] for h in headers for z in h["z"] if z > 0})
+    species = sorted({e for h in headers for e in h["elements"]})
     root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
     spans = weighted_split([h["bytes"] for h in headers], writers)
     mine = headers[spans[rank][0]:spans[rank][1]] if rank < writers else []

@@ -208,3 +208,21 @@ def test_sparse_voxels_are_compact_and_dense_roundtrips(osrti_path):
         dense = sv.dense(len(names), 32)
         assert np.count_nonzero(dense) <= sv.values.size
         np.testing.assert_array_equal(dense.reshape(len(names), -1)[sv.channels][:, sv.index], sv.values)
+
+
+def test_property_channels_see_the_site_assignment_that_element_channels_cannot():
+    a = perovskite()  # Sr on the corner, Ti in the centre
+    b = Structure(["Ti", "Sr", "O", "O", "O"], a.frac_coords, a.lattice, id="swapped")
+    per_element = ReciprocalVoxelizer(channels="element")
+    np.testing.assert_allclose(per_element(a), per_element(b), rtol=1e-6, atol=1e-9)  # blind to the swap
+    props = ReciprocalVoxelizer(channels="properties", properties=("one", "Z", "X", "radius"))
+    xa, xb = props(a), props(b)
+    assert xa.shape == (4, 32, 32, 32)
+    np.testing.assert_allclose(xa[0], xb[0], rtol=1e-6)  # "one" is the total density: blind too
+    assert np.abs(xa[1:] - xb[1:]).max() > 0.1 * xa[1:].max()
+    # still translation invariant and rotating with the crystal
+    np.testing.assert_allclose(props(a.translated([0.3, 1.1, -2.0])), xa, rtol=1e-5, atol=1e-7)
+    R = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0.0]])
+    np.testing.assert_array_equal(props(a, R), props(a.rotated(R)))
+    with pytest.raises(ValueError, match="unknown element property"):
+        ReciprocalVoxelizer(channels="properties", properties=("one", "shininess"))
