@@ -41,3 +41,17 @@ QM9_CSV_COLUMNS = {
     "Enthalphy_298K_au": (H, HARTREE_EV), "GibbsFreeEnergy_298K_au": (G, HARTREE_EV),
     "Heatcapacity_Cv_cal_mol_K": (CV, 1.0),
 }
+
+# ------------------------------------------------------------------------------------------------------
+# batch keys: what a collated batch dict holds (one definition, used by datasets, models and the trainer)
+# ------------------------------------------------------------------------------------------------------
+INDEX = "index"  # (B,) int64 structure indices in the file
+TARGET = "target"  # (B,) normalised target
+VOXELS = "voxels"  # (B, c, N, N, N) float32 voxels (c: the structure's own channels when CHANNEL_IDS is set)
+CHANNEL_IDS = "channel_ids"  # (B, c) int64 channel of each voxel plane, -1 for padding; absent: dense input
+RECIPROCAL = "reciprocal"  # a cloudvox.binning.ReciprocalBatch, binned on the device
+POSITIONS = "positions"  # (A, 3) Cartesian positions, Angstrom, all atoms of the batch
+NUMBERS = "numbers"  # (A,) int64 atomic numbers
+ATOM_STRUCTURE = "atom_structure"  # (A,) int64 structure of each atom
+LATTICE = "lattice"  # (B, 3, 3) float, NaN for molecules
+NATOMS = "natoms"  # (B,) int64

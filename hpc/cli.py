@@ -165,6 +165,81 @@ def cmd_fetch_aflow(args, command: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+def _train_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config (one process, or distributed)")
+    p.add_argument("model", choices=["voxelnet"], help="which model")
+    p.add_argument("config", help="the run's YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (a.b=value)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt if present")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_train)
+    e = sub.add_parser("evaluate", help="MAE/RMSE/R2 per split and a predictions CSV")
+    e.add_argument("checkpoint", help="a run directory or a checkpoint file")
+    e.add_argument("data", help="a feature file (.h5)")
+    e.add_argument("--rotations", type=int, default=0, help="average over K random rotations and report their spread")
+    e.add_argument("--out", help="where to write predictions.csv and evaluation.json (default: the run directory)")
+    e.set_defaults(func=cmd_evaluate)
+    r = sub.add_parser("predict", help="predictions for structure files (AFLOW JSONL, CIF, POSCAR, ...)")
+    r.add_argument("checkpoint", help="a run directory or a checkpoint file")
+    r.add_argument("structures", nargs="+", help="AFLOW .json/.jsonl files, or any file pymatgen reads")
+    r.add_argument("--out", help="CSV file (default: standard output)")
+    r.set_defaults(func=cmd_predict)
+
+
+def cmd_train(args, command: str) -> int:
+    from cloudvox.runs import load_config, train_run
+    from .logs import setup_logging
+    setup_logging(0, args.verbose)
+    cfg = load_config(args.config, args.set)
+    cfg["model"] = args.model
+    summary = train_run(cfg, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+    return 0
+
+
+def cmd_evaluate(args, command: str) -> int:
+    from cloudvox.runs import evaluate
+    from .logs import setup_logging
+    setup_logging(0)
+    try:
+        result = evaluate(args.checkpoint, args.data, rotations=args.rotations, out_dir=args.out)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("evaluate: %s", e)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_predict(args, command: str) -> int:
+    from cloudvox.io import iter_records
+    from cloudvox.runs import predict_structures
+    from .logs import setup_logging
+    setup_logging(0)
+    records = []
+    for path in args.structures:
+        fmt = "aflow" if path.endswith((".json", ".jsonl")) else "files"
+        records += list(iter_records(fmt, [path]))
+    good = [r.structure for r in records if r.ok]
+    for r in records:
+        if not r.ok:
+            log.warning("skipping %s", r.describe())
+    try:
+        pred = predict_structures(args.checkpoint, good)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("predict: %s", e)
+        return 2
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    import csv
+    w = csv.writer(out)
+    w.writerow(["id", "formula", "prediction"])
+    for s, p in zip(good, pred):
+        w.writerow([s.id, s.formula, f"{p:.6f}"])
+    if args.out:
+        out.close()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from cloudvox import __version__
     ap = argparse.ArgumentParser(prog="cloudvox", description="3D learning representations of atomic structures.")
@@ -173,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _featurize_parser(sub)
     _info_parser(sub)
     _fetch_parser(sub)
+    _train_parsers(sub)
     return ap
 
 

@@ -1,0 +1,221 @@
+"""Training data from a feature file: splits, target normalisation, torch datasets and collation.
+
+The HDF5 file is opened lazily in each process (:class:`cloudvox.features.FeatureFile`), so DataLoader
+workers each hold their own handle. Batches are dicts keyed by :mod:`cloudvox.properties` batch keys.
+"""
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import properties as K
+from .binning import ReciprocalBatch, collate_reciprocal
+from .elements import MAX_Z
+from .features import DONE, FeatureFile
+
+SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------------------------------------
+# splits
+# --------------------------------------------------------------------------------------------------------
+def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  groups: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """Seeded train/val/test indices of n items; with ``groups``, every group falls in one split only.
+
+    Groups (e.g. the AFLOW ``compound``, so that both site variants of a compound stay together) are
+    shuffled and assigned whole, in order, until each split's share of groups is reached.
+    """
+    fr = np.asarray(fractions, dtype=np.float64)
+    if len(fr) != 3 or (fr < 0).any() or not math.isclose(fr.sum(), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n)
+        cut = np.round(np.cumsum(fr)[:2] * n).astype(int)
+        parts = np.split(perm, cut)
+    else:
+        names = sorted(set(groups))
+        order = rng.permutation(len(names))
+        cut = np.round(np.cumsum(fr)[:2] * len(names)).astype(int)
+        which = np.empty(len(names), dtype=np.int64)
+        for k, part in enumerate(np.split(order, cut)):
+            which[part] = k
+        lookup = {g: which[i] for i, g in enumerate(names)}
+        label = np.array([lookup[g] for g in groups])
+        parts = [np.flatnonzero(label == k) for k in range(3)]
+    return {name: np.sort(p) for name, p in zip(SPLITS, parts)}
+
+
+def save_splits(run_dir: Path, ids: Sequence[str], splits: Dict[str, np.ndarray]) -> None:
+    """The id lists of each split, one per line, in the run directory (``split_train.txt``...)."""
+    for name, idx in splits.items():
+        (Path(run_dir) / f"split_{name}.txt").write_text("".join(f"{ids[i]}\n" for i in idx))
+
+
+def load_splits(run_dir: Path, ids: Sequence[str]) -> Dict[str, np.ndarray]:
+    pos = {sid: i for i, sid in enumerate(ids)}
+    out = {}
+    for name in SPLITS:
+        wanted = (Path(run_dir) / f"split_{name}.txt").read_text().split()
+        missing = [w for w in wanted if w not in pos]
+        if missing:
+            raise ValueError(f"split {name} of {run_dir} names {len(missing)} ids absent from the data, e.g. {missing[:3]}")
+        out[name] = np.array(sorted(pos[w] for w in wanted), dtype=np.int64)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# target normalisation
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class Normalizer:
+    """y_norm = (y - baseline(composition) - mean) / std; ``kind`` "mean_std" or "composition" (a linear
+    per-element baseline: for per-atom targets, sum over elements of the atom fraction times a fitted
+    per-element value; fitted by ridge on the training set)."""
+    kind: str = "mean_std"
+    mean: float = 0.0
+    std: float = 1.0
+    per_element: Optional[List[float]] = None  # (MAX_Z + 1,) baseline per element (kind "composition")
+    extensive: bool = False  # the baseline counts atoms (total energies) instead of atom fractions
+
+    @classmethod
+    def fit(cls, y: np.ndarray, counts: Optional[np.ndarray] = None, kind: str = "mean_std",
+            extensive: bool = False, ridge: float = 1e-6) -> "Normalizer":
+        """y: (n,) targets; counts: (n, MAX_Z + 1) atoms of each element (needed for "composition")."""
+        per = None
+        resid = np.asarray(y, dtype=np.float64)
+        if kind == "composition":
+            X = counts if extensive else counts / counts.sum(1, keepdims=True)
+            used = np.flatnonzero(X.sum(0) > 0)
+            A = X[:, used]
+            w = np.linalg.solve(A.T @ A + ridge * np.eye(len(used)), A.T @ resid)
+            per = np.zeros(counts.shape[1])
+            per[used] = w
+            resid = resid - X @ per
+            per = per.tolist()
+        elif kind != "mean_std":
+            raise ValueError(f"unknown normalisation {kind!r}; use mean_std or composition")
+        std = float(resid.std()) or 1.0
+        return cls(kind, float(resid.mean()), std, per, extensive)
+
+    def baseline(self, counts: np.ndarray) -> np.ndarray:
+        if self.per_element is None:
+            return np.zeros(len(counts))
+        X = counts if self.extensive else counts / counts.sum(1, keepdims=True)
+        return X @ np.asarray(self.per_element)
+
+    def forward(self, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (y - self.baseline(counts) - self.mean) / self.std
+
+    def inverse(self, y_norm: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return y_norm * self.std + self.mean + self.baseline(counts)
+
+    def to_dict(self) -> Dict:
+        return dict(kind=self.kind, mean=self.mean, std=self.std, per_element=self.per_element, extensive=self.extensive)
+
+
+def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:
+    """(n, MAX_Z + 1) atoms of each element of the given structures (from the stored point clouds)."""
+    off = ff.offsets("cloud/numbers")
+    numbers = ff.h5["cloud/numbers"][...]
+    out = np.zeros((len(indices), MAX_Z + 1))
+    for k, i in enumerate(indices):
+        np.add.at(out[k], numbers[off[i]:off[i + 1]].astype(np.int64), 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------------------
+class VoxelDataset(torch.utils.data.Dataset):
+    """Structures of a feature file as VoxelNet inputs.
+
+    Args:
+        path: the feature file. indices: the structures to use (failed ones are refused).
+        targets: (len(indices),) normalised targets (or None to predict).
+        source: "voxels" (the stored voxels, no augmentation) or "reciprocal" (the stored reciprocal sets,
+            to be binned on the device under random rotations).
+        species: the model's channel list for element channels (default the file's).
+        cache: keep every item in memory after its first read (small data sets).
+    """
+
+    def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray] = None, source: str = "voxels",
+                 species: Optional[Sequence[str]] = None, cache: bool = True):
+        self.ff = FeatureFile(path)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        status = self.ff.status[self.indices] if len(self.indices) else np.array([])
+        if (status != DONE).any():
+            bad = self.indices[status != DONE][:5].tolist()
+            raise ValueError(f"structures {bad} of {path} failed featurization and cannot be used")
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
+        if source not in ("voxels", "reciprocal"):
+            raise ValueError(f"unknown source {source!r}")
+        self.source = source
+        self.species = list(species) if species is not None else None
+        self.per_element = self.ff.per_element
+        self._cache: Optional[Dict[int, Dict]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Dict:
+        if self._cache is not None and k in self._cache:
+            return self._cache[k]
+        i = int(self.indices[k])
+        ch = self.ff.channel_index(i, self.species)
+        item = {K.INDEX: i, "channels": ch}
+        if self.source == "voxels":
+            n = int(self.ff.params["n"])
+            index = self.ff.ragged("voxels/index", i)
+            values = self.ff.ragged("voxels/values", i).reshape(len(ch), len(index))
+            item.update(voxel_index=index, voxel_values=values, n=n)
+        else:
+            rs = self.ff.reciprocal(i, self.species)
+            item.update(G=rs.G, amp=rs.amp)
+        if self.targets is not None:
+            item[K.TARGET] = self.targets[k]
+        if self._cache is not None:
+            self._cache[k] = item
+        return item
+
+    def collate(self, items: List[Dict]) -> Dict:
+        """Batch dict: compact voxels with channel ids (element channels) or dense voxels; or reciprocal sets."""
+        batch: Dict = {K.INDEX: torch.tensor([it[K.INDEX] for it in items], dtype=torch.int64)}
+        if K.TARGET in items[0]:
+            batch[K.TARGET] = torch.tensor(np.array([it[K.TARGET] for it in items]), dtype=torch.float32)
+        if self.source == "voxels":
+            n = items[0]["n"]
+            if self.per_element:  # only the structures' own channels, padded to the batch's largest set
+                c = max(len(it["channels"]) for it in items)
+                ids = torch.full((len(items), c), -1, dtype=torch.int64)
+                vox = torch.zeros(len(items), c, n ** 3)
+                for b, it in enumerate(items):
+                    m = len(it["channels"])
+                    ids[b, :m] = torch.from_numpy(it["channels"])
+                    vox[b, :m, torch.from_numpy(it["voxel_index"].astype(np.int64))] = torch.from_numpy(it["voxel_values"])
+                batch[K.CHANNEL_IDS] = ids
+            else:
+                vox = torch.zeros(len(items), self.ff.n_channels(), n ** 3)
+                for b, it in enumerate(items):
+                    vox[b, torch.from_numpy(it["channels"])[:, None], torch.from_numpy(it["voxel_index"].astype(np.int64))[None, :]] = \
+                        torch.from_numpy(it["voxel_values"])
+            batch[K.VOXELS] = vox.view(len(items), -1, n, n, n)
+        else:
+            from .descriptors import ReciprocalSet
+            local = []
+            for it in items:  # element channels: bin into each structure's own slots (compact), ids alongside
+                slots = np.arange(len(it["channels"])) if self.per_element else it["channels"]
+                local.append(ReciprocalSet(it["G"], it["amp"], slots))
+            batch[K.RECIPROCAL] = collate_reciprocal(local)
+            if self.per_element:
+                c = max(len(it["channels"]) for it in items)
+                ids = torch.full((len(items), c), -1, dtype=torch.int64)
+                for b, it in enumerate(items):
+                    ids[b, :len(it["channels"])] = torch.from_numpy(it["channels"])
+                batch[K.CHANNEL_IDS] = ids
+        return batch

@@ -1,0 +1,387 @@
+"""One trainer for every cloudvox model: optimisation, schedules, early stopping, checkpoints, resume.
+
+The trainer is model-agnostic: a *task* turns a batch into (prediction, target) on the device, and a
+*distributed* object (default :class:`SingleProcess`; :mod:`hpc.distributed` provides Horovod and DDP)
+shards the data and reduces gradients and metrics. The trainer never imports torch.distributed.
+
+Determinism: the epoch's sample order comes from a generator seeded by (seed, epoch), augmentation from one
+seeded by (seed, epoch, step), and the torch RNG state is saved in every checkpoint, so a run resumed from
+a checkpoint continues exactly as the uninterrupted run would have (on CPU).
+"""
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import properties as K
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the ``train`` section of a run's YAML)."""
+    epochs: int = 50
+    batch_size: int = 32  # global batch, over all ranks
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adam | adamw
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | plateau | none
+    warmup_epochs: int = 0
+    min_lr_ratio: float = 0.01
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    patience: int = 0  # early stopping on validation MAE (0: never)
+    loss: str = "l1"  # l1 | mse | huber
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, on CUDA only
+    channels_last: bool = True  # on CUDA only
+    num_workers: int = 0
+    lr_scaling: str = "none"  # none | linear | sqrt: scale lr with the number of ranks
+    tensorboard: bool = False
+    eval_every: int = 1
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict]) -> "TrainConfig":
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown train option(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+
+class SingleProcess:
+    """The distributed interface for one process (see hpc.distributed for Horovod and DDP)."""
+    rank, size, local_rank = 0, 1, 0
+    backend = "none"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str) -> torch.device:
+        return pick_device(requested, self.local_rank)
+
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        return model, optimizer
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def allreduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def barrier(self) -> None:
+        pass
+
+    def no_sync(self, model):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}") if torch.cuda.is_available() \
+            else torch.device("cpu")
+    return torch.device(requested)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> List[np.ndarray]:
+    """The global batches of an epoch: a permutation seeded by (seed, epoch), cut into batch_size pieces."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def shard(batch: np.ndarray, rank: int, size: int) -> np.ndarray:
+    """This rank's part of a global batch (contiguous, near-equal)."""
+    q, r = divmod(len(batch), size)
+    a = rank * q + min(rank, r)
+    return batch[a:a + q + (1 if rank < r else 0)]
+
+
+def step_generator(seed: int, epoch: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0]))
+    return g
+
+
+def random_rotations(count: int, generator: torch.Generator, reflections: bool = True) -> torch.Tensor:
+    """(count, 3, 3) float64 Haar-random rotations, each a reflection with probability 1/2 if asked."""
+    A = torch.randn(count, 3, 3, generator=generator, dtype=torch.float64)
+    Q, R = torch.linalg.qr(A)
+    Q = Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar measure
+    det = torch.det(Q)
+    Q[:, :, 0] *= det.sign().unsqueeze(-1)  # now a proper rotation
+    if reflections:
+        flip = torch.randint(0, 2, (count,), generator=generator) * 2 - 1
+        Q = Q * flip.to(Q.dtype).view(-1, 1, 1)
+    return Q
+
+
+# --------------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, payload: Dict) -> None:
+    """torch.save to ``path.tmp`` then rename: a checkpoint is never half written."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> Dict:
+    """A checkpoint, loaded without unpickling arbitrary objects (``weights_only=True``)."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a cloudvox checkpoint (format {payload.get('format')!r})")
+    return payload
+
+
+def _loss_fn(name: str):
+    if name == "l1":
+        return lambda p, y: (p - y).abs()
+    if name == "mse":
+        return lambda p, y: (p - y) ** 2
+    if name == "huber":
+        return lambda p, y: torch.nn.functional.huber_loss(p, y, reduction="none", delta=1.0)
+    raise ValueError(f"unknown loss {name!r}")
+
+
+class Trainer:
+    """Train ``model`` on ``task`` with a train and a validation dataset, writing a run directory.
+
+    Args:
+        model: the network. task: object with ``forward(model, batch, device, generator, train) ->
+            (pred, target)`` in normalised units, and ``collate`` on the datasets.
+        train_set, val_set: datasets with ``collate``. cfg: :class:`TrainConfig`.
+        run_dir: where checkpoints, metrics and plots go. meta: JSON-able facts saved in every checkpoint
+            (the model config, descriptor parameters, species, normaliser, ...). dist: the distributed
+            interface. target_scale: factor from normalised units to reported units (MAE in eV/atom...).
+    """
+
+    def __init__(self, model: torch.nn.Module, task, train_set, val_set, cfg: TrainConfig, run_dir: Path,
+                 meta: Dict, dist=None, target_scale: float = 1.0):
+        self.dist = dist or SingleProcess()
+        self.cfg = cfg
+        self.device = self.dist.device(cfg.device)
+        self.model = model.to(self.device)
+        self.task, self.train_set, self.val_set = task, train_set, val_set
+        self.run_dir = Path(run_dir)
+        self.meta = meta
+        self.scale = float(target_scale)
+        lr = cfg.lr * {"none": 1.0, "linear": self.dist.size, "sqrt": math.sqrt(self.dist.size)}[cfg.lr_scaling]
+        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+        self.optimizer = opt_cls(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        self.base_lr = lr
+        self.model_for_step, self.optimizer = self.dist.wrap(self.model, self.optimizer)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience) if cfg.schedule == "plateau" else None
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.loss = _loss_fn(cfg.loss)
+        self.history: List[Dict] = []
+        self.epoch = 0
+        self.best = math.inf
+        self.best_epoch = -1
+        self.stop_requested = False  # set by a signal handler: checkpoint and leave at the next step
+        self._writer = None
+
+    # --- schedule ------------------------------------------------------------------------------------------
+    def lr_at(self, epoch: float) -> float:
+        cfg = self.cfg
+        if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+            return self.base_lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+        if cfg.schedule == "cosine":
+            t = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
+            return self.base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+        return None  # plateau / none: leave the optimiser's lr
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def state(self, step_in_epoch: int = 0) -> Dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    plateau=self.plateau.state_dict() if self.plateau else None,
+                    scaler=self.scaler.state_dict() if self.scaler else None,
+                    epoch=self.epoch, step_in_epoch=step_in_epoch, best=self.best, best_epoch=self.best_epoch,
+                    history=json.dumps(self.history), meta=json.dumps(self.meta),
+                    train_config=json.dumps(asdict(self.cfg)), rng=rng, world_size=self.dist.size)
+
+    def save(self, name: str, step_in_epoch: int = 0) -> Optional[Path]:
+        if not self.dist.is_main:
+            return None
+        path = self.run_dir / name
+        save_checkpoint(path, self.state(step_in_epoch))
+        return path
+
+    def restore(self, path: Path) -> int:
+        """Load a checkpoint to continue training; returns the step within the epoch to resume at."""
+        ck = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.plateau and ck.get("plateau"):
+            self.plateau.load_state_dict(ck["plateau"])
+        if self.scaler and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.best, self.best_epoch = int(ck["epoch"]), float(ck["best"]), int(ck["best_epoch"])
+        self.history = json.loads(ck["history"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+        self.dist.broadcast_state(self.model, self.optimizer)
+        log.info("resumed from %s at epoch %d step %d", path, self.epoch, int(ck.get("step_in_epoch", 0)))
+        return int(ck.get("step_in_epoch", 0))
+
+    # --- loops -------------------------------------------------------------------------------------------
+    def _loader(self, dataset, batches: Sequence[np.ndarray]):
+        mine = [shard(b, self.dist.rank, self.dist.size) for b in batches]
+        return torch.utils.data.DataLoader(dataset, batch_sampler=[m.tolist() for m in mine],
+                                           collate_fn=dataset.collate, num_workers=self.cfg.num_workers,
+                                           persistent_workers=False)
+
+    def train_epoch(self, start_step: int = 0) -> Dict[str, float]:
+        cfg = self.cfg
+        self.model_for_step.train()
+        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, self.epoch)
+        lr = self.lr_at(self.epoch)
+        if lr is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, abs error sum, count
+        t0, seen = time.perf_counter(), 0
+        bar = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {self.epoch}", leave=False, disable=None)
+        loader = self._loader(self.train_set, batches[start_step:])
+        for step, batch in enumerate(loader, start_step):
+            global_count = len(batches[step])
+            gen = step_generator(cfg.seed, self.epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                pred, y = self.task.forward(self.model_for_step, batch, self.device, gen, True)
+                per = self.loss(pred.float(), y)
+            # sum over this rank's samples / global count x ranks: the reducer's mean is the global mean
+            loss = per.sum() * self.dist.size / global_count
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            with torch.no_grad():
+                sums += torch.tensor([per.sum().item(), (pred.float() - y).abs().sum().item(), len(y)], dtype=torch.float64)
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{per.mean().item():.4f}", samples_s=f"{seen * self.dist.size / (time.perf_counter() - t0):.0f}")
+            if self.stop_requested:
+                self.save("checkpoint_last.pt", step + 1)
+                raise StopTraining(self.epoch, step + 1)
+        if bar is not None:
+            bar.close()
+        sums = self.dist.allreduce_sum(sums)
+        wall = time.perf_counter() - t0
+        return dict(train_loss=float(sums[0] / sums[2]), train_mae=float(sums[1] / sums[2]) * self.scale,
+                    samples_per_s=float(sums[2]) / wall, lr=self.optimizer.param_groups[0]["lr"], train_seconds=wall)
+
+    @torch.no_grad()
+    def predict(self, dataset, rotations: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised predictions, targets and spread (std over ``rotations`` random rotations, 0 if none)
+        for a whole dataset, gathered in dataset order on every rank."""
+        self.model_for_step.eval()
+        n = len(dataset)
+        batches = epoch_batches(n, self.cfg.batch_size, 0, 0, shuffle=False)
+        out = torch.zeros(3, n, dtype=torch.float64)
+        for step, batch in enumerate(self._loader(dataset, batches)):
+            pos = torch.from_numpy(shard(batches[step], self.dist.rank, self.dist.size))
+            with torch.autocast(self.device.type, enabled=self.amp):
+                if rotations:
+                    gen = step_generator(self.cfg.seed + 7919, 0, step)
+                    preds = torch.stack([self.task.forward(self.model_for_step, batch, self.device, gen, True,
+                                                           augment=True)[0].float() for _ in range(rotations)])
+                    pred, spread = preds.mean(0), preds.std(0) if rotations > 1 else torch.zeros_like(preds[0])
+                    y = batch[K.TARGET] if K.TARGET in batch else torch.full_like(pred, float("nan"))
+                else:
+                    pred, y = self.task.forward(self.model_for_step, batch, self.device, None, False)
+                    spread = torch.zeros_like(pred)
+            out[0, pos] = pred.double().cpu()
+            out[1, pos] = y.double().cpu()
+            out[2, pos] = spread.double().cpu()
+        out = self.dist.allreduce_sum(out)
+        return out[0].numpy(), out[1].numpy(), out[2].numpy()
+
+    def validate(self) -> Dict[str, float]:
+        pred, y, _ = self.predict(self.val_set)
+        return dict(val_mae=float(np.abs(pred - y).mean()) * self.scale,
+                    val_rmse=float(np.sqrt(((pred - y) ** 2).mean())) * self.scale)
+
+    def fit(self, resume: Optional[Path] = None) -> Dict:
+        """Train until ``epochs`` or early stopping; returns the summary. Writes checkpoint_{last,best}.pt."""
+        cfg = self.cfg
+        start_step = self.restore(resume) if resume else 0
+        if not resume:
+            self.dist.broadcast_state(self.model, self.optimizer)
+        if self.dist.is_main and cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed: no TensorBoard logs")
+        while self.epoch < cfg.epochs:
+            row = dict(epoch=self.epoch)
+            row.update(self.train_epoch(start_step))
+            start_step = 0
+            if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
+                row.update(self.validate())
+                if self.plateau:
+                    self.plateau.step(row["val_mae"])
+            self.history.append(row)
+            self.epoch += 1  # epochs completed: what a checkpoint resumes from
+            if row.get("val_mae", math.inf) < self.best:
+                self.best, self.best_epoch = row["val_mae"], row["epoch"]
+                self.save("checkpoint_best.pt")
+            self.save("checkpoint_last.pt")
+            if self.dist.is_main:
+                self._log_epoch(row)
+            if cfg.patience and self.epoch - 1 - self.best_epoch >= cfg.patience:
+                log.info("early stopping: no better validation MAE for %d epochs", cfg.patience)
+                break
+        if self._writer is not None:
+            self._writer.close()
+        return dict(best_val_mae=self.best, best_epoch=self.best_epoch, epochs=self.epoch, history=self.history)
+
+    def _log_epoch(self, row: Dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        log.info("epoch %d  loss %.4f  train MAE %.4f  val MAE %s  lr %.2e  %.0f samples/s", row["epoch"],
+                 row["train_loss"], row["train_mae"], f"{row['val_mae']:.4f}" if "val_mae" in row else "-",
+                 row["lr"], row["samples_per_s"])
+        if self._writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self._writer.add_scalar(k, v, row["epoch"])
+
+
+class StopTraining(Exception):
+    """Raised after a requested stop (SIGTERM/SIGUSR1) once the checkpoint is written."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"stopped at epoch {epoch} step {step}; checkpoint written")
+        self.epoch, self.step = epoch, step

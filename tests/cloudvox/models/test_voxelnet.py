@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet
+
+
+def test_sparse_first_layer_equals_the_dense_convolution():
+    torch.manual_seed(0)
+    C, B, N = 40, 5, 12
+    conv = SparseChannelConv3d(C, 6, 3).double()
+    ids = torch.tensor([[3, 17, 39], [0, 5, -1], [22, -1, -1], [1, 2, 3], [39, 38, 0]])
+    compact = torch.randn(B, 3, N, N, N, dtype=torch.float64)
+    compact[ids < 0] = 0.0
+    dense = torch.zeros(B, C, N, N, N, dtype=torch.float64)
+    for b in range(B):
+        for j in range(3):
+            if ids[b, j] >= 0:
+                dense[b, ids[b, j]] = compact[b, j]
+    compact_noise = compact.clone()
+    compact_noise[1, 2] = 7.0  # a padding plane's content is ignored
+    expected = torch.nn.functional.conv3d(dense, conv.weight, conv.bias)
+    torch.testing.assert_close(conv(compact_noise, ids), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv(dense), expected, rtol=1e-12, atol=1e-12)
+    # gradients agree too
+    w1 = torch.autograd.grad(conv(compact, ids).sum(), conv.weight)[0]
+    w2 = torch.autograd.grad(torch.nn.functional.conv3d(dense, conv.weight, conv.bias).sum(), conv.weight)[0]
+    torch.testing.assert_close(w1, w2, rtol=1e-10, atol=1e-10)
+
+
+def test_default_architecture_is_the_original():
+    net = VoxelNet(3, 32)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(3, 16, (3,) * 3), (16, 16, (3,) * 3),
+                                                                                (16, 16, (3,) * 3)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(1024, 32), (32, 8), (8, 1)]
+    assert net(torch.randn(2, 3, 32, 32, 32)).shape == (2,)
+    with pytest.raises(ValueError, match="shrinks"):
+        VoxelNet(3, 8)
