@@ -86,8 +86,10 @@ class VoxelTask:
     """Batch -> (prediction, target) for VoxelNet; bins reciprocal sets under random rotations on the device."""
 
     def __init__(self, n: int, length: float, mode: str, n_channels: int, per_element: bool,
-                 augment: bool = True, reflections: bool = True, channels_last: bool = True):
+                 augment: bool = True, reflections: bool = True, channels_last: bool = True, input_scale=None):
         self.n, self.length, self.mode = n, length, mode
+        # one factor, or one per channel (fixed channel lists); inputs of order one
+        self.input_scale = None if input_scale is None else torch.tensor(input_scale, dtype=torch.float32)
         self.n_channels, self.per_element = n_channels, per_element
         self.augment, self.reflections, self.channels_last = augment, reflections, channels_last
 
@@ -96,11 +98,17 @@ class VoxelTask:
         ids = batch.get(K.CHANNEL_IDS)
         if K.RECIPROCAL in batch:
             rb = batch[K.RECIPROCAL].to(device)
-            R = random_rotations(rb.n_structures, generator, self.reflections).to(device) if rotate else None
+            R = None
+            if rotate:  # draw for the global batch and take this rank's rows: any rank count, same rotations
+                a, b, total = batch.get(K.GLOBAL_SLICE, (0, rb.n_structures, rb.n_structures))
+                R = random_rotations(total, generator, self.reflections)[a:b].to(device)
             c = ids.shape[1] if self.per_element else self.n_channels
             x = bin_reciprocal(rb, c, self.n, self.length, self.mode, R)
         else:
             x = batch[K.VOXELS].to(device, non_blocking=True)
+        if self.input_scale is not None:
+            scale = self.input_scale.to(device=x.device, dtype=x.dtype)
+            x = x * (scale.view(1, -1, 1, 1, 1) if scale.numel() > 1 else scale)
         if device.type == "cuda" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x, None if ids is None else ids.to(device)
@@ -168,11 +176,34 @@ def build_model(meta: Dict) -> torch.nn.Module:
 def make_task(meta: Dict, cfg_augment: Dict, channels_last: bool = True) -> VoxelTask:
     d = meta["descriptor"]
     return VoxelTask(int(d["n"]), float(d["length"]), d["mode"], len(meta["channels"]), d["channels"] == "element",
-                     bool(cfg_augment.get("rotations", True)), bool(cfg_augment.get("reflections", True)), channels_last)
+                     bool(cfg_augment.get("rotations", True)), bool(cfg_augment.get("reflections", True)), channels_last,
+                     meta.get("input_scale"))
 
 
-def train_run(cfg: Dict, dist=None, resume: bool = False) -> Dict:
-    """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots."""
+def input_scale(ff: FeatureFile, indices: np.ndarray, sample: int = 256):
+    """1 / RMS of the occupied voxel values of (a sample of) the training structures, per channel for a
+    fixed channel list (property channels differ in scale), else one factor: inputs of order one."""
+    idx = np.random.default_rng(0).choice(indices, size=min(sample, len(indices)), replace=False)
+    if ff.per_element:
+        values = np.concatenate([ff.ragged("voxels/values", int(i)) for i in idx]).astype(np.float64)
+        rms = float(np.sqrt(np.mean(values ** 2))) if len(values) else 1.0
+        return 1.0 / rms if rms > 0 else 1.0
+    C = ff.n_channels()
+    sq, count = np.zeros(C), np.zeros(C)
+    for i in idx:
+        ch = ff.channel_index(int(i))
+        v = ff.ragged("voxels/values", int(i)).astype(np.float64).reshape(len(ch), -1)
+        sq[ch] += (v ** 2).sum(1)
+        count[ch] += v.shape[1]
+    rms = np.sqrt(sq / np.maximum(count, 1))
+    return [1.0 / r if r > 0 else 1.0 for r in rms]
+
+
+def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Dict:
+    """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots.
+
+    dist: the distributed interface (default one process); on_trainer: called with the Trainer before
+    training (e.g. to install signal handlers that request a checkpointed stop)."""
     dist = dist or SingleProcess()
     run_dir = Path(cfg["run_dir"])
     if dist.is_main:
@@ -192,7 +223,7 @@ def train_run(cfg: Dict, dist=None, resume: bool = False) -> Dict:
     channels = model_channels(ff, cfg["data"].get("species"))
     meta = dict(model=cfg["model"], network=dict(cfg["network"]), descriptor={k: ff.params.get(k) for k in DESCRIPTOR_KEYS},
                 channels=channels, target=cfg["data"]["target"], normalizer=norm.to_dict(),
-                data=str(ff.path), unit=_unit(ff, cfg["data"]["target"]))
+                data=str(ff.path), unit=_unit(ff, cfg["data"]["target"]), input_scale=input_scale(ff, splits["train"]))
     model = build_model(meta)
     meta["network"] = model.config
     augment = bool(cfg["augment"].get("rotations", True))
@@ -201,8 +232,12 @@ def train_run(cfg: Dict, dist=None, resume: bool = False) -> Dict:
     val_set = VoxelDataset(ff.path, splits["val"], targets["val"], "voxels", species)
     task = make_task(meta, cfg["augment"], tcfg.channels_last)
     trainer = Trainer(model, task, train_set, val_set, tcfg, run_dir, meta, dist, target_scale=norm.std)
+    if on_trainer is not None:
+        on_trainer(trainer)
     summary = trainer.fit(resume_from)
     dist.barrier()
+    if summary["stopped"] or trainer.epoch < tcfg.epochs and not tcfg.patience:
+        return summary  # interrupted: resume later; evaluation comes at the end
     if dist.is_main:
         plot_learning_curve(trainer.history, run_dir / "learning_curve.png", meta["unit"])
     result = evaluate(run_dir / "checkpoint_best.pt", ff.path, run_dir=run_dir, dist=dist, trainer_cfg=tcfg)
@@ -329,6 +364,10 @@ def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarr
         for a in range(0, len(structures), batch_size):
             chunk = structures[a:a + batch_size]
             x = torch.from_numpy(vox.batch(chunk))
+            scale = meta.get("input_scale")
+            if scale is not None:
+                s = torch.tensor(scale, dtype=x.dtype)
+                x = x * (s.view(1, -1, 1, 1, 1) if s.numel() > 1 else s)
             pred = model(x).numpy()
             counts = np.zeros((len(chunk), 119))
             for k, s in enumerate(chunk):

@@ -50,6 +50,8 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear | sqrt: scale lr with the number of ranks
     tensorboard: bool = False
     eval_every: int = 1
+    stop_after_epochs: int = 0  # end this process after N epochs (checkpointed; --resume continues), 0: never
+    stop_after_steps: int = 0  # end this process after N optimiser steps, mid-epoch (checkpointed), 0: never
 
     @classmethod
     def from_dict(cls, d: Optional[Dict]) -> "TrainConfig":
@@ -193,6 +195,7 @@ class Trainer:
         self.best = math.inf
         self.best_epoch = -1
         self.stop_requested = False  # set by a signal handler: checkpoint and leave at the next step
+        self.steps_done = 0  # optimiser steps taken by this process
         self._writer = None
 
     # --- schedule ------------------------------------------------------------------------------------------
@@ -267,7 +270,9 @@ class Trainer:
         for step, batch in enumerate(loader, start_step):
             global_count = len(batches[step])
             gen = step_generator(cfg.seed, self.epoch, step)
-            self.optimizer.zero_grad(set_to_none=True)
+            a = shard(np.arange(global_count), self.dist.rank, self.dist.size)
+            batch[K.GLOBAL_SLICE] = (int(a[0]) if len(a) else 0, int(a[0]) + len(a) if len(a) else 0, global_count)
+            self.optimizer.zero_grad()
             with torch.autocast(self.device.type, enabled=self.amp):
                 pred, y = self.task.forward(self.model_for_step, batch, self.device, gen, True)
                 per = self.loss(pred.float(), y)
@@ -291,7 +296,14 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{per.mean().item():.4f}", samples_s=f"{seen * self.dist.size / (time.perf_counter() - t0):.0f}")
-            if self.stop_requested:
+            self.steps_done += 1
+            if cfg.stop_after_steps and self.steps_done >= cfg.stop_after_steps:
+                self.stop_requested = True
+            # every rank stops at the same step, whenever each received its signal
+            flag = self.dist.allreduce_sum(torch.tensor([1.0 if self.stop_requested else 0.0], dtype=torch.float64))
+            if float(flag[0]) > 0:
+                if bar is not None:
+                    bar.close()
                 self.save("checkpoint_last.pt", step + 1)
                 raise StopTraining(self.epoch, step + 1)
         if bar is not None:
@@ -344,7 +356,25 @@ class Trainer:
                 self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:
                 log.warning("tensorboard is not installed: no TensorBoard logs")
+        first_epoch = self.epoch
+        try:
+            self._loop(first_epoch, start_step)
+        except StopTraining as stop:
+            log.info("%s", stop)
+            return dict(best_val_mae=self.best, best_epoch=self.best_epoch, epochs=self.epoch, history=self.history,
+                        stopped=True)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        return dict(best_val_mae=self.best, best_epoch=self.best_epoch, epochs=self.epoch, history=self.history,
+                    stopped=False)
+
+    def _loop(self, first_epoch: int, start_step: int) -> None:
+        cfg = self.cfg
         while self.epoch < cfg.epochs:
+            if cfg.stop_after_epochs and self.epoch - first_epoch >= cfg.stop_after_epochs:
+                log.info("stopping after %d epochs of this process (resume to continue)", cfg.stop_after_epochs)
+                break
             row = dict(epoch=self.epoch)
             row.update(self.train_epoch(start_step))
             start_step = 0
@@ -363,9 +393,6 @@ class Trainer:
             if cfg.patience and self.epoch - 1 - self.best_epoch >= cfg.patience:
                 log.info("early stopping: no better validation MAE for %d epochs", cfg.patience)
                 break
-        if self._writer is not None:
-            self._writer.close()
-        return dict(best_val_mae=self.best, best_epoch=self.best_epoch, epochs=self.epoch, history=self.history)
 
     def _log_epoch(self, row: Dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:

@@ -10,6 +10,7 @@ Flags override the YAML config; the YAML is read with ``yaml.safe_load``.
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -42,7 +43,9 @@ def _featurize_parser(sub) -> None:
     p.add_argument("--length", type=float, help="L in Angstrom (default 12.8)")
     p.add_argument("--sigma", type=float, help="Gaussian width in Angstrom (default 0.1)")
     p.add_argument("--species", nargs="+", help="restrict channels to these elements (default: all present)")
-    p.add_argument("--channels", choices=["element", "total"], help="one channel per element, or one in total")
+    p.add_argument("--channels", choices=["element", "total", "properties"],
+                   help="one channel per element (default), one in total, or one per element property")
+    p.add_argument("--properties", nargs="+", help="element properties for --channels properties")
     p.add_argument("--store", nargs="+", choices=["voxels", "reciprocal", "cloud"], help="what to store (default all)")
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
@@ -59,7 +62,7 @@ def featurize_job(args, command: str):
     desc = dict(sigma=0.1, length=12.8, n=32, mode="cartesian", species=None, channels="element")
     desc.update(cfg.get("descriptor") or {})
     for flag, key in (("descriptor", "mode"), ("n", "n"), ("length", "length"), ("sigma", "sigma"),
-                      ("species", "species"), ("channels", "channels")):
+                      ("species", "species"), ("channels", "channels"), ("properties", "properties")):
         if getattr(args, flag) is not None:
             desc[key] = getattr(args, flag)
     pick = lambda flag, key, default: getattr(args, flag) if getattr(args, flag) is not None else cfg.get(key, default)
@@ -171,6 +174,8 @@ def _train_parsers(sub) -> None:
     p.add_argument("config", help="the run's YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (a.b=value)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt if present")
+    p.add_argument("--backend", choices=["auto", "horovod", "ddp", "none"], default="auto",
+                   help="data-parallel backend when several processes run (auto: Horovod if importable)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="MAE/RMSE/R2 per split and a predictions CSV")
@@ -187,13 +192,30 @@ def _train_parsers(sub) -> None:
 
 
 def cmd_train(args, command: str) -> int:
+    import signal
     from cloudvox.runs import load_config, train_run
+    from .distributed import make_distributed
     from .logs import setup_logging
-    setup_logging(0, args.verbose)
+    dist = make_distributed(args.backend)
+    setup_logging(dist.rank, args.verbose)
     cfg = load_config(args.config, args.set)
     cfg["model"] = args.model
-    summary = train_run(cfg, resume=args.resume)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+
+    def install(trainer):  # SLURM's SIGTERM / SIGUSR1: checkpoint at the next step and leave cleanly
+        def request_stop(signum, frame):
+            trainer.stop_requested = True
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, request_stop)
+
+    try:
+        summary = train_run(cfg, dist, resume=args.resume, on_trainer=install)
+    except Exception as e:  # a failing rank brings the job down rather than leaving the others waiting
+        if dist.size > 1:
+            log.critical("rank %d failed: %s", dist.rank, e, exc_info=e)
+            os._exit(1)
+        raise
+    if dist.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
     return 0
 
 

@@ -62,10 +62,11 @@ class FeaturizeJob:
 
     def voxelizer(self) -> ReciprocalVoxelizer:
         d = dict(self.descriptor)
-        if d.get("species"):
-            d["species"] = tuple(d["species"])
+        d["species"] = tuple(d["species"]) if d.get("species") else None
+        if d.get("properties"):
+            d["properties"] = tuple(d["properties"])
         else:
-            d["species"] = None
+            d.pop("properties", None)
         return ReciprocalVoxelizer(**d)
 
     def identity(self, source: Source) -> Dict[str, object]:

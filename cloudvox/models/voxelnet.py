@@ -12,6 +12,7 @@ dense convolution over all C channels exactly (the others are zero).
 """
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -46,27 +47,36 @@ class VoxelNet(nn.Module):
 
     Args:
         in_channels: C, the channel list's length. n: N, voxels per axis.
-        widths: output channels of each conv layer. kernel: conv kernel size.
+        widths: output channels of each conv layer. kernel: conv kernel size, one for all layers or a list.
         pools: max-pool size after each conv layer (0 or None: none).
         hidden: widths of the hidden linear layers. activation: selu|relu|silu|gelu|elu|tanh.
         norm: None, "batch" or "group" normalisation after each conv. dropout: before each hidden linear.
-        global_pool: "flatten" (the original) or "mean"/"max" over the last feature map.
+        global_pool: the readout of the last feature map: "flatten" (the original: position-specific
+            weights), "mean"/"max" over all voxels, or "shells": the mean over each of ``shells`` spherical
+            shells around G = 0 (the grid centre), which is invariant to rotations of the features and keeps
+            the radial resolution that |G| carries (lattice spacing, structure-factor shells).
+        shells: number of radial shells for ``global_pool="shells"``.
     """
 
-    def __init__(self, in_channels: int, n: int = 32, widths: Sequence[int] = (16, 16, 16), kernel: int = 3,
+    def __init__(self, in_channels: int, n: int = 32, widths: Sequence[int] = (16, 16, 16), kernel=3,
                  pools: Sequence[Optional[int]] = (2, 2, 0), hidden: Sequence[int] = (32, 8), activation: str = "selu",
-                 norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten"):
+                 norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten", shells: int = 16):
         super().__init__()
         if len(pools) != len(widths):
             raise ValueError(f"pools ({len(pools)}) must give one entry per conv layer ({len(widths)})")
         act = ACTIVATIONS[activation]
-        self.first = SparseChannelConv3d(in_channels, widths[0], kernel)
-        layers, size, prev = [], n - kernel + 1, widths[0]
+        kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * len(widths)
+        if len(kernels) != len(widths):
+            raise ValueError(f"kernel ({len(kernels)}) must give one entry per conv layer ({len(widths)})")
+        self.first = SparseChannelConv3d(in_channels, widths[0], kernels[0])
+        size, prev = n - kernels[0] + 1, widths[0]
+        scale, offset = 1.0, 0.5 - n / 2 + (kernels[0] - 1) / 2  # feature voxel j sits at scale * j + offset
         blocks = []
-        for k, (w, p) in enumerate(zip(widths, pools)):
-            block = [] if k == 0 else [nn.Conv3d(prev, w, kernel)]
+        for k, (w, p, kk) in enumerate(zip(widths, pools, kernels)):
+            block = [] if k == 0 else [nn.Conv3d(prev, w, kk)]
             if k:
-                size = size - kernel + 1
+                size = size - kk + 1
+                offset += scale * (kk - 1) / 2
             if norm == "batch":
                 block.append(nn.BatchNorm3d(w))
             elif norm == "group":
@@ -75,13 +85,25 @@ class VoxelNet(nn.Module):
             if p:
                 block.append(nn.MaxPool3d(p))
                 size //= p
+                offset += scale * (p - 1) / 2
+                scale *= p
             blocks.append(nn.Sequential(*block))
             prev = w
         if size < 1:
             raise ValueError(f"the conv stack shrinks an N={n} input to nothing; use fewer layers or pools")
         self.blocks = nn.ModuleList(blocks)
         self.global_pool = global_pool
-        flat = prev * size ** 3 if global_pool == "flatten" else prev
+        if global_pool not in ("flatten", "mean", "max", "shells"):
+            raise ValueError(f"unknown global_pool {global_pool!r}")
+        if global_pool == "shells":
+            c = np.arange(size) * scale + offset  # centre of each feature voxel, in input voxels from G = 0
+            r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).reshape(-1)
+            shell = np.minimum((r / (np.sqrt(3) * n / 2) * shells).astype(int), shells - 1)
+            M = np.zeros((size ** 3, shells), dtype=np.float32)
+            M[np.arange(size ** 3), shell] = 1.0
+            M /= np.maximum(M.sum(0, keepdims=True), 1.0)  # the mean over each shell
+            self.register_buffer("shell_matrix", torch.from_numpy(M), persistent=False)
+        flat = {"flatten": prev * size ** 3, "shells": prev * shells}.get(global_pool, prev)
         head, d = [], flat
         for h in hidden:
             if dropout:
@@ -90,8 +112,9 @@ class VoxelNet(nn.Module):
             d = h
         head.append(nn.Linear(d, 1))
         self.head = nn.Sequential(*head)
-        self.config = dict(in_channels=in_channels, n=n, widths=list(widths), kernel=kernel, pools=list(pools),
-                           hidden=list(hidden), activation=activation, norm=norm, dropout=dropout, global_pool=global_pool)
+        self.config = dict(in_channels=in_channels, n=n, widths=list(widths), kernel=kernels, pools=list(pools),
+                           hidden=list(hidden), activation=activation, norm=norm, dropout=dropout, global_pool=global_pool,
+                           shells=shells)
 
     def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) predictions (normalised target units)."""
@@ -102,6 +125,8 @@ class VoxelNet(nn.Module):
             h = h.mean(dim=(2, 3, 4))
         elif self.global_pool == "max":
             h = h.amax(dim=(2, 3, 4))
+        elif self.global_pool == "shells":
+            h = h.flatten(2) @ self.shell_matrix.to(h.dtype)  # (B, F, shells)
         return self.head(h.flatten(1)).squeeze(-1)
 
 

@@ -37,3 +37,15 @@ def test_default_architecture_is_the_original():
     assert net(torch.randn(2, 3, 32, 32, 32)).shape == (2,)
     with pytest.raises(ValueError, match="shrinks"):
         VoxelNet(3, 8)
+
+
+def test_shell_readout_is_invariant_to_cube_rotations_of_the_input():
+    torch.manual_seed(0)
+    net = VoxelNet(2, 16, widths=(4, 4), pools=(2, 0), hidden=(8,), global_pool="shells", shells=6).double()
+    # a kernel-symmetric network: average each conv kernel over the 48 cube symmetries would make it exact;
+    # here check the readout itself: features rotated by 90 degrees about z pool to the same shells
+    h = torch.randn(1, 4, 5, 5, 5, dtype=torch.float64)
+    pooled = h.flatten(2) @ net.shell_matrix.double()
+    rotated = torch.rot90(h, 1, dims=(2, 3)).flatten(2) @ net.shell_matrix.double()
+    torch.testing.assert_close(pooled, rotated)
+    assert net(torch.randn(3, 2, 16, 16, 16, dtype=torch.float64)).shape == (3,)

@@ -1,0 +1,97 @@
+"""VoxelNet training throughput on CPU: cloudvox's pipeline next to a dense-channel pipeline that re-bins
+every sample with the original reference code, in the same run, same model and batch size.
+
+cloudvox: stored reciprocal sets of each structure's own elements, binned for the whole batch under random
+rotations with torch (cloudvox.binning), first layer over the present channels only (SparseChannelConv3d).
+dense reference: every sample re-featurized by ../shared/bench/original_voxelnet_reference.py (one channel
+per element of the data set, float32), then the same VoxelNet with a dense first layer.
+Usage: python bench/voxelnet_throughput.py [--data out/perovskites.h5] [--steps 20] [--batch-size 32]
+The feature file must be the per-element featurization of the shared perovskites (jobs/configs/perovskites.yaml).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, emit, load_reference, shared_dir  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cloudvox import properties as K  # noqa: E402
+from cloudvox.data import VoxelDataset  # noqa: E402
+from cloudvox.models.voxelnet import VoxelNet  # noqa: E402
+from cloudvox.runs import VoxelTask  # noqa: E402
+from cloudvox.train import step_generator  # noqa: E402
+
+
+def time_steps(step, count):
+    times = []
+    for k in range(count):
+        t = time.perf_counter()
+        step(k)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:] if count > 2 else times)  # the first step warms up
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT / "out" / "perovskites.h5"))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--reference-steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    ds = VoxelDataset(args.data, np.arange(len(VoxelDataset(args.data, [], None).ff.ids)), None, "reciprocal")
+    ff = ds.ff
+    species = list(ff.species)
+    d = ff.params
+    entries = [json.loads(line) for line in open(shared_dir() / "data" / "aflow" / "oxide_perovskites_cP5.jsonl")]
+    by_id = {e["auid"]: e for e in entries}
+    ids = ff.ids
+    B = args.batch_size
+    rng = np.random.default_rng(0)
+    batches = [rng.choice(len(ds), B, replace=False) for _ in range(max(args.steps, args.reference_steps))]
+    y = torch.zeros(B)
+
+    ours = VoxelNet(len(species), int(d["n"]))
+    opt = torch.optim.Adam(ours.parameters(), 1e-3)
+    task = VoxelTask(int(d["n"]), float(d["length"]), d["mode"], len(species), True, augment=True)
+
+    def our_step(k):
+        batch = ds.collate([ds[int(i)] for i in batches[k]])
+        pred, _ = task.forward(ours, dict(batch, **{K.TARGET: y}), torch.device("cpu"), step_generator(0, 0, k), True)
+        loss = (pred - y).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    ref = load_reference()
+    dense = VoxelNet(len(species), int(d["n"]))
+    opt2 = torch.optim.Adam(dense.parameters(), 1e-3)
+
+    def reference_step(k):
+        x = np.stack([np.swapaxes(ref.featurize(by_id[ids[int(i)]], species, d["sigma"], d["length"], d["n"]), 1, 2)
+                      for i in batches[k]])
+        pred = dense(torch.from_numpy(x))
+        loss = (pred - y).abs().mean()
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+    for k in range(len(batches)):  # read every item once, so both time compute, not the first file read
+        for i in batches[k]:
+            ds[int(i)]
+    t_ref = time_steps(reference_step, args.reference_steps)
+    t_ours = time_steps(our_step, args.steps)
+    common = dict(batch_size=B, channels=len(species), n=int(d["n"]), threads=torch.get_num_threads())
+    emit("voxelnet_throughput", "cloudvox_samples_per_s", B / t_ours, "samples/s", **common)
+    emit("voxelnet_throughput", "dense_reference_samples_per_s", B / t_ref, "samples/s", **common)
+    emit("voxelnet_throughput", "speedup", t_ref / t_ours, "x", **common)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Training runs end to end on a tiny feature file: splits, resume, evaluate/predict, mismatch errors."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cloudvox import properties as K
+from cloudvox.data import Normalizer, VoxelDataset, split_indices
+from cloudvox.descriptors import ReciprocalVoxelizer
+from cloudvox.features import FeatureFile, featurize_block, root_attributes, write_features
+from cloudvox.io.sources import Source
+from cloudvox.runs import VoxelTask, evaluate, load_config, predict_structures, train_run
+from cloudvox.train import load_checkpoint, random_rotations, step_generator
+
+
+def make_file(path: Path, src: Path, limit: int, **descriptor) -> Path:
+    source = Source("aflow", [src], limit=limit)
+    vox = ReciprocalVoxelizer(**descriptor)
+    block = featurize_block(source.records(0, limit), 0, vox, source.sources)
+    attrs = dict(root_attributes(vox, source.sources, "aflow", "test"), species=json.dumps(block.elements))
+    write_features(path, block, attrs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, ):
+    from tests.conftest import shared_file
+    d = tmp_path_factory.mktemp("runs")
+    return make_file(d / "tiny.h5", shared_file("aflow", "oxide_perovskites_cP5.jsonl"), 48, n=16, length=12.8)
+
+
+def config(data, run_dir, **train):
+    t = dict(epochs=3, batch_size=8, lr=3e-3, seed=0)
+    t.update(train)
+    return load_config(None, [f"data.path={data}", "data.split.by=compound", "data.normalize=composition",
+                              f"run_dir={run_dir}", "network.widths=[4,4]", "network.pools=[2,0]", "network.hidden=[8]"]
+                       + [f"train.{k}={v}" for k, v in t.items()])
+
+
+def test_grouped_splits_never_straddle_and_are_seeded():
+    groups = [f"c{k // 2}" for k in range(200)]  # two variants per compound
+    a = split_indices(200, (0.8, 0.1, 0.1), 0, groups)
+    b = split_indices(200, (0.8, 0.1, 0.1), 0, groups)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    seen = {k: {groups[i] for i in v} for k, v in a.items()}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+    assert sum(len(v) for v in a.values()) == 200 and 150 <= len(a["train"]) <= 170
+    c = split_indices(200, (0.8, 0.1, 0.1), 1, groups)
+    assert not np.array_equal(a["test"], c["test"])
+    with pytest.raises(ValueError):
+        split_indices(10, (0.5, 0.2, 0.2))
+
+
+def test_composition_normaliser_roundtrip(rng):
+    counts = rng.integers(0, 3, size=(50, 119)).astype(float)
+    counts[:, 0] = 0
+    counts[:, 8] += 1
+    y = counts[:, 1:20] @ rng.normal(size=19) / counts.sum(1) + rng.normal(size=50) * 0.01
+    n = Normalizer.fit(y, counts, "composition")
+    np.testing.assert_allclose(n.inverse(n.forward(y, counts), counts), y, rtol=1e-12)
+    assert n.std < y.std()  # the baseline explains most of it
+
+
+def test_augmentation_binning_equals_the_descriptor_of_the_rotated_structure(tiny):
+    ff = FeatureFile(tiny)
+    ds = VoxelDataset(tiny, range(6), np.zeros(6), "reciprocal")
+    batch = ds.collate([ds[k] for k in range(6)])
+    task = VoxelTask(16, 12.8, "cartesian", len(ff.species), True)
+    gen = step_generator(0, 0, 0)
+    x, ids = task.inputs(batch, torch.device("cpu"), gen, rotate=True)
+    R = random_rotations(6, step_generator(0, 0, 0)).numpy()  # the same draws
+    vox = ReciprocalVoxelizer(n=16, length=12.8, species=tuple(ff.species))
+    for b in range(6):
+        s = ff.structure(b)
+        expected = vox(s.rotated(R[b]))[ids[b].numpy()]
+        np.testing.assert_allclose(x[b].numpy(), expected, rtol=1e-4, atol=1e-6)
+    # and without rotation the stored voxels come back exactly
+    plain = VoxelDataset(tiny, range(6), np.zeros(6), "voxels")
+    xb = plain.collate([plain[k] for k in range(6)])[K.VOXELS]
+    x0, _ = task.inputs(batch, torch.device("cpu"), None, rotate=False)
+    np.testing.assert_allclose(x0.numpy(), xb.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_resume_gives_the_uninterrupted_run(tiny, tmp_path):
+    full = train_run(config(tiny, tmp_path / "full", epochs=4))
+    part = train_run(config(tiny, tmp_path / "part", epochs=4, stop_after_epochs=2))
+    assert part["epochs"] == 2
+    resumed = train_run(config(tiny, tmp_path / "part", epochs=4), resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [r["val_mae"] for r in full["history"]] == [r["val_mae"] for r in resumed["history"]]
+    run = tmp_path / "full"
+    for name in ("config.yaml", "metrics.jsonl", "learning_curve.png", "parity_test.png", "predictions.csv",
+                 "split_train.txt", "checkpoint_best.pt"):
+        assert (run / name).exists() and (run / name).stat().st_size > 0, name
+
+
+def test_evaluate_and_predict_round_trip(tiny, tmp_path):
+    from cloudvox.io import read_aflow
+    from tests.conftest import shared_file
+    run = tmp_path / "run"
+    summary = train_run(config(tiny, run, epochs=1))
+    ev = evaluate(run, tiny, out_dir=tmp_path / "ev")
+    assert ev["metrics"]["test"]["mae"] == pytest.approx(summary["metrics"]["test"]["mae"])
+    rows = (tmp_path / "ev" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 49
+    structures = read_aflow(shared_file("aflow", "oxide_perovskites_cP5.jsonl"))[:48]
+    pred = predict_structures(run, structures)
+    by_id = {r.split(",")[1]: float(r.split(",")[3]) for r in rows[1:]}
+    np.testing.assert_allclose(pred, [by_id[s.id] for s in structures], rtol=1e-5)
+    tta = evaluate(run, tiny, rotations=3, out_dir=tmp_path / "tta")
+    assert tta["metrics"]["test"]["mean_spread"] > 0
+
+
+def test_checkpoint_data_mismatch_is_refused(tiny, tmp_path):
+    from tests.conftest import shared_file
+    run = tmp_path / "run"
+    train_run(config(tiny, run, epochs=1))
+    src = shared_file("aflow", "oxide_perovskites_cP5.jsonl")
+    for kw, word in ((dict(n=16, length=10.0), "length"), (dict(n=16, length=12.8, sigma=0.2), "sigma"),
+                     (dict(n=20, length=12.8), "n")):
+        other = make_file(tmp_path / f"other_{word}.h5", src, 10, **kw)
+        with pytest.raises(ValueError, match=f"{word}: checkpoint"):
+            evaluate(run, other)
+    wider = make_file(tmp_path / "wider.h5", src, 200, n=16, length=12.8)
+    with pytest.raises(ValueError, match="outside the model's species list"):
+        evaluate(run, wider)

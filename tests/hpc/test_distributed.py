@@ -1,0 +1,105 @@
+"""Distributed training: Horovod and DDP under mpirun -n 2 equal one process at the same global batch."""
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cloudvox.train import load_checkpoint
+from hpc.distributed import first_host, launch_env
+from tests.cloudvox.test_runs import make_file
+from tests.hpc.conftest import cloudvox_cmd, mpi_env
+
+
+def test_launch_env_maps_every_launcher():
+    assert launch_env({}).size == 1
+    e = launch_env({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                    "SLURM_JOB_NODELIST": "gpu[07-09]", "SLURM_JOB_ID": "1234"})
+    assert (e.rank, e.size, e.local_rank, e.launcher, e.master_addr, e.master_port) == (3, 8, 1, "openmpi", "gpu07", 29734)
+    e = launch_env({"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "0"})
+    assert (e.rank, e.size, e.local_rank, e.launcher) == (2, 4, 0, "mpich")
+    e = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NODELIST": "n1,n2"})
+    assert (e.rank, e.size, e.local_rank, e.master_addr) == (5, 16, 1, "n1")
+    e = launch_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
+    assert (e.rank, e.size, e.launcher, e.master_addr, e.master_port) == (1, 2, "torchrun", "h", 1)
+    assert first_host("cpu[003-010,12],gpu1") == "cpu003" and first_host("node17") == "node17"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.conftest import shared_file
+    d = tmp_path_factory.mktemp("dist")
+    return make_file(d / "tiny.h5", shared_file("aflow", "oxide_perovskites_cP5.jsonl"), 64, n=16, length=12.8)
+
+
+def write_config(path: Path, data: Path, run_dir: Path, **train) -> Path:
+    t = dict(epochs=2, batch_size=8, lr=3e-3, seed=0)
+    t.update(train)
+    cfg = dict(data=dict(path=str(data), target="enthalpy_atom", split=dict(by="compound"), normalize="composition"),
+               augment=dict(rotations=True), network=dict(widths=[4, 4], pools=[2, 0], hidden=[8]), train=t,
+               run_dir=str(run_dir))
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(ranks, config, backend, *extra, check=True):
+    env = mpi_env()
+    env["MASTER_PORT"] = str(free_port())
+    proc = subprocess.run(cloudvox_cmd(ranks, "train", "voxelnet", str(config), "--backend", backend, *extra),
+                          env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def params(run_dir):
+    return load_checkpoint(Path(run_dir) / "checkpoint_last.pt")["model"]
+
+
+def history(run_dir):
+    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def single(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("single")
+    train(0, write_config(d / "c.yaml", tiny, d / "run"), "none")
+    return d / "run"
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ddp"])
+def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, backend):
+    run = tmp_path / "run"
+    train(2, write_config(tmp_path / "c.yaml", tiny, run), backend)
+    a, b = params(single), params(run)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
+    h1, h2 = history(single), history(run)
+    assert len(h1) == len(h2) == 2
+    for r1, r2 in zip(h1, h2):
+        assert r2["val_mae"] == pytest.approx(r1["val_mae"], rel=1e-5)
+        assert r2["train_mae"] == pytest.approx(r1["train_mae"], rel=1e-5)
+    assert (run / "split_test.txt").read_text() == (single / "split_test.txt").read_text()
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ddp"])
+def test_resume_mid_epoch_continues_identically(tiny, single, tmp_path, backend):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", tiny, run, stop_after_steps=3)  # 6 steps per epoch: stop inside epoch 0
+    first = train(2, cfg, backend)
+    ck = load_checkpoint(run / "checkpoint_last.pt")
+    assert ck["epoch"] == 0 and ck["step_in_epoch"] == 3
+    train(2, write_config(tmp_path / "c.yaml", tiny, run), backend, "--resume")
+    a, b = params(single), params(run)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
+    assert "stopped at epoch 0 step 3" in first.stderr
