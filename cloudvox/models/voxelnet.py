@@ -56,11 +56,14 @@ class VoxelNet(nn.Module):
             shells around G = 0 (the grid centre), which is invariant to rotations of the features and keeps
             the radial resolution that |G| carries (lattice spacing, structure-factor shells).
         shells: number of radial shells for ``global_pool="shells"``.
+        bias: conv biases. Without them (and with an activation that maps 0 to 0) empty voxels stay exactly
+            zero through the conv stack, so a shell sum counts Bragg peaks only, not the shell's volume.
     """
 
     def __init__(self, in_channels: int, n: int = 32, widths: Sequence[int] = (16, 16, 16), kernel=3,
                  pools: Sequence[Optional[int]] = (2, 2, 0), hidden: Sequence[int] = (32, 8), activation: str = "selu",
-                 norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten", shells: int = 16):
+                 norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten", shells: int = 16,
+                 bias: bool = True):
         super().__init__()
         if len(pools) != len(widths):
             raise ValueError(f"pools ({len(pools)}) must give one entry per conv layer ({len(widths)})")
@@ -68,12 +71,12 @@ class VoxelNet(nn.Module):
         kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * len(widths)
         if len(kernels) != len(widths):
             raise ValueError(f"kernel ({len(kernels)}) must give one entry per conv layer ({len(widths)})")
-        self.first = SparseChannelConv3d(in_channels, widths[0], kernels[0])
+        self.first = SparseChannelConv3d(in_channels, widths[0], kernels[0], bias=bias)
         size, prev = n - kernels[0] + 1, widths[0]
         scale, offset = 1.0, 0.5 - n / 2 + (kernels[0] - 1) / 2  # feature voxel j sits at scale * j + offset
         blocks = []
         for k, (w, p, kk) in enumerate(zip(widths, pools, kernels)):
-            block = [] if k == 0 else [nn.Conv3d(prev, w, kk)]
+            block = [] if k == 0 else [nn.Conv3d(prev, w, kk, bias=bias)]
             if k:
                 size = size - kk + 1
                 offset += scale * (kk - 1) / 2
@@ -101,7 +104,7 @@ class VoxelNet(nn.Module):
             shell = np.minimum((r / (np.sqrt(3) * n / 2) * shells).astype(int), shells - 1)
             M = np.zeros((size ** 3, shells), dtype=np.float32)
             M[np.arange(size ** 3), shell] = 1.0
-            M /= np.maximum(M.sum(0, keepdims=True), 1.0)  # the mean over each shell
+            # a sum over each shell: a mean would dilute a shell's few Bragg peaks by its volume
             self.register_buffer("shell_matrix", torch.from_numpy(M), persistent=False)
         flat = {"flatten": prev * size ** 3, "shells": prev * shells}.get(global_pool, prev)
         head, d = [], flat
@@ -114,7 +117,7 @@ class VoxelNet(nn.Module):
         self.head = nn.Sequential(*head)
         self.config = dict(in_channels=in_channels, n=n, widths=list(widths), kernel=kernels, pools=list(pools),
                            hidden=list(hidden), activation=activation, norm=norm, dropout=dropout, global_pool=global_pool,
-                           shells=shells)
+                           shells=shells, bias=bias)
 
     def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) predictions (normalised target units)."""
