@@ -1,0 +1,74 @@
+"""Data-parallel training throughput at 1 and 2 ranks on CPU (Horovod and DDP), VoxelNet, in one run.
+
+Runs ``mpirun -n K cloudvox train voxelnet`` on the shared perovskites (property channels, N=16, the demo
+network) for a few epochs and reports the median training samples/s of the epochs after the first, the
+parallel efficiency (samples/s at K ranks) / (K x samples/s at 1 rank), the compute time per batch and
+the gradient bytes exchanged per step (inputs to docs/scaling.md).
+Usage: python bench/train_scaling.py [--epochs 3] [--backends horovod ddp]
+"""
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, emit  # noqa: E402
+
+import yaml  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(ranks, backend, config):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
+    cmd = ["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", "voxelnet", str(config),
+           "--backend", backend]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
+    args = ap.parse_args()
+    data = ROOT / "out" / "perovskites_demo.h5"
+    if not data.exists():
+        subprocess.run([str(Path(sys.executable).parent / "cloudvox"), "featurize", "--config",
+                        "jobs/configs/perovskites_demo.yaml"], cwd=ROOT, check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = yaml.safe_load((ROOT / "jobs" / "configs" / "voxelnet_demo.yaml").read_text())
+        base["train"].update(epochs=args.epochs, batch_size=32)
+        for backend in args.backends:
+            rates = {}
+            for ranks in (1, 2):
+                cfg = dict(base, run_dir=str(Path(tmp) / f"{backend}{ranks}"), data=dict(base["data"], path=str(data)))
+                path = Path(tmp) / f"{backend}{ranks}.yaml"
+                path.write_text(yaml.safe_dump(cfg))
+                run(ranks, backend if ranks > 1 else "none", path)
+                hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
+                rates[ranks] = statistics.median(r["samples_per_s"] for r in hist[1:])
+                emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[ranks], "samples/s", model="voxelnet",
+                     backend=backend, batch_size=32, epochs=args.epochs)
+            emit("train_scaling", "parallel_efficiency_2_ranks", rates[2] / (2 * rates[1]), "fraction",
+                 model="voxelnet", backend=backend)
+            emit("train_scaling", "compute_seconds_per_batch_1_rank", 32 / rates[1], "s", model="voxelnet", backend=backend)
+        from cloudvox.models.voxelnet import VoxelNet
+        net = VoxelNet(8, 16, widths=[16, 16], pools=[2, 0], hidden=[32, 8])
+        grad_bytes = sum(p.numel() for p in net.parameters()) * 4
+        emit("train_scaling", "gradient_bytes_per_step", grad_bytes, "bytes", model="voxelnet (demo network)")
+        grad_bytes = sum(p.numel() for p in VoxelNet(8, 32).parameters()) * 4
+        emit("train_scaling", "gradient_bytes_per_step", grad_bytes, "bytes", model="voxelnet (original, N=32)")
+
+
+if __name__ == "__main__":
+    main()
