@@ -219,3 +219,71 @@ class VoxelDataset(torch.utils.data.Dataset):
                     ids[b, :len(it["channels"])] = torch.from_numpy(it["channels"])
                 batch[K.CHANNEL_IDS] = ids
         return batch
+
+
+class CloudDataset(torch.utils.data.Dataset):
+    """Structures of a feature file as atom clouds with neighbour lists (for AtomCloudNet).
+
+    Neighbour lists within ``cutoff`` (periodic images for crystals) are computed once per structure, in
+    numpy, when an item is first read, and cached with it.
+    """
+
+    def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray], cutoff: float, cache: bool = True):
+        self.ff = FeatureFile(path)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        status = self.ff.status[self.indices] if len(self.indices) else np.array([])
+        if (status != DONE).any():
+            raise ValueError(f"structures {self.indices[status != DONE][:5].tolist()} of {path} failed featurization")
+        if "cloud/positions" not in self.ff.h5 or self.ff.h5["cloud/positions"].shape[0] == 0:
+            raise ValueError(f"{path} stores no point clouds: featurize with --store cloud")
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
+        self.cutoff = float(cutoff)
+        self._cache: Optional[Dict[int, Dict]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Dict:
+        if self._cache is not None and k in self._cache:
+            return self._cache[k]
+        i = int(self.indices[k])
+        pos, z = self.ff.cloud(i)
+        lattice = self.ff.h5["structures/lattice"][i]
+        item = cloud_item(i, pos, z, None if np.isnan(lattice).any() else lattice, self.cutoff)
+        if self.targets is not None:
+            item[K.TARGET] = self.targets[k]
+        if self._cache is not None:
+            self._cache[k] = item
+        return item
+
+    @staticmethod
+    def collate(items: List[Dict]) -> Dict:
+        return collate_clouds(items)
+
+
+def cloud_item(index: int, positions: np.ndarray, numbers: np.ndarray, lattice: Optional[np.ndarray],
+               cutoff: float) -> Dict:
+    """One structure's cloud: positions (Angstrom), numbers and its neighbour list."""
+    from .neighbors import neighbor_list
+    src, dst, shift = neighbor_list(positions, cutoff, lattice)
+    return {K.INDEX: index, K.POSITIONS: positions, K.NUMBERS: numbers, "edge_src": src, "edge_dst": dst,
+            "edge_shift": shift}
+
+
+def collate_clouds(items: List[Dict]) -> Dict:
+    """Concatenate clouds (no padding): atom indices of edges are offset by the atoms before them."""
+    counts = [len(it[K.NUMBERS]) for it in items]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    batch = {
+        K.INDEX: torch.tensor([it[K.INDEX] for it in items], dtype=torch.int64),
+        K.POSITIONS: torch.from_numpy(np.concatenate([it[K.POSITIONS] for it in items])).float(),
+        K.NUMBERS: torch.from_numpy(np.concatenate([it[K.NUMBERS] for it in items]).astype(np.int64)),
+        K.ATOM_STRUCTURE: torch.from_numpy(np.repeat(np.arange(len(items)), counts)),
+        "edge_src": torch.from_numpy(np.concatenate([it["edge_src"] + o for it, o in zip(items, offsets)])),
+        "edge_dst": torch.from_numpy(np.concatenate([it["edge_dst"] + o for it, o in zip(items, offsets)])),
+        "edge_shift": torch.from_numpy(np.concatenate([it["edge_shift"] for it in items])).float(),
+        K.NATOMS: torch.tensor(counts, dtype=torch.int64),
+    }
+    if K.TARGET in items[0]:
+        batch[K.TARGET] = torch.tensor([it[K.TARGET] for it in items], dtype=torch.float32)
+    return batch

@@ -121,6 +121,17 @@ class VoxelTask:
         return pred, y
 
 
+class CloudTask:
+    """Batch -> (prediction, target) for AtomCloudNet (invariant by construction: no augmentation)."""
+
+    def forward(self, model, batch: Dict, device: torch.device, generator, train: bool, augment: Optional[bool] = None):
+        moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        moved[K.POSITIONS] = moved[K.POSITIONS].to(next(model.parameters()).dtype)
+        pred = model(moved, n_structures=len(batch[K.INDEX]))
+        y = moved[K.TARGET] if K.TARGET in moved else torch.full_like(pred, float("nan"))
+        return pred, y.to(pred.dtype)
+
+
 # --------------------------------------------------------------------------------------------------------
 # building a run
 # --------------------------------------------------------------------------------------------------------
@@ -143,7 +154,7 @@ def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
     if not data.get("path"):
         raise ValueError("data.path (the featurized .h5 file) is required")
     ff = FeatureFile(data["path"])
-    y_all = ff.prop(data["target"])
+    y_all = ff.prop(data["target"]) * float(data.get("scale", 1.0))  # e.g. 23.0605: eV -> kcal/mol
     usable = np.flatnonzero((ff.status == DONE) & np.isfinite(y_all))
     ids = ff.ids
     if reuse_splits and (run_dir / "split_train.txt").exists():
@@ -155,7 +166,8 @@ def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
         splits = {k: usable[v] for k, v in local.items()}
         save_splits(run_dir, ids, splits)
     counts = {k: element_counts(ff, v) for k, v in splits.items()}
-    norm = Normalizer.fit(y_all[splits["train"]], counts["train"], data.get("normalize", "mean_std"))
+    norm = Normalizer.fit(y_all[splits["train"]], counts["train"], data.get("normalize", "mean_std"),
+                          extensive=bool(data.get("extensive", False)))
     targets = {k: norm.forward(y_all[v], counts[k]) for k, v in splits.items()}
     return ff, splits, norm, targets, counts
 
@@ -170,10 +182,24 @@ def model_channels(ff: FeatureFile, species: Optional[Sequence[str]]) -> List[st
 def build_model(meta: Dict) -> torch.nn.Module:
     if meta["model"] == "voxelnet":
         return build_voxelnet(len(meta["channels"]), int(meta["descriptor"]["n"]), meta["network"])
-    raise ValueError(f"unknown model {meta['model']!r}")
+    if meta["model"] == "atomcloud":
+        from .models.atomcloud import build_atomcloud
+        return build_atomcloud(meta["network"])
+    raise ValueError(f"unknown model {meta['model']!r}; choose voxelnet or atomcloud")
 
 
-def make_task(meta: Dict, cfg_augment: Dict, channels_last: bool = True) -> VoxelTask:
+def make_dataset(meta: Dict, path, indices, targets, reciprocal: bool):
+    """The model's dataset: voxels (stored, or reciprocal sets to bin under rotations) or clouds."""
+    if meta["model"] == "atomcloud":
+        from .data import CloudDataset
+        return CloudDataset(path, indices, targets, float(meta["network"].get("cutoff", 3.0)))
+    species = meta["channels"] if meta["descriptor"]["channels"] == "element" else None
+    return VoxelDataset(path, indices, targets, "reciprocal" if reciprocal else "voxels", species)
+
+
+def make_task(meta: Dict, cfg_augment: Dict, channels_last: bool = True):
+    if meta["model"] == "atomcloud":
+        return CloudTask()
     d = meta["descriptor"]
     return VoxelTask(int(d["n"]), float(d["length"]), d["mode"], len(meta["channels"]), d["channels"] == "element",
                      bool(cfg_augment.get("rotations", True)), bool(cfg_augment.get("reflections", True)), channels_last,
@@ -222,14 +248,15 @@ def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Di
     torch.manual_seed(tcfg.seed)
     channels = model_channels(ff, cfg["data"].get("species"))
     meta = dict(model=cfg["model"], network=dict(cfg["network"]), descriptor={k: ff.params.get(k) for k in DESCRIPTOR_KEYS},
-                channels=channels, target=cfg["data"]["target"], normalizer=norm.to_dict(),
-                data=str(ff.path), unit=_unit(ff, cfg["data"]["target"]), input_scale=input_scale(ff, splits["train"]))
+                channels=channels, target=cfg["data"]["target"], normalizer=norm.to_dict(), data=str(ff.path),
+                unit=cfg["data"].get("unit") or _unit(ff, cfg["data"]["target"]),
+                target_scale=float(cfg["data"].get("scale", 1.0)),
+                input_scale=input_scale(ff, splits["train"]) if cfg["model"] == "voxelnet" else None)
     model = build_model(meta)
     meta["network"] = model.config
     augment = bool(cfg["augment"].get("rotations", True))
-    species = channels if ff.per_element else None
-    train_set = VoxelDataset(ff.path, splits["train"], targets["train"], "reciprocal" if augment else "voxels", species)
-    val_set = VoxelDataset(ff.path, splits["val"], targets["val"], "voxels", species)
+    train_set = make_dataset(meta, ff.path, splits["train"], targets["train"], augment)
+    val_set = make_dataset(meta, ff.path, splits["val"], targets["val"], False)
     task = make_task(meta, cfg["augment"], tcfg.channels_last)
     trainer = Trainer(model, task, train_set, val_set, tcfg, run_dir, meta, dist, target_scale=norm.std)
     if on_trainer is not None:
@@ -303,9 +330,11 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
         out_dir.mkdir(parents=True, exist_ok=True)
     model, meta, _ = load_model(ckpt)
     ff = FeatureFile(data_path)
-    check_compatible(meta, ff)
+    if meta["model"] == "voxelnet":
+        check_compatible(meta, ff)
     norm = Normalizer(**meta["normalizer"])
-    y_all = ff.prop(meta["target"]) if meta["target"] in ff.prop_names else np.full(ff.n, np.nan)
+    y_all = ff.prop(meta["target"]) * meta.get("target_scale", 1.0) if meta["target"] in ff.prop_names \
+        else np.full(ff.n, np.nan)
     done = np.flatnonzero(ff.status == DONE)
     try:
         splits = load_splits(run_dir, ff.ids) if (run_dir / "split_train.txt").exists() and \
@@ -313,7 +342,6 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     except ValueError:
         splits = {"all": done}
     cfg = trainer_cfg or TrainConfig(batch_size=64)
-    species = meta["channels"] if ff.per_element else None
     task = make_task(meta, {"rotations": rotations > 0}, cfg.channels_last)
     trainer = Trainer(model, task, [], [], cfg, out_dir, meta, dist, target_scale=norm.std)
     rows, metrics = [], {}
@@ -321,7 +349,7 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     for name, idx in splits.items():
         counts = element_counts(ff, idx)
         yn = norm.forward(y_all[idx], counts)
-        ds = VoxelDataset(ff.path, idx, yn, "reciprocal" if rotations else "voxels", species)
+        ds = make_dataset(meta, ff.path, idx, yn, rotations > 0)
         pred_n, _, spread_n = trainer.predict(ds, rotations)
         pred = norm.inverse(pred_n, counts)
         y = y_all[idx]
@@ -353,12 +381,26 @@ def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarr
     """Predictions (target units) for in-memory structures, featurized with the checkpoint's descriptor."""
     from .descriptors import ReciprocalVoxelizer
     model, meta, _ = load_model(_resolve_checkpoint(checkpoint))
+    norm = Normalizer(**meta["normalizer"])
+    if meta["model"] == "atomcloud":
+        from .data import cloud_item, collate_clouds
+        cutoff = float(meta["network"].get("cutoff", 3.0))
+        out = []
+        with torch.no_grad():
+            for a in range(0, len(structures), batch_size):
+                chunk = structures[a:a + batch_size]
+                batch = collate_clouds([cloud_item(k, s.cart_coords, s.numbers, s.lattice, cutoff) for k, s in enumerate(chunk)])
+                pred, _ = CloudTask().forward(model, batch, torch.device("cpu"), None, False)
+                counts = np.zeros((len(chunk), 119))
+                for k, s in enumerate(chunk):
+                    np.add.at(counts[k], s.numbers, 1)
+                out.append(norm.inverse(pred.numpy(), counts))
+        return np.concatenate(out) if out else np.zeros(0)
     d = meta["descriptor"]
     per_element = d["channels"] == "element"
     vox = ReciprocalVoxelizer(sigma=d["sigma"], length=d["length"], n=d["n"], mode=d["mode"],
                               species=tuple(meta["channels"]) if per_element else None, channels=d["channels"],
                               **({"properties": tuple(d["properties"])} if d["channels"] == "properties" else {}))
-    norm = Normalizer(**meta["normalizer"])
     out = []
     with torch.no_grad():
         for a in range(0, len(structures), batch_size):
