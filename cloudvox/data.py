@@ -24,12 +24,22 @@ SPLITS = ("train", "val", "test")
 # splits
 # --------------------------------------------------------------------------------------------------------
 def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                  groups: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+                  groups: Optional[Sequence[str]] = None, sizes: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """Seeded train/val/test indices of n items; with ``groups``, every group falls in one split only.
 
     Groups (e.g. the AFLOW ``compound``, so that both site variants of a compound stay together) are
-    shuffled and assigned whole, in order, until each split's share of groups is reached.
+    shuffled and assigned whole, in order, until each split's share of groups is reached. ``sizes``
+    (train, val, test counts, e.g. 10000, 1000, 10000 for QM9) replaces fractions for ungrouped splits:
+    the first items of one seeded permutation, so a larger train size keeps the same val and test sets.
     """
+    if sizes is not None:
+        if groups is not None:
+            raise ValueError("split sizes work with ungrouped splits only")
+        tr, va, te = (int(x) for x in sizes)
+        if tr + va + te > n:
+            raise ValueError(f"split sizes {list(sizes)} exceed the {n} usable structures")
+        perm = np.random.default_rng(seed).permutation(n)
+        return {"val": np.sort(perm[:va]), "test": np.sort(perm[va:va + te]), "train": np.sort(perm[va + te:va + te + tr])}
     fr = np.asarray(fractions, dtype=np.float64)
     if len(fr) != 3 or (fr < 0).any() or not math.isclose(fr.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")

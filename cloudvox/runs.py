@@ -162,7 +162,7 @@ def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
     else:
         sp = data["split"]
         local = split_indices(len(usable), sp.get("fractions", [0.8, 0.1, 0.1]), int(sp.get("seed", 0)),
-                              _groups(ff, sp.get("by"), usable))
+                              _groups(ff, sp.get("by"), usable), sp.get("sizes"))
         splits = {k: usable[v] for k, v in local.items()}
         save_splits(run_dir, ids, splits)
     counts = {k: element_counts(ff, v) for k, v in splits.items()}

@@ -1,0 +1,63 @@
+"""AtomCloudNet in float64: invariances, batching, periodic supercells."""
+import numpy as np
+import pytest
+import torch
+
+from cloudvox.data import cloud_item, collate_clouds
+from cloudvox.models.atomcloud import AtomCloudNet
+from cloudvox.structure import Structure
+
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2).double().eval()
+
+
+def predict(net, structures):
+    batch = collate_clouds([cloud_item(k, s.cart_coords, s.numbers, s.lattice, 3.0) for k, s in enumerate(structures)])
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    with torch.no_grad():
+        return net(batch, n_structures=len(structures)).numpy()
+
+
+def molecule(rng, n=9):
+    while True:
+        try:
+            return Structure.molecule(rng.uniform(0, 3.5, (n, 3)), rng.choice([1, 6, 7, 8], n), id="m")
+        except ValueError:
+            continue
+
+
+def test_invariant_to_rotation_reflection_translation_permutation(net, rng):
+    m = molecule(rng)
+    base = predict(net, [m])[0]
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    variants = [m.rotated(R), m.rotated(-np.eye(3)), m.rotated(np.diag([1.0, 1.0, -1.0])),
+                m.translated([3.0, -7.0, 0.5]), m.permuted(rng.permutation(len(m)))]
+    for v in variants:
+        assert predict(net, [v])[0] == pytest.approx(base, rel=RTOL, abs=1e-12)
+    assert abs(base) > 1e-6  # a real number, not a trivially zero output
+
+
+def test_batching_equals_one_by_one(net, rng):
+    mols = [molecule(rng, n) for n in (3, 7, 12, 5)]
+    together = predict(net, mols)
+    alone = np.array([predict(net, [m])[0] for m in mols])
+    np.testing.assert_allclose(together, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_crystal_and_supercell_give_the_same_energy_per_atom(net):
+    s = Structure(["Sr", "Ti", "O", "O", "O"], [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]],
+                  np.eye(3) * 3.9, id="SrTiO3")
+    skewed = Structure(["Sr", "Ti"], [[0.1, 0.2, 0.3], [0.6, 0.5, 0.9]],
+                       np.array([[3.1, 0, 0], [1.4, 2.9, 0], [-0.6, 0.8, 3.3]]), id="tri")
+    for c in (s, skewed):
+        e1 = predict(net, [c])[0] / len(c)  # sum pooling: extensive
+        e2 = predict(net, [c.supercell([2, 1, 1])])[0] / (2 * len(c))
+        e3 = predict(net, [c.supercell([2, 2, 2])])[0] / (8 * len(c))
+        assert e2 == pytest.approx(e1, rel=RTOL) and e3 == pytest.approx(e1, rel=RTOL)
+        R = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+        assert predict(net, [c.rotated(R)])[0] == pytest.approx(e1 * len(c), rel=RTOL)
