@@ -1,7 +1,8 @@
-"""Data-parallel training throughput at 1 and 2 ranks on CPU (Horovod and DDP), VoxelNet, in one run.
+"""Data-parallel training throughput at 1 and 2 ranks on CPU (Horovod and DDP), VoxelNet and AtomCloudNet.
 
-Runs ``mpirun -n K cloudvox train voxelnet`` on the shared perovskites (property channels, N=16, the demo
-network) for a few epochs and reports the median training samples/s of the epochs after the first, the
+Runs ``mpirun -n K cloudvox train MODEL`` (VoxelNet on 800 shared perovskites, property channels, N=16, the
+demo network; AtomCloudNet on the 1000-molecule QM9 sample, jobs/configs/atomcloud_qm9.yaml's network) for
+a few epochs and reports the median training samples/s of the epochs after the first, the
 parallel efficiency (samples/s at K ranks) / (K x samples/s at 1 rank), the compute time per batch and
 the gradient bytes exchanged per step (inputs to docs/scaling.md).
 Usage: python bench/train_scaling.py [--epochs 3] [--backends horovod ddp]
@@ -28,10 +29,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(ranks, backend, config):
+def run(ranks, backend, config, model):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
-    cmd = ["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", "voxelnet", str(config),
+    cmd = ["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", model, str(config),
            "--backend", backend]
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
 
@@ -45,29 +46,39 @@ def main():
     if not data.exists():
         subprocess.run([str(Path(sys.executable).parent / "cloudvox"), "featurize", "--config",
                         "jobs/configs/perovskites_demo.yaml"], cwd=ROOT, check=True, capture_output=True)
+    qm9 = ROOT / "out" / "qm9_sample.h5"
+    if not qm9.exists():
+        subprocess.run([str(Path(sys.executable).parent / "cloudvox"), "featurize", "--config",
+                        "jobs/configs/qm9_sample.yaml"], cwd=ROOT, check=True, capture_output=True)
+    vox = yaml.safe_load((ROOT / "jobs" / "configs" / "voxelnet_demo.yaml").read_text())
+    vox["data"]["path"] = str(data)
+    cloud = yaml.safe_load((ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml").read_text())
+    cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[800, 100, 100], seed=0))
     with tempfile.TemporaryDirectory() as tmp:
-        base = yaml.safe_load((ROOT / "jobs" / "configs" / "voxelnet_demo.yaml").read_text())
-        base["train"].update(epochs=args.epochs, batch_size=32)
-        for backend in args.backends:
-            rates = {}
-            for ranks in (1, 2):
-                cfg = dict(base, run_dir=str(Path(tmp) / f"{backend}{ranks}"), data=dict(base["data"], path=str(data)))
-                path = Path(tmp) / f"{backend}{ranks}.yaml"
-                path.write_text(yaml.safe_dump(cfg))
-                run(ranks, backend if ranks > 1 else "none", path)
-                hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
-                rates[ranks] = statistics.median(r["samples_per_s"] for r in hist[1:])
-                emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[ranks], "samples/s", model="voxelnet",
-                     backend=backend, batch_size=32, epochs=args.epochs)
-            emit("train_scaling", "parallel_efficiency_2_ranks", rates[2] / (2 * rates[1]), "fraction",
-                 model="voxelnet", backend=backend)
-            emit("train_scaling", "compute_seconds_per_batch_1_rank", 32 / rates[1], "s", model="voxelnet", backend=backend)
-        from cloudvox.models.voxelnet import VoxelNet
-        net = VoxelNet(8, 16, widths=[16, 16], pools=[2, 0], hidden=[32, 8])
-        grad_bytes = sum(p.numel() for p in net.parameters()) * 4
-        emit("train_scaling", "gradient_bytes_per_step", grad_bytes, "bytes", model="voxelnet (demo network)")
-        grad_bytes = sum(p.numel() for p in VoxelNet(8, 32).parameters()) * 4
-        emit("train_scaling", "gradient_bytes_per_step", grad_bytes, "bytes", model="voxelnet (original, N=32)")
+        for model, base in (("voxelnet", vox), ("atomcloud", cloud)):
+            base["train"].update(epochs=args.epochs, batch_size=32)
+            for backend in args.backends:
+                rates = {}
+                for ranks in (1, 2):
+                    cfg = dict(base, run_dir=str(Path(tmp) / f"{model}{backend}{ranks}"))
+                    path = Path(tmp) / f"{model}{backend}{ranks}.yaml"
+                    path.write_text(yaml.safe_dump(cfg))
+                    run(ranks, backend if ranks > 1 else "none", path, model)
+                    hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
+                    rates[ranks] = statistics.median(r["samples_per_s"] for r in hist[1:])
+                    emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[ranks], "samples/s", model=model,
+                         backend=backend, batch_size=32, epochs=args.epochs)
+                emit("train_scaling", "parallel_efficiency_2_ranks", rates[2] / (2 * rates[1]), "fraction",
+                     model=model, backend=backend)
+                emit("train_scaling", "compute_seconds_per_batch_1_rank", 32 / rates[1], "s", model=model,
+                     backend=backend)
+    from cloudvox.models.atomcloud import build_atomcloud
+    from cloudvox.models.voxelnet import VoxelNet
+    sizes = {"voxelnet (demo network, N=16)": VoxelNet(8, 16, widths=[16, 16], pools=[2, 0], hidden=[32, 8]),
+             "voxelnet (original, N=32, 8 channels)": VoxelNet(8, 32),
+             "atomcloud (atomcloud_qm9.yaml)": build_atomcloud(cloud["network"])}
+    for name, net in sizes.items():
+        emit("train_scaling", "gradient_bytes_per_step", sum(p.numel() for p in net.parameters()) * 4, "bytes", model=name)
 
 
 if __name__ == "__main__":

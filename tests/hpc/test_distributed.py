@@ -51,10 +51,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(ranks, config, backend, *extra, check=True):
+def train(ranks, config, backend, *extra, check=True, model="voxelnet"):
     env = mpi_env()
     env["MASTER_PORT"] = str(free_port())
-    proc = subprocess.run(cloudvox_cmd(ranks, "train", "voxelnet", str(config), "--backend", backend, *extra),
+    proc = subprocess.run(cloudvox_cmd(ranks, "train", model, str(config), "--backend", backend, *extra),
                           env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
@@ -103,3 +103,21 @@ def test_resume_mid_epoch_continues_identically(tiny, single, tmp_path, backend)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
     assert "stopped at epoch 0 step 3" in first.stderr
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ddp"])
+def test_atomcloud_two_ranks_equal_one(tiny, tmp_path, backend):
+    def cfg(run):
+        c = yaml.safe_load(write_config(tmp_path / "c.yaml", tiny, run).read_text())
+        c.update(model="atomcloud", network=dict(cutoff=3.0, layers=1, scalars=8, vectors=4, tensors=2, embed=8,
+                                                 head=[8]))
+        c["data"]["extensive"] = True
+        path = tmp_path / f"{run.name}.yaml"
+        path.write_text(yaml.safe_dump(c))
+        return path
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(0, cfg(one), "none", model="atomcloud")
+    train(2, cfg(two), backend, model="atomcloud")
+    a, b = params(one), params(two)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
