@@ -1,0 +1,42 @@
+"""AtomCloudNet on the shared AFLOW perovskites (periodic clouds), the same compound-grouped 80/10/10 split
+(seed 0) as bench/voxelnet_aflow.py: test MAE of enthalpy_atom (eV/atom) next to VoxelNet's, when that run
+exists (runs/voxelnet_perovskites/evaluation.json).
+Usage: python bench/atomcloud_aflow.py [--epochs 100]
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, emit  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=100)
+    args = ap.parse_args()
+    from cloudvox.runs import load_config, train_run
+    data = ROOT / "out" / "perovskites.h5"
+    if not data.exists():
+        raise SystemExit("featurize first: mpirun -n 2 cloudvox featurize --config jobs/configs/perovskites.yaml")
+    cfg = load_config(None, [f"data.path={data}", "data.target=enthalpy_atom", "data.split.by=compound",
+                             "data.normalize=composition", f"train.epochs={args.epochs}", "train.lr=0.002",
+                             f"run_dir={ROOT / 'runs' / 'atomcloud_perovskites'}"])
+    cfg["model"] = "atomcloud"
+    cfg["network"] = dict(cutoff=4.5, layers=3, l_max=2, scalars=32, vectors=16, tensors=8, pooling="mean")
+    t = time.perf_counter()
+    summary = train_run(cfg)
+    wall = time.perf_counter() - t
+    rate = statistics.median(r["samples_per_s"] for r in summary["history"][1:])
+    emit("atomcloud_aflow", "test_mae", summary["metrics"]["test"]["mae"], "eV/atom", epochs=summary["epochs"],
+         wall_s=round(wall, 1), samples_per_s=round(rate, 1))
+    ev = ROOT / "runs" / "voxelnet_perovskites" / "evaluation.json"
+    if ev.exists():
+        emit("atomcloud_aflow", "voxelnet_test_mae", json.loads(ev.read_text())["metrics"]["test"]["mae"], "eV/atom")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""AtomCloudNet on QM9: U (298 K) in kcal/mol, fixed seed, 1,000 validation and 10,000 test molecules, a
+learning curve over training-set sizes (default 1,000 and 10,000), and training throughput (molecules/s).
+
+Featurizes all 130,831 QM9 molecules (point clouds only) from the qm9pack package first if needed
+(jobs/configs/qm9.yaml, under mpirun). The network and schedule are jobs/configs/atomcloud_qm9.yaml.
+Usage: python bench/atomcloud_qm9.py [--train-size 10000] [--curve 1000 10000] [--epochs 200] [--profile]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, emit  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train-size", type=int, default=10000)
+    ap.add_argument("--curve", type=int, nargs="*", default=[1000])
+    ap.add_argument("--epochs", type=int, default=None, help="default: the config's")
+    ap.add_argument("--ranks", type=int, default=2, help="MPI ranks for featurization")
+    ap.add_argument("--profile", action="store_true", help="print where the time of a training step goes")
+    args = ap.parse_args()
+    data = ROOT / "out" / "qm9.h5"
+    if not data.exists():
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
+        subprocess.run(["mpirun", "-n", str(args.ranks), str(Path(sys.executable).parent / "cloudvox"), "featurize",
+                        "--config", "jobs/configs/qm9.yaml"], cwd=ROOT, env=env, check=True, capture_output=True)
+    from cloudvox.runs import load_config, train_run
+    sizes = sorted(set(args.curve + [args.train_size]))
+    for size in sizes:
+        sets = [f"data.path={data}", f"data.split.sizes=[{size}, 1000, 10000]", f"run_dir=runs/atomcloud_qm9_{size}"]
+        if args.epochs:
+            sets.append(f"train.epochs={args.epochs}")
+        cfg = load_config(str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml"), sets)
+        cfg["run_dir"] = str(ROOT / cfg["run_dir"])
+        t = time.perf_counter()
+        summary = train_run(cfg)
+        wall = time.perf_counter() - t
+        hist = summary["history"]
+        rate = statistics.median(r["samples_per_s"] for r in hist[1:]) if len(hist) > 1 else hist[0]["samples_per_s"]
+        common = dict(train_size=size, epochs=summary["epochs"], n_test=summary["metrics"]["test"]["n"])
+        emit("atomcloud_qm9", "test_mae", summary["metrics"]["test"]["mae"], "kcal/mol", **common)
+        emit("atomcloud_qm9", "wall_time", wall, "s", **common)
+        emit("atomcloud_qm9", "train_molecules_per_s", rate, "molecules/s", **common)
+    if args.profile:
+        profile(cfg)
+
+
+def profile(cfg):
+    """Top operators of a few training steps (torch profiler), for the throughput note."""
+    import torch
+    from cloudvox.data import CloudDataset
+    from cloudvox.models.atomcloud import build_atomcloud
+    from cloudvox.runs import CloudTask
+    ds = CloudDataset(cfg["data"]["path"], list(range(320)), [0.0] * 320, cfg["network"]["cutoff"])
+    net = build_atomcloud(cfg["network"])
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    batches = [ds.collate([ds[i] for i in range(k, k + 32)]) for k in range(0, 320, 32)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            pred, y = CloudTask().forward(net, b, torch.device("cpu"), None, True)
+            loss = (pred - y).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
