@@ -74,6 +74,10 @@ class HorovodBackend(SingleProcess):
     backend = "horovod"
 
     def __init__(self):
+        try:  # let mpi4py own MPI: it finalises MPI last at exit, after HDF5 (parallel h5py) has closed;
+            from mpi4py import MPI  # noqa: F401   Horovod finalising first made h5py crash at shutdown
+        except ImportError:
+            pass
         import horovod.torch as hvd
         hvd.init()
         self.hvd = hvd
