@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, emit, shared_dir  # noqa: E402
 
 import h5py  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def env():

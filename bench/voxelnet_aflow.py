@@ -8,7 +8,6 @@ the test MAE, epochs, wall time and training samples/s. Featurizes the data firs
 Usage: python bench/voxelnet_aflow.py [--epochs 60] [--element-epochs 20] [--ranks 2]
 """
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -3,17 +3,16 @@
 The HDF5 file is opened lazily in each process (:class:`cloudvox.features.FeatureFile`), so DataLoader
 workers each hold their own handle. Batches are dicts keyed by :mod:`cloudvox.properties` batch keys.
 """
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from . import properties as K
-from .binning import ReciprocalBatch, collate_reciprocal
+from .binning import collate_reciprocal
 from .elements import MAX_Z
 from .features import DONE, FeatureFile
 

@@ -42,7 +42,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,7 +51,7 @@ from .descriptors import ReciprocalSet, ReciprocalVoxelizer, reciprocal_lattice
 from .elements import SYMBOLS
 from .io.records import Record
 from .properties import UNITS
-from .structure import Structure, StructureError
+from .structure import Structure
 
 FORMAT = "cloudvox-features"
 FORMAT_VERSION = 1

@@ -19,7 +19,6 @@ def neighbor_list(cart: np.ndarray, cutoff: float, lattice: Optional[np.ndarray]
         src (E,) int64 centre atoms i, dst (E,) int64 neighbours j, shift (E, 3) float64 Cartesian image
         offsets (zeros for molecules); edges sorted by (src, dst).
     """
-    n = len(cart)
     if lattice is None:
         d = cart[None, :, :] - cart[:, None, :]  # (n, n, 3): x_j - x_i
         r2 = np.einsum("ijx,ijx->ij", d, d)

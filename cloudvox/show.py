@@ -6,12 +6,11 @@ s(x) = sum_j N(x; mu_j + A n, sigma^2), through the first atom), ``reciprocal`` 
 grid's domain, coloured and sized by |h| of the total density), ``voxels`` (a projection of each channel's
 voxel grid along z: maximum over the axis, square-root colour scale).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .descriptors import ReciprocalVoxelizer
-from .elements import SYMBOLS
 from .structure import Structure
 
 PANELS = ("cell", "density", "reciprocal", "voxels")

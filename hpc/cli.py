@@ -298,7 +298,7 @@ def _axis_rotation(spec: str):
 
 def load_one(input_path, fmt, index, sid):
     """(structure, descriptor parameters of a feature file or {}) selected by index or id, or SystemExit."""
-    from cloudvox.io import iter_records, parse_qm9_xyz
+    from cloudvox.io import iter_records
     if fmt is None:
         if input_path is None:
             raise SystemExit("cloudvox show: give an input file, or --format qm9|prototypes for the embedded data")
@@ -330,7 +330,6 @@ def load_one(input_path, fmt, index, sid):
 
 
 def cmd_show(args, command: str) -> int:
-    import numpy as np
     from cloudvox.descriptors import ReciprocalVoxelizer
     from cloudvox import show
     structure, params = load_one(args.input, args.format, args.index, args.id)

@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ pymatgen is imported only when these functions are called.
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Union
 
-import numpy as np
 
 from ..structure import Structure, StructureError
 from .records import Record, collect

@@ -10,7 +10,6 @@ import importlib.util
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
-import numpy as np
 
 from .. import properties as P
 from ..structure import Structure, StructureError

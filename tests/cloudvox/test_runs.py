@@ -1,6 +1,5 @@
 """Training runs end to end on a tiny feature file: splits, resume, evaluate/predict, mismatch errors."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from cloudvox import properties as P
-from cloudvox.io import format_qm9_xyz, iter_qm9_csv, iter_qm9_xyz, iter_records, parse_qm9_xyz
+from cloudvox.io import format_qm9_xyz, iter_qm9_csv, iter_records, parse_qm9_xyz
 
 METHANE_XYZ = """5
 gdb 1\t157.7118\t157.70997\t157.70699\t0.\t13.21\t-0.3877\t0.1171\t0.5048\t35.3641\t0.044749\t-40.47893\t-40.476062\t-40.475117\t-40.498597\t6.469
