@@ -121,3 +121,24 @@ def test_atomcloud_two_ranks_equal_one(tiny, tmp_path, backend):
     a, b = params(one), params(two)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
+
+
+def test_sigusr1_checkpoints_every_rank_at_the_same_step_and_exits_cleanly(tiny, tmp_path):
+    import signal
+    import time
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", tiny, run, epochs=500)
+    env = mpi_env()
+    env["MASTER_PORT"] = str(free_port())
+    proc = subprocess.Popen(cloudvox_cmd(2, "train", "voxelnet", str(cfg), "--backend", "ddp"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)  # mpirun forwards SIGUSR1 to every rank, as SLURM signals every task
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    ck = load_checkpoint(run / "checkpoint_last.pt")
+    assert "stopped at epoch" in err and ck["epoch"] < 500
+    train(2, write_config(tmp_path / "c.yaml", tiny, run, epochs=int(ck["epoch"]) + 1), "ddp", "--resume")
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch"] == int(ck["epoch"]) + 1
