@@ -86,6 +86,8 @@ FAILURES: Dict[str, Tuple[object, Tuple[int, ...]]] = {
     "failures/line": (np.dtype(np.int64), ()),
     "failures/reason": ("str", ()),
 }
+CHUNK_CACHE_BYTES = 256 << 20  # per open file (per process): decompressed chunks kept for random access
+CHUNK_BYTES = 256 << 10  # target uncompressed chunk size of the final file's datasets
 COMPRESSED = ("cloud/positions", "voxels/index", "voxels/values", "reciprocal/m", "reciprocal/values")
 
 
@@ -267,7 +269,8 @@ class FeatureFile:
     def h5(self):
         import h5py
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            # a large chunk cache: random access to small ragged rows must not decompress a chunk per read
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=100003)
             self._pid = os.getpid()
             self._offsets = {}
         return self._file

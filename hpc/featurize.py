@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import (COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile, featurize_block,
+from cloudvox.features import (CHUNK_BYTES, COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile, featurize_block,
                                prop_unit, root_attributes, write_features)
 from cloudvox.io.sources import Source
 
@@ -273,7 +273,7 @@ def _chunked(shape, dtype, name: str) -> Dict[str, object]:
     if shape[0] == 0:
         return {}
     row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-    rows = int(max(1, min(shape[0], (1 << 20) // max(row, 1))))
+    rows = int(max(1, min(shape[0], CHUNK_BYTES // max(row, 1))))
     opts: Dict[str, object] = dict(chunks=(rows,) + tuple(shape[1:]))
     if name in COMPRESSED:
         opts.update(compression="gzip", compression_opts=4, shuffle=True)
