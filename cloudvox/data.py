@@ -141,7 +141,37 @@ def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 # datasets
 # --------------------------------------------------------------------------------------------------------
-class VoxelDataset(torch.utils.data.Dataset):
+class _FeatureDataset(torch.utils.data.Dataset):
+    """Items of usable structures of a feature file, read lazily (per process) and cached after first use."""
+
+    def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray], cache: bool, dtype):
+        self.ff = FeatureFile(path)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        status = self.ff.status[self.indices] if len(self.indices) else np.array([])
+        if (status != DONE).any():
+            bad = self.indices[status != DONE][:5].tolist()
+            raise ValueError(f"structures {bad} of {path} failed featurization and cannot be used")
+        self.targets = None if targets is None else np.asarray(targets, dtype=dtype)
+        self._cache: Optional[Dict[int, Dict]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Dict:
+        if self._cache is not None and k in self._cache:
+            return self._cache[k]
+        item = self._read(int(self.indices[k]))
+        if self.targets is not None:
+            item[K.TARGET] = self.targets[k]
+        if self._cache is not None:
+            self._cache[k] = item
+        return item
+
+    def _read(self, i: int) -> Dict:
+        raise NotImplementedError
+
+
+class VoxelDataset(_FeatureDataset):
     """Structures of a feature file as VoxelNet inputs.
 
     Args:
@@ -155,27 +185,14 @@ class VoxelDataset(torch.utils.data.Dataset):
 
     def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray] = None, source: str = "voxels",
                  species: Optional[Sequence[str]] = None, cache: bool = True):
-        self.ff = FeatureFile(path)
-        self.indices = np.asarray(indices, dtype=np.int64)
-        status = self.ff.status[self.indices] if len(self.indices) else np.array([])
-        if (status != DONE).any():
-            bad = self.indices[status != DONE][:5].tolist()
-            raise ValueError(f"structures {bad} of {path} failed featurization and cannot be used")
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
+        super().__init__(path, indices, targets, cache, np.float32)
         if source not in ("voxels", "reciprocal"):
             raise ValueError(f"unknown source {source!r}")
         self.source = source
         self.species = list(species) if species is not None else None
         self.per_element = self.ff.per_element
-        self._cache: Optional[Dict[int, Dict]] = {} if cache else None
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> Dict:
-        if self._cache is not None and k in self._cache:
-            return self._cache[k]
-        i = int(self.indices[k])
+    def _read(self, i: int) -> Dict:
         ch = self.ff.channel_index(i, self.species)
         item = {K.INDEX: i, "channels": ch}
         if self.source == "voxels":
@@ -186,10 +203,6 @@ class VoxelDataset(torch.utils.data.Dataset):
         else:
             rs = self.ff.reciprocal(i, self.species)
             item.update(G=rs.G, amp=rs.amp)
-        if self.targets is not None:
-            item[K.TARGET] = self.targets[k]
-        if self._cache is not None:
-            self._cache[k] = item
         return item
 
     def collate(self, items: List[Dict]) -> Dict:
@@ -230,7 +243,7 @@ class VoxelDataset(torch.utils.data.Dataset):
         return batch
 
 
-class CloudDataset(torch.utils.data.Dataset):
+class CloudDataset(_FeatureDataset):
     """Structures of a feature file as atom clouds with neighbour lists (for AtomCloudNet).
 
     Neighbour lists within ``cutoff`` (periodic images for crystals) are computed once per structure, in
@@ -238,32 +251,15 @@ class CloudDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray], cutoff: float, cache: bool = True):
-        self.ff = FeatureFile(path)
-        self.indices = np.asarray(indices, dtype=np.int64)
-        status = self.ff.status[self.indices] if len(self.indices) else np.array([])
-        if (status != DONE).any():
-            raise ValueError(f"structures {self.indices[status != DONE][:5].tolist()} of {path} failed featurization")
+        super().__init__(path, indices, targets, cache, np.float64)
         if "cloud/positions" not in self.ff.h5 or self.ff.h5["cloud/positions"].shape[0] == 0:
             raise ValueError(f"{path} stores no point clouds: featurize with --store cloud")
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
         self.cutoff = float(cutoff)
-        self._cache: Optional[Dict[int, Dict]] = {} if cache else None
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> Dict:
-        if self._cache is not None and k in self._cache:
-            return self._cache[k]
-        i = int(self.indices[k])
+    def _read(self, i: int) -> Dict:
         pos, z = self.ff.cloud(i)
         lattice = self.ff.h5["structures/lattice"][i]
-        item = cloud_item(i, pos, z, None if np.isnan(lattice).any() else lattice, self.cutoff)
-        if self.targets is not None:
-            item[K.TARGET] = self.targets[k]
-        if self._cache is not None:
-            self._cache[k] = item
-        return item
+        return cloud_item(i, pos, z, None if np.isnan(lattice).any() else lattice, self.cutoff)
 
     @staticmethod
     def collate(items: List[Dict]) -> Dict:
