@@ -8,10 +8,10 @@ import pytest
 from tests.hpc.conftest import mpi_env
 
 HVD = """
-import torch, horovod.torch as hvd
+import os, sys, torch, horovod.torch as hvd
 hvd.init()
 x = hvd.allreduce(torch.tensor([float(hvd.rank() + 1)]), op=hvd.Sum)
-print("sum", hvd.size(), x.item())
+os.write(1, f"sum {hvd.size()} {x.item()}\\n".encode())  # one write per rank: lines never interleave
 """
 
 
