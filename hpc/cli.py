@@ -296,16 +296,28 @@ def _axis_rotation(spec: str):
     return R
 
 
+def _guess_format(path: str) -> str:
+    """Input format from the file name; an .xyz whose second line starts with "gdb" is an original QM9 file."""
+    name = path.lower()
+    if name.endswith((".h5", ".hdf5")):
+        return "h5"
+    if name.endswith((".json", ".jsonl")):
+        return "aflow"
+    if name.endswith(".xyz"):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            fh.readline()
+            if fh.readline().startswith("gdb"):
+                return "qm9"
+    return "files"
+
+
 def load_one(input_path, fmt, index, sid):
     """(structure, descriptor parameters of a feature file or {}) selected by index or id, or SystemExit."""
     from cloudvox.io import iter_records
     if fmt is None:
         if input_path is None:
             raise SystemExit("cloudvox show: give an input file, or --format qm9|prototypes for the embedded data")
-        name = input_path.lower()
-        fmt = "h5" if name.endswith((".h5", ".hdf5")) else "aflow" if name.endswith((".json", ".jsonl")) else \
-            "qm9" if (name.endswith(".xyz") and Path(input_path).read_text()[:200].splitlines()[1:2] and
-                      Path(input_path).read_text().splitlines()[1].startswith("gdb")) else "files"
+        fmt = _guess_format(input_path)
     if fmt == "h5":
         from cloudvox.features import FeatureFile
         ff = FeatureFile(input_path)
