@@ -12,7 +12,7 @@ Inputs (batch keys of :mod:`cloudvox.properties`): positions (A, 3) Angstrom, nu
 (A,), and edges src/dst (E,) with Cartesian image shifts (E, 3), precomputed per structure.
 """
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -43,39 +43,119 @@ class BesselBasis(nn.Module):
         return torch.sin(self.k * r) / r * math.sqrt(2 / self.cutoff) * self.envelope(r)
 
 
-class Interaction(nn.Module):
-    """One cloud convolution: channel-wise tensor product with Y_l, radial weights, linear, gate, residual."""
+Irreps = Dict[int, int]  # order l -> number of channels (parity (-1)^l: 0e, 1o, 2e)
 
-    def __init__(self, irreps_in, irreps_out, irreps_sh, n_basis: int, radial_hidden: int, avg_neighbors: float):
+
+def tensor_product_paths(l_in: int, l_sh: int, out: Irreps) -> List[Tuple[int, int]]:
+    """(l2, l3) paths of l_in x Y_l2 -> l3 that keep natural parity (l_in + l2 + l3 even) and land in ``out``."""
+    return [(l2, l3) for l2 in range(l_sh + 1) for l3 in range(abs(l_in - l2), l_in + l2 + 1)
+            if (l_in + l2 + l3) % 2 == 0 and out.get(l3, 0) > 0]
+
+
+def rotate_features(h: Dict[int, torch.Tensor], R: torch.Tensor) -> Dict[int, torch.Tensor]:
+    """Features l -> (A, 2l+1, c) transformed by the 3x3 orthogonal matrix R (rotation or improper: parity
+    (-1)^l), in e3nn's basis: what an equivariant layer's output must do when its input positions do r -> R r."""
+    from e3nn import o3
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds D from float32 generators otherwise (1e-7 errors)
+    try:
+        D = {l: o3.Irrep(l, (-1) ** l).D_from_matrix(R.to(torch.float64)) for l in h}
+    finally:
+        torch.set_default_dtype(default)
+    return {l: torch.einsum("ij,ajc->aic", D[l].to(x.dtype), x) for l, x in h.items()}
+
+
+class CloudConvolution(nn.Module):
+    """One cloud convolution: channel-wise ("uvu") tensor product of neighbour features with Y(r_ij), radial
+    weights per edge, sum over neighbours, linear mixing per order, gate, residual self-connection.
+
+    Features are a dict l -> (A, 2l+1, channels) in e3nn's real spherical-harmonic basis. All paths of one input
+    order are done by one small matmul with a stacked Clebsch-Gordan table (E, P, 2l+1), one bmm and one
+    scatter-add, instead of one e3nn instruction each: this is what makes training ~3x faster on CPU.
+
+    Args:
+        irreps_in: channels per order of the input. irreps_out: channels per order of the output.
+        l_sh: highest spherical-harmonic order. n_basis: radial basis size. radial_hidden: radial MLP width.
+        avg_neighbors: typical neighbour count (sums over neighbours are divided by its square root).
+    """
+
+    def __init__(self, irreps_in: Irreps, irreps_out: Irreps, l_sh: int, n_basis: int, radial_hidden: int,
+                 avg_neighbors: float):
         super().__init__()
         from e3nn import o3
-        from e3nn.nn import FullyConnectedNet, Gate
-        mid, instructions = [], []
-        for i, (mul, ir_in) in enumerate(irreps_in):
-            for j, (_, ir_sh) in enumerate(irreps_sh):
-                for ir_out in ir_in * ir_sh:
-                    if any(ir_out == ir for _, ir in irreps_out):
-                        instructions.append((i, j, len(mid), "uvu", True))
-                        mid.append((mul, ir_out))
-        irreps_mid = o3.Irreps(mid)
-        self.tp = o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False,
-                                   internal_weights=False)
-        self.radial = FullyConnectedNet([n_basis, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
-        scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
-        gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
-        gates = o3.Irreps([(gated.num_irreps, "0e")])  # one gate scalar per gated irrep
-        self.gate = Gate(scalars, [torch.nn.functional.silu], gates, [torch.sigmoid], gated)
-        self.linear = o3.Linear(irreps_mid, self.gate.irreps_in)
-        self.self_connection = o3.Linear(irreps_in, self.gate.irreps_out)
+        self.irreps_in = {l: m for l, m in irreps_in.items() if m > 0}
+        self.irreps_out = {l: m for l, m in irreps_out.items() if m > 0}
+        self.n_gates = sum(m for l, m in self.irreps_out.items() if l > 0)
+        n_sh = (l_sh + 1) ** 2
+        mids: Dict[int, int] = {}  # l3 -> channels of the mixed (pre-linear) features
+        self.plan = []  # per input order: (l1, n_paths, [(path, l3, first column)], weight offset)
+        n_weights = 0
+        for l1, u in self.irreps_in.items():
+            paths = tensor_product_paths(l1, l_sh, self.irreps_out)
+            cols, col_path = [], []
+            table = torch.zeros(n_sh, sum(2 * l3 + 1 for _, l3 in paths), 2 * l1 + 1, dtype=torch.float64)
+            c = 0
+            for p, (l2, l3) in enumerate(paths):
+                # component normalisation: sqrt(2 l3 + 1) keeps unit-variance inputs at unit variance
+                cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(2 * l3 + 1)  # (2l1+1, 2l2+1, 2l3+1)
+                table[l2 ** 2:(l2 + 1) ** 2, c:c + 2 * l3 + 1, :] = cg.permute(1, 2, 0)
+                cols.append((l3, c))
+                col_path += [p] * (2 * l3 + 1)
+                c += 2 * l3 + 1
+                mids[l3] = mids.get(l3, 0) + u
+            self.register_buffer(f"cg{l1}", table.reshape(n_sh, -1))  # float64; cast to the features' dtype in use
+            self.register_buffer(f"col_path{l1}", torch.tensor(col_path, dtype=torch.long))
+            self.plan.append((l1, len(paths), cols, n_weights))
+            n_weights += u * len(paths)
+        self.n_weights = n_weights
+        self.radial = nn.Sequential(nn.Linear(n_basis, radial_hidden, bias=False), nn.SiLU(),
+                                    nn.Linear(radial_hidden, n_weights, bias=False))
+        # linear mixing per output order (the l = 0 block also makes the gates), and the self-connection
+        self.mix = nn.ParameterDict()
+        for l3, U in mids.items():
+            width = self.irreps_out[l3] + (self.n_gates if l3 == 0 else 0)
+            self.mix[str(l3)] = nn.Parameter(torch.randn(U, width) / math.sqrt(U))
+        self.self_connection = nn.ParameterDict({
+            str(l): nn.Parameter(torch.randn(self.irreps_in[l], m) / math.sqrt(self.irreps_in[l]))
+            for l, m in self.irreps_out.items() if l in self.irreps_in})
         self.norm = 1.0 / math.sqrt(avg_neighbors)
-        self.irreps_out = self.gate.irreps_out
 
-    def forward(self, h, sh, basis, src, dst):
-        w = self.radial(basis)  # (E, weights): one fused radial network for every path
-        msg = self.tp(h[dst], sh, w)  # neighbour j's features with Y(r_ij)
-        agg = torch.zeros(h.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
-        agg.index_add_(0, src, msg)
-        return self.self_connection(h) + self.gate(self.linear(agg * self.norm))
+    def forward(self, h: Dict[int, torch.Tensor], sh: torch.Tensor, basis: torch.Tensor, src: torch.Tensor,
+                dst: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """h: l -> (A, 2l+1, channels); sh (E, (l_sh+1)^2); basis (E, n_basis); src/dst (E,) -> l -> (A, 2l+1, c)."""
+        A, E = next(iter(h.values())).shape[0], sh.shape[0]
+        w = self.radial(basis)  # (E, n_weights): one fused radial network for every path
+        mids: Dict[int, List[torch.Tensor]] = {}
+        for l1, n_paths, cols, offset in self.plan:
+            x = h[l1]
+            u = x.shape[2]
+            z = (sh @ getattr(self, f"cg{l1}").to(sh.dtype)).view(E, -1, 2 * l1 + 1)  # (E, P, 2l1+1): CG contracted with Y
+            xe = x.index_select(0, dst)  # (E, 2l1+1, u): neighbour j's features
+            wl = w[:, offset:offset + u * n_paths].view(E, n_paths, u)
+            col_path = getattr(self, f"col_path{l1}")
+            if l1 == 0:  # scalars: weight them per path first, then spread over each path's 2l3+1 rows
+                msg = (xe * wl).index_select(1, col_path) * z  # (E, P, u)
+            else:  # each path's weight on its 2l3+1 rows of the product
+                msg = torch.bmm(z, xe) * wl.index_select(1, col_path)  # (E, P, u)
+            agg = torch.zeros(A, msg.shape[1] * u, dtype=msg.dtype, device=msg.device)
+            agg = agg.index_add_(0, src, msg.view(E, -1)).view(A, -1, u)  # sum over neighbours
+            for l3, c in cols:
+                mids.setdefault(l3, []).append(agg[:, c:c + 2 * l3 + 1, :])
+        out = {}
+        for l3, parts in mids.items():
+            m = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # (A, 2l3+1, U)
+            out[l3] = (m @ self.mix[str(l3)]) * self.norm
+        n0 = self.irreps_out[0]
+        gates = torch.sigmoid(out[0][:, 0, n0:])
+        res = {0: torch.nn.functional.silu(out[0][:, :, :n0])}
+        g = 0
+        for l, m in sorted(self.irreps_out.items()):
+            if l > 0:
+                res[l] = out[l] * gates[:, None, g:g + m]
+                g += m
+        for key, s in self.self_connection.items():
+            res[int(key)] = res[int(key)] + h[int(key)] @ s
+        return res
 
 
 class AtomCloudNet(nn.Module):
@@ -87,52 +167,70 @@ class AtomCloudNet(nn.Module):
         n_basis: radial basis size. radial_hidden: width of the radial network. embed: atom embedding size.
         head: hidden widths of the per-atom MLP. pooling: "sum" (extensive targets), "mean", or "power"
         (the power mean (mean |x|^p)^(1/p) of the original, p = ``power``). avg_neighbors: normalisation.
+        body_features: concatenate invariant 2-body (sum_j B(r_ij)) and 3-body (sum_jk B(r_ij) B(r_ik)
+        P_l(cos theta_jik), computed as |sum_j B(r_ij) Y_l(r_ij)|^2, O(edges)) features to the head's input.
     """
 
     def __init__(self, cutoff: float = 3.0, layers: int = 2, l_max: int = 2, scalars: int = 32, vectors: int = 16,
                  tensors: int = 8, n_basis: int = 8, radial_hidden: int = 32, embed: int = 32,
-                 head: Sequence[int] = (64,), pooling: str = "sum", power: float = 2.0, avg_neighbors: float = 12.0):
+                 head: Sequence[int] = (64,), pooling: str = "sum", power: float = 2.0, avg_neighbors: float = 12.0,
+                 body_features: bool = False):
         super().__init__()
-        from e3nn import o3
+        if pooling not in ("sum", "mean", "power"):
+            raise ValueError(f"pooling must be sum, mean or power, not {pooling!r}")
         muls = {0: scalars, 1: vectors, 2: tensors}
-        parity = {0: "e", 1: "o", 2: "e"}
-        hidden = o3.Irreps([(muls[l], f"{l}{parity[l]}") for l in range(min(l_max, 2) + 1) if muls[l]])
-        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        hidden = {l: muls[l] for l in range(min(l_max, 2) + 1) if muls[l]}
+        self.l_max = l_max
         self.embedding = nn.Embedding(MAX_Z + 1, embed)
         self.basis = BesselBasis(cutoff, n_basis)
-        irreps = o3.Irreps(f"{embed}x0e")
+        irreps: Irreps = {0: embed}
         blocks = []
         for _ in range(layers):
-            block = Interaction(irreps, hidden, self.irreps_sh, n_basis, radial_hidden, avg_neighbors)
+            block = CloudConvolution(irreps, hidden, l_max, n_basis, radial_hidden, avg_neighbors)
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
-        n_scalar = sum(m for m, ir in irreps if ir.l == 0)
-        self.scalar_dim = n_scalar
-        mlp, d = [], n_scalar
+        self.body_features = body_features
+        d = irreps[0] + (n_basis * (l_max + 2) if body_features else 0)
+        mlp = []
         for w in head:
             mlp += [nn.Linear(d, w), nn.SiLU()]
             d = w
         mlp.append(nn.Linear(d, 1))
         self.head = nn.Sequential(*mlp)
-        self.pooling, self.power = pooling, power
+        self.pooling, self.power, self.avg_neighbors = pooling, power, avg_neighbors
         self.config = dict(cutoff=cutoff, layers=layers, l_max=l_max, scalars=scalars, vectors=vectors, tensors=tensors,
                            n_basis=n_basis, radial_hidden=radial_hidden, embed=embed, head=list(head), pooling=pooling,
-                           power=power, avg_neighbors=avg_neighbors)
+                           power=power, avg_neighbors=avg_neighbors, body_features=body_features)
+
+    def edges(self, batch: Dict[str, torch.Tensor]):
+        """Spherical harmonics (E, (l_max+1)^2) and radial basis (E, n_basis) of every edge, once per batch."""
+        from e3nn import o3
+        pos, src, dst = batch[K.POSITIONS], batch[EDGE_SRC], batch[EDGE_DST]
+        vec = pos[dst] + batch[EDGE_SHIFT].to(pos.dtype) - pos[src]  # (E, 3) Angstrom, i -> j
+        sh = o3.spherical_harmonics(list(range(self.l_max + 1)), vec, normalize=True, normalization="component")
+        return sh, self.basis(vec.norm(dim=1))
+
+    def body(self, sh: torch.Tensor, basis: torch.Tensor, src: torch.Tensor, n_atoms: int) -> torch.Tensor:
+        """(A, n_basis * (l_max + 2)) invariant 2- and 3-body sums per atom."""
+        E, nb = basis.shape
+        two = torch.zeros(n_atoms, nb, dtype=basis.dtype, device=basis.device).index_add_(0, src, basis)
+        moments = torch.zeros(n_atoms, nb * sh.shape[1], dtype=basis.dtype, device=basis.device)
+        moments = moments.index_add_(0, src, (basis[:, :, None] * sh[:, None, :]).reshape(E, -1)).view(n_atoms, nb, -1)
+        three = [moments[:, :, l * l:(l + 1) ** 2].pow(2).sum(-1) for l in range(self.l_max + 1)]
+        return torch.cat([two] + three, dim=1) / self.avg_neighbors
 
     def forward(self, batch: Dict[str, torch.Tensor], n_structures: Optional[int] = None) -> torch.Tensor:
         """(S,) predictions from a batch dict (positions, numbers, atom_structure, edges)."""
-        from e3nn import o3
-        pos, z = batch[K.POSITIONS], batch[K.NUMBERS]
-        src, dst, shift = batch[EDGE_SRC], batch[EDGE_DST], batch[EDGE_SHIFT]
-        vec = pos[dst] + shift.to(pos.dtype) - pos[src]
-        r = vec.norm(dim=1)
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
-        basis = self.basis(r)
-        h = self.embedding(z)
+        src, dst = batch[EDGE_SRC], batch[EDGE_DST]
+        sh, basis = self.edges(batch)
+        h = {0: self.embedding(batch[K.NUMBERS]).unsqueeze(1)}  # l -> (A, 2l+1, channels)
         for block in self.blocks:
             h = block(h, sh, basis, src, dst)
-        atom_out = self.head(h[:, :self.scalar_dim]).squeeze(-1)  # the l = 0 channels come first
+        atom_in = h[0][:, 0, :]
+        if self.body_features:
+            atom_in = torch.cat([atom_in, self.body(sh, basis, src, atom_in.shape[0])], dim=1)
+        atom_out = self.head(atom_in).squeeze(-1)
         owner = batch[K.ATOM_STRUCTURE]
         S = int(n_structures if n_structures is not None else owner.max().item() + 1)
         if self.pooling == "power":

@@ -61,3 +61,33 @@ def test_crystal_and_supercell_give_the_same_energy_per_atom(net):
         assert e2 == pytest.approx(e1, rel=RTOL) and e3 == pytest.approx(e1, rel=RTOL)
         R = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
         assert predict(net, [c.rotated(R)])[0] == pytest.approx(e1 * len(c), rel=RTOL)
+
+
+def test_convolution_is_equivariant_for_every_order(rng):
+    """Each order l of a layer's output rotates with its Wigner matrix (float64), for rotations and reflections,
+    from an input with orders 0, 1, 2: every tensor-product path is checked, not only the invariant output."""
+    from cloudvox.models.atomcloud import CloudConvolution, rotate_features
+    torch.manual_seed(1)
+    conv = CloudConvolution({0: 5, 1: 3, 2: 2}, {0: 4, 1: 3, 2: 2}, 2, 8, 16, 4.0).double()
+    net = AtomCloudNet(cutoff=3.0, l_max=2).double()
+    m = molecule(rng, 7)
+    item = cloud_item(0, m.cart_coords, m.numbers, None, 3.0)
+    src, dst = torch.from_numpy(item["edge_src"]), torch.from_numpy(item["edge_dst"])
+    assert len(src) > 10
+    h = {0: torch.randn(7, 1, 5, dtype=torch.float64), 1: torch.randn(7, 3, 3, dtype=torch.float64),
+         2: torch.randn(7, 5, 2, dtype=torch.float64)}
+
+    def layer(positions, feats):
+        batch = {"positions": torch.from_numpy(positions), "edge_src": src, "edge_dst": dst,
+                 "edge_shift": torch.zeros(len(src), 3, dtype=torch.float64)}
+        sh, basis = net.edges(batch)
+        return conv(feats, sh, basis, src, dst)
+
+    out = layer(m.cart_coords, h)
+    for R in (np.linalg.qr(rng.normal(size=(3, 3)))[0], -np.eye(3)):
+        Rt = torch.from_numpy(R)
+        rotated = layer(m.cart_coords @ R.T, rotate_features(h, Rt))
+        expected = rotate_features(out, Rt)
+        for l in (0, 1, 2):
+            assert out[l].abs().max() > 1e-3  # every order is really produced
+            np.testing.assert_allclose(rotated[l].detach().numpy(), expected[l].detach().numpy(), rtol=0, atol=1e-10)
