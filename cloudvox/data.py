@@ -281,12 +281,12 @@ def collate_clouds(items: List[Dict]) -> Dict:
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
     batch = {
         K.INDEX: torch.tensor([it[K.INDEX] for it in items], dtype=torch.int64),
-        K.POSITIONS: torch.from_numpy(np.concatenate([it[K.POSITIONS] for it in items])).float(),
+        K.POSITIONS: torch.from_numpy(np.concatenate([it[K.POSITIONS] for it in items])),  # float64: cast by the task
         K.NUMBERS: torch.from_numpy(np.concatenate([it[K.NUMBERS] for it in items]).astype(np.int64)),
         K.ATOM_STRUCTURE: torch.from_numpy(np.repeat(np.arange(len(items)), counts)),
         "edge_src": torch.from_numpy(np.concatenate([it["edge_src"] + o for it, o in zip(items, offsets)])),
         "edge_dst": torch.from_numpy(np.concatenate([it["edge_dst"] + o for it, o in zip(items, offsets)])),
-        "edge_shift": torch.from_numpy(np.concatenate([it["edge_shift"] for it in items])).float(),
+        "edge_shift": torch.from_numpy(np.concatenate([it["edge_shift"] for it in items])),
         K.NATOMS: torch.tensor(counts, dtype=torch.int64),
     }
     if K.TARGET in items[0]:
