@@ -2,10 +2,12 @@
 every sample with the original reference code, in the same run, same model and batch size.
 
 cloudvox: stored reciprocal sets of each structure's own elements, binned for the whole batch under random
-rotations with torch (cloudvox.binning), first layer over the present channels only (SparseChannelConv3d).
+rotations with torch (cloudvox.binning), first layer over the present channels and occupied voxels only
+(SparseChannelConv3d, scatter form, channels-last output).
 dense reference: every sample re-featurized by ../shared/bench/original_voxelnet_reference.py (one channel
 per element of the data set, float32), then the same VoxelNet with a dense first layer.
-Usage: python bench/voxelnet_throughput.py [--data out/perovskites.h5] [--steps 20] [--batch-size 32]
+Timed in alternating rounds (median step time of each). Threads: torch's default, or OMP_NUM_THREADS.
+Usage: python bench/voxelnet_throughput.py [--data out/perovskites.h5] [--rounds 5] [--batch-size 32]
 The feature file must be the per-element featurization of the shared perovskites (jobs/configs/perovskites.yaml).
 """
 import argparse
@@ -28,20 +30,29 @@ from cloudvox.runs import VoxelTask  # noqa: E402
 from cloudvox.train import step_generator  # noqa: E402
 
 
-def time_steps(step, count):
-    times = []
-    for k in range(count):
-        t = time.perf_counter()
-        step(k)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:] if count > 2 else times)  # the first step warms up
+def time_rounds(steps, counts, rounds):
+    """Median seconds per step of each pipeline, timed in alternating rounds (this machine is shared and noisy:
+    both see the same background load). The first step of each pipeline warms up and is not timed."""
+    for step in steps:
+        step(0)
+    times = [[] for _ in steps]
+    k = 1
+    for _ in range(rounds):
+        for j, (step, count) in enumerate(zip(steps, counts)):
+            for _ in range(count):
+                t = time.perf_counter()
+                step(k)
+                times[j].append(time.perf_counter() - t)
+                k += 1
+    return [statistics.median(t) for t in times]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "out" / "perovskites.h5"))
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--reference-steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8, help="cloudvox steps per round")
+    ap.add_argument("--reference-steps", type=int, default=2, help="reference steps per round")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -54,7 +65,8 @@ def main():
     ids = ff.ids
     B = args.batch_size
     rng = np.random.default_rng(0)
-    batches = [rng.choice(len(ds), B, replace=False) for _ in range(max(args.steps, args.reference_steps))]
+    n_batches = 1 + args.rounds * (args.steps + args.reference_steps)
+    batches = [rng.choice(len(ds), B, replace=False) for _ in range(n_batches)]
     y = torch.zeros(B)
 
     ours = VoxelNet(len(species), int(d["n"]))
@@ -85,9 +97,9 @@ def main():
     for k in range(len(batches)):  # read every item once, so both time compute, not the first file read
         for i in batches[k]:
             ds[int(i)]
-    t_ref = time_steps(reference_step, args.reference_steps)
-    t_ours = time_steps(our_step, args.steps)
-    common = dict(batch_size=B, channels=len(species), n=int(d["n"]), threads=torch.get_num_threads())
+    t_ref, t_ours = time_rounds([reference_step, our_step], [args.reference_steps, args.steps], args.rounds)
+    common = dict(batch_size=B, channels=len(species), n=int(d["n"]), threads=torch.get_num_threads(),
+                  steps=args.rounds * args.steps, reference_steps=args.rounds * args.reference_steps)
     emit("voxelnet_throughput", "cloudvox_samples_per_s", B / t_ours, "samples/s", **common)
     emit("voxelnet_throughput", "dense_reference_samples_per_s", B / t_ref, "samples/s", **common)
     emit("voxelnet_throughput", "speedup", t_ref / t_ours, "x", **common)

@@ -27,6 +27,37 @@ def test_sparse_first_layer_equals_the_dense_convolution():
     torch.testing.assert_close(w1, w2, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("kwargs", [dict(), dict(padding=1), dict(kernel_size=(3, 1, 2)), dict(stride=2)])
+def test_sparse_first_layer_on_sparse_voxels_equals_the_dense_convolution(kwargs):
+    """Sparse inputs (a few % occupied, as reciprocal voxels are), voxels on every border, padding, anisotropic
+    kernels and the grouped fallback (stride 2): outputs and weight/bias gradients equal the dense ones."""
+    torch.manual_seed(1)
+    C, B, N = 30, 4, 10
+    args = dict(kernel_size=3)
+    args.update(kwargs)
+    conv = SparseChannelConv3d(C, 5, **args).double()
+    ids = torch.tensor([[7, 2, 29], [0, -1, -1], [11, 12, -1], [5, 6, 7]])
+    compact = torch.randn(B, 3, N, N, N, dtype=torch.float64) * (torch.rand(B, 3, N, N, N) < 0.05)
+    compact[:, :, 0, 0, 0] = 1.5  # corners and faces: the scatter drops offsets that fall outside
+    compact[:, :, N - 1, N - 1, N - 1] = -2.0
+    compact[:, :, 0, N - 1, 3] = 0.5
+    compact[3] = 0.0  # an empty sample: bias only
+    compact[ids < 0] = 0.0
+    dense = torch.zeros(B, C, N, N, N, dtype=torch.float64)
+    for b in range(B):
+        for j in range(3):
+            if ids[b, j] >= 0:
+                dense[b, ids[b, j]] = compact[b, j]
+    y = conv(compact, ids)
+    ref = torch.nn.functional.conv3d(dense, conv.weight, conv.bias, conv.stride, conv.padding)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad((y * g).sum(), [conv.weight, conv.bias])
+    want = torch.autograd.grad((ref * g).sum(), [conv.weight, conv.bias])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_default_architecture_is_the_original():
     net = VoxelNet(3, 32)
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
@@ -37,6 +68,33 @@ def test_default_architecture_is_the_original():
     assert net(torch.randn(2, 3, 32, 32, 32)).shape == (2,)
     with pytest.raises(ValueError, match="shrinks"):
         VoxelNet(3, 8)
+
+
+def test_network_equals_the_original_layer_order():
+    """Conv SELU MaxPool, written literally with torch layers and the same weights, gives the same outputs and
+    gradients as VoxelNet (which pools before the monotone activation and convolves only occupied voxels)."""
+    torch.manual_seed(2)
+    C, N = 12, 32
+    net = VoxelNet(C, N).double()
+    c1, c2, c3 = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    literal = torch.nn.Sequential(torch.nn.Conv3d(C, 16, 3), torch.nn.SELU(), torch.nn.MaxPool3d(2),
+                                  c2, torch.nn.SELU(), torch.nn.MaxPool3d(2), c3, torch.nn.SELU(),
+                                  torch.nn.Flatten(), *net.head).double()
+    literal[0].load_state_dict(c1.state_dict())
+    ids = torch.tensor([[0, 5, 11], [3, 4, -1]])
+    compact = torch.randn(2, 3, N, N, N, dtype=torch.float64) * (torch.rand(2, 3, N, N, N) < 0.04)
+    compact[ids < 0] = 0.0
+    dense = torch.zeros(2, C, N, N, N, dtype=torch.float64)
+    for b in range(2):
+        for j in range(3):
+            if ids[b, j] >= 0:
+                dense[b, ids[b, j]] = compact[b, j]
+    ours, ref = net(compact, ids), literal(dense).squeeze(-1)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    g1 = torch.autograd.grad(ours.sum(), [c1.weight, c2.weight])
+    g2 = torch.autograd.grad(ref.sum(), [literal[0].weight, c2.weight])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_shell_readout_is_invariant_to_cube_rotations_of_the_input():
