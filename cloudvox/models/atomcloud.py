@@ -185,8 +185,10 @@ class AtomCloudNet(nn.Module):
         self.basis = BesselBasis(cutoff, n_basis)
         irreps: Irreps = {0: embed}
         blocks = []
-        for _ in range(layers):
-            block = CloudConvolution(irreps, hidden, l_max, n_basis, radial_hidden, avg_neighbors)
+        for k in range(layers):
+            # the last layer makes scalars only: the head reads l = 0 (and every parameter gets a gradient)
+            out = hidden if k < layers - 1 else {0: hidden[0]}
+            block = CloudConvolution(irreps, out, l_max, n_basis, radial_hidden, avg_neighbors)
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
