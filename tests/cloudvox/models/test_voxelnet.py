@@ -4,6 +4,16 @@ import torch
 from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet
 
 
+def to_dense(compact, ids, C):
+    """(B, C, ...) with compact[b, j] at channel ids[b, j] (slots with id -1 dropped), by plain loops."""
+    dense = torch.zeros(compact.shape[0], C, *compact.shape[2:], dtype=compact.dtype)
+    for b in range(compact.shape[0]):
+        for j in range(compact.shape[1]):
+            if ids[b, j] >= 0:
+                dense[b, ids[b, j]] = compact[b, j]
+    return dense
+
+
 def test_sparse_first_layer_equals_the_dense_convolution():
     torch.manual_seed(0)
     C, B, N = 40, 5, 12
@@ -11,11 +21,7 @@ def test_sparse_first_layer_equals_the_dense_convolution():
     ids = torch.tensor([[3, 17, 39], [0, 5, -1], [22, -1, -1], [1, 2, 3], [39, 38, 0]])
     compact = torch.randn(B, 3, N, N, N, dtype=torch.float64)
     compact[ids < 0] = 0.0
-    dense = torch.zeros(B, C, N, N, N, dtype=torch.float64)
-    for b in range(B):
-        for j in range(3):
-            if ids[b, j] >= 0:
-                dense[b, ids[b, j]] = compact[b, j]
+    dense = to_dense(compact, ids, C)
     compact_noise = compact.clone()
     compact_noise[1, 2] = 7.0  # a padding plane's content is ignored
     expected = torch.nn.functional.conv3d(dense, conv.weight, conv.bias)
@@ -43,11 +49,7 @@ def test_sparse_first_layer_on_sparse_voxels_equals_the_dense_convolution(kwargs
     compact[:, :, 0, N - 1, 3] = 0.5
     compact[3] = 0.0  # an empty sample: bias only
     compact[ids < 0] = 0.0
-    dense = torch.zeros(B, C, N, N, N, dtype=torch.float64)
-    for b in range(B):
-        for j in range(3):
-            if ids[b, j] >= 0:
-                dense[b, ids[b, j]] = compact[b, j]
+    dense = to_dense(compact, ids, C)
     y = conv(compact, ids)
     ref = torch.nn.functional.conv3d(dense, conv.weight, conv.bias, conv.stride, conv.padding)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
@@ -84,11 +86,7 @@ def test_network_equals_the_original_layer_order():
     ids = torch.tensor([[0, 5, 11], [3, 4, -1]])
     compact = torch.randn(2, 3, N, N, N, dtype=torch.float64) * (torch.rand(2, 3, N, N, N) < 0.04)
     compact[ids < 0] = 0.0
-    dense = torch.zeros(2, C, N, N, N, dtype=torch.float64)
-    for b in range(2):
-        for j in range(3):
-            if ids[b, j] >= 0:
-                dense[b, ids[b, j]] = compact[b, j]
+    dense = to_dense(compact, ids, C)
     ours, ref = net(compact, ids), literal(dense).squeeze(-1)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     g1 = torch.autograd.grad(ours.sum(), [c1.weight, c2.weight])
