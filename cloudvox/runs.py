@@ -111,7 +111,9 @@ class VoxelTask:
             x = x * (scale.view(1, -1, 1, 1, 1) if scale.numel() > 1 else scale)
         if device.type == "cuda" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x, None if ids is None else ids.to(device)
+        if ids is None:  # fixed channels: every sample has all of them (the first layer then skips empty voxels)
+            ids = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        return x, ids.to(device)
 
     def forward(self, model, batch: Dict, device: torch.device, generator, train: bool, augment: Optional[bool] = None):
         rotate = (self.augment if augment is None else augment) and train and generator is not None
