@@ -26,7 +26,8 @@ def main():
                              "data.normalize=composition", f"train.epochs={args.epochs}", "train.lr=0.002",
                              f"run_dir={ROOT / 'runs' / 'atomcloud_perovskites'}"])
     cfg["model"] = "atomcloud"
-    cfg["network"] = dict(cutoff=4.5, layers=3, l_max=2, scalars=32, vectors=16, tensors=8, pooling="mean")
+    cfg["network"] = dict(cutoff=4.5, layers=3, l_max=2, scalars=32, vectors=16, tensors=8, pooling="mean",
+                          body_features=True)
     t = time.perf_counter()
     summary = train_run(cfg)
     wall = time.perf_counter() - t
