@@ -71,7 +71,8 @@ class CloudConvolution(nn.Module):
 
     Features are a dict l -> (A, 2l+1, channels) in e3nn's real spherical-harmonic basis. All paths of one input
     order are done by one small matmul with a stacked Clebsch-Gordan table (E, P, 2l+1), one bmm and one
-    scatter-add, instead of one e3nn instruction each: this is what makes training ~3x faster on CPU.
+    scatter-add, instead of one e3nn instruction each: training is 2-2.4x faster on CPU than with
+    e3nn's TensorProduct (same paths).
 
     Args:
         irreps_in: channels per order of the input. irreps_out: channels per order of the output.
@@ -88,7 +89,7 @@ class CloudConvolution(nn.Module):
         self.n_gates = sum(m for l, m in self.irreps_out.items() if l > 0)
         n_sh = (l_sh + 1) ** 2
         mids: Dict[int, int] = {}  # l3 -> channels of the mixed (pre-linear) features
-        self.plan = []  # per input order: (l1, n_paths, [(path, l3, first column)], weight offset)
+        self.plan = []  # per input order: (l1, n_paths, [(l3, first column)], offset of its radial weights)
         n_weights = 0
         for l1, u in self.irreps_in.items():
             paths = tensor_product_paths(l1, l_sh, self.irreps_out)
@@ -129,7 +130,8 @@ class CloudConvolution(nn.Module):
         for l1, n_paths, cols, offset in self.plan:
             x = h[l1]
             u = x.shape[2]
-            z = (sh @ getattr(self, f"cg{l1}").to(sh.dtype)).view(E, -1, 2 * l1 + 1)  # (E, P, 2l1+1): CG contracted with Y
+            cg = getattr(self, f"cg{l1}").to(sh.dtype)
+            z = (sh @ cg).view(E, -1, 2 * l1 + 1)  # (E, P, 2l1+1): Clebsch-Gordan contracted with Y
             xe = x.index_select(0, dst)  # (E, 2l1+1, u): neighbour j's features
             wl = w[:, offset:offset + u * n_paths].view(E, n_paths, u)
             col_path = getattr(self, f"col_path{l1}")
