@@ -4,6 +4,7 @@ learning curve over training-set sizes (default 1,000 and 10,000), and training 
 Featurizes all 130,831 QM9 molecules (point clouds only) from the qm9pack package first if needed
 (jobs/configs/qm9.yaml, under mpirun). The network and schedule are jobs/configs/atomcloud_qm9.yaml.
 Usage: python bench/atomcloud_qm9.py [--train-size 10000] [--curve 1000 10000] [--epochs 200] [--profile]
+       python bench/atomcloud_qm9.py --profile-only   # step rate and operator profile only
 """
 import argparse
 import os
@@ -24,6 +25,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=None, help="default: the config's")
     ap.add_argument("--ranks", type=int, default=2, help="MPI ranks for featurization")
     ap.add_argument("--profile", action="store_true", help="print where the time of a training step goes")
+    ap.add_argument("--profile-only", action="store_true", help="only the profile and training step rate")
     args = ap.parse_args()
     data = ROOT / "out" / "qm9.h5"
     if not data.exists():
@@ -32,7 +34,7 @@ def main():
         subprocess.run(["mpirun", "-n", str(args.ranks), str(Path(sys.executable).parent / "cloudvox"), "featurize",
                         "--config", "jobs/configs/qm9.yaml"], cwd=ROOT, env=env, check=True, capture_output=True)
     from cloudvox.runs import load_config, train_run
-    sizes = sorted(set(args.curve + [args.train_size]))
+    sizes = [] if args.profile_only else sorted(set(args.curve + [args.train_size]))
     for size in sizes:
         sets = [f"data.path={data}", f"data.split.sizes=[{size}, 1000, 10000]", f"run_dir=runs/atomcloud_qm9_{size}"]
         if args.epochs:
@@ -48,28 +50,42 @@ def main():
         emit("atomcloud_qm9", "test_mae", summary["metrics"]["test"]["mae"], "kcal/mol", **common)
         emit("atomcloud_qm9", "wall_time", wall, "s", **common)
         emit("atomcloud_qm9", "train_molecules_per_s", rate, "molecules/s", **common)
-    if args.profile:
-        profile(cfg)
+    if args.profile or args.profile_only:
+        profile(load_config(str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml"), [f"data.path={data}"]))
 
 
 def profile(cfg):
-    """Top operators of a few training steps (torch profiler), for the throughput note."""
+    """Training-step rate of the benchmark's network (molecules/s, batches of 32, no data loading) and the
+    top operators of a few steps (torch profiler), for the throughput note."""
     import torch
     from cloudvox.data import CloudDataset
     from cloudvox.models.atomcloud import build_atomcloud
     from cloudvox.runs import CloudTask
-    ds = CloudDataset(cfg["data"]["path"], list(range(320)), [0.0] * 320, cfg["network"]["cutoff"])
+    n = 640
+    ds = CloudDataset(cfg["data"]["path"], list(range(0, 64 * n, 64)), [0.0] * n, cfg["network"]["cutoff"])
+    torch.manual_seed(0)
     net = build_atomcloud(cfg["network"])
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    batches = [ds.collate([ds[i] for i in range(k, k + 32)]) for k in range(0, 320, 32)]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    batches = [ds.collate([ds[i] for i in range(k, k + 32)]) for k in range(0, n, 32)]
+
+    def epoch():
+        t = time.perf_counter()
         for b in batches:
             pred, y = CloudTask().forward(net, b, torch.device("cpu"), None, True)
             loss = (pred - y).abs().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return n / (time.perf_counter() - t)
+
+    epoch()
+    edges = statistics.mean(len(b["edge_src"]) / len(b["numbers"]) for b in batches)
+    emit("atomcloud_qm9", "step_molecules_per_s", statistics.median(epoch() for _ in range(5)), "molecules/s",
+         threads=torch.get_num_threads(), batch_size=32, edges_per_atom=round(edges, 2),
+         parameters=sum(p.numel() for p in net.parameters()))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        epoch()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
 
 
 if __name__ == "__main__":
