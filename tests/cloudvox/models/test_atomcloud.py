@@ -78,7 +78,7 @@ def test_convolution_is_equivariant_for_every_order(rng):
          2: torch.randn(7, 5, 2, dtype=torch.float64)}
 
     def layer(positions, feats):
-        batch = {"positions": torch.from_numpy(positions), "edge_src": src, "edge_dst": dst,
+        batch = {"positions": torch.tensor(positions), "edge_src": src, "edge_dst": dst,
                  "edge_shift": torch.zeros(len(src), 3, dtype=torch.float64)}
         sh, basis = net.edges(batch)
         return conv(feats, sh, basis, src, dst)
