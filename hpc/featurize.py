@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import (CHUNK_BYTES, COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile, featurize_block,
-                               prop_unit, root_attributes, write_features)
+from cloudvox.features import (CHUNK_BYTES, COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile,
+                               featurize_block, prop_unit, root_attributes, write_features)
 from cloudvox.io.sources import Source
 
 from .comm import WorkCounter, is_mpi

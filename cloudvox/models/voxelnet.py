@@ -37,7 +37,8 @@ class SparseChannelConv3d(nn.Conv3d):
     convolution with per-sample gathered weights (cost c / C of the dense one).
     """
 
-    def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, add_bias: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None,
+                add_bias: bool = True) -> torch.Tensor:
         """(B, O, D', H', W'); without the bias if not ``add_bias`` (a caller that max-pools next adds it after:
         max(y + b) = max(y) + b, on 1/p^3 of the voxels)."""
         bias = self.bias if add_bias else None

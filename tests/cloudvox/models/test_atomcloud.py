@@ -13,7 +13,8 @@ RTOL = 1e-6
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2, body_features=True).double().eval()
+    net = AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2, body_features=True)
+    return net.double().eval()
 
 
 def predict(net, structures):
