@@ -7,7 +7,16 @@ b_k with a_i . b_k = 2 pi delta_ik, in 1/Angstrom) are analytic::
 
     h_c(G) = 1 / |det A| * exp(-sigma^2 |G|^2 / 2) * sum_j W[c, j] exp(-i G . mu_j)
 
-for each channel c (one per element: W one-hot; one total channel: W = 1). Because
+for each channel c (one per element: W one-hot; one total channel: W = 1). With ``cross=True`` each channel c
+also gets a cross-spectrum channel ``"<c>*total"``::
+
+    x_c(G) = Re(h_c(G) conj(h(G))) / h(0)        (h: the total density, W = 1; h(0) = natoms / |det A|)
+
+the part of h_c in phase with the whole structure, = sum over elements b of the pair cross-spectra
+Re(h_c h_b*) / h(0). The modulus |h_e| of an element with one atom per cell is exp(-sigma^2 |G|^2 / 2) / V
+wherever that atom sits; x_e keeps where it sits relative to the other atoms (its sign pattern over G is the
+Fourier transform of element e's partial pair distribution), is translation invariant, real, even in G
+(Friedel pairs share it), in the units of h and bounded by |h_c|. Because
 ``exp(-i G . mu_j) = prod_k exp(-2 pi i m_k f_jk)`` (f fractional), the structure factor over an integer
 box of m is a product of three per-axis phase tables, contracted over atoms with one matrix product: no
 Python loop over G vectors or atoms.
@@ -37,10 +46,21 @@ from .structure import Structure, StructureError
 
 MODES = ("cartesian", "spherical")
 CHANNELS = ("element", "total", "properties")
+CROSS_SUFFIX = "*total"  # name of the cross-spectrum channel of channel c: c + CROSS_SUFFIX
 DEFAULT_PROPERTIES = ("one", "Z", "row", "group", "X", "radius", "ionization", "affinity")
 _TIE = 1e-4  # spherical bins: edge offset, in bins, that makes exact ties robust to float32 rounding
 _BOX_TOL = 1e-5  # in units of m: covers float32 rounding of G at the grid edge
 _CHUNK_COMPLEX = 1 << 19  # complex128 entries per vectorised chunk (64 MB)
+
+
+def with_cross(names: Sequence[str]) -> Tuple[str, ...]:
+    """A channel list followed by the cross-spectrum channels of its members: [c..., c*total...]."""
+    return tuple(names) + tuple(n + CROSS_SUFFIX for n in names)
+
+
+def without_cross(names: Sequence[str]) -> Tuple[str, ...]:
+    """The base channels of a channel list (cross-spectrum channels dropped)."""
+    return tuple(n for n in names if not n.endswith(CROSS_SUFFIX))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -207,11 +227,14 @@ class ReciprocalVoxelizer:
             |sum_j w_k(Z_j) exp(-i G . mu_j)|, which keeps where atoms of different elements sit relative to
             each other, with a fixed channel count; w = Z is the X-ray structure factor).
         properties: the property names for "properties" (see :func:`cloudvox.elements.property_weights`).
+        cross: add one cross-spectrum channel ``c + "*total"`` per channel (module docstring), which sees
+            where each element sits relative to the rest of the structure; channels are then ordered
+            [c_1 .. c_C, c_1*total .. c_C*total].
     """
 
     def __init__(self, sigma: float = 0.1, length: float = 12.8, n: int = 32, mode: str = "cartesian",
                  species: Optional[Sequence[str]] = None, channels: str = "element",
-                 properties: Sequence[str] = DEFAULT_PROPERTIES):
+                 properties: Sequence[str] = DEFAULT_PROPERTIES, cross: bool = False):
         if not (np.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be > 0 Angstrom, got {sigma}")
         if not (np.isfinite(length) and length > 0):
@@ -227,18 +250,19 @@ class ReciprocalVoxelizer:
         if self.species is not None and len(set(self.species)) != len(self.species):
             raise ValueError(f"species list has duplicates: {self.species}")
         self.properties = tuple(properties)
+        self.cross = bool(cross)
         self._property_weights = property_weights(self.properties) if channels == "properties" else None
 
     def __repr__(self) -> str:
         return (f"ReciprocalVoxelizer(sigma={self.sigma}, length={self.length}, n={self.n}, mode={self.mode!r}, "
-                f"species={self.species}, channels={self.channels!r}, properties={self.properties})")
+                f"species={self.species}, channels={self.channels!r}, properties={self.properties}, cross={self.cross})")
 
     @property
     def params(self) -> Dict[str, object]:
         """Descriptor parameters (sigma and length in Angstrom), for files and checkpoints."""
         return dict(sigma=self.sigma, length=self.length, n=self.n, mode=self.mode,
                     species=list(self.species or ()), channels=self.channels,
-                    properties=list(self.properties) if self.channels == "properties" else [])
+                    properties=list(self.properties) if self.channels == "properties" else [], cross=self.cross)
 
     @property
     def half_width(self) -> float:
@@ -246,28 +270,34 @@ class ReciprocalVoxelizer:
         return np.pi * self.n / self.length
 
     def channel_names(self, structures: Sequence[Structure] = ()) -> Tuple[str, ...]:
-        """The channel list: species (given, or the sorted elements of ``structures``), "total" or properties."""
+        """The channel list: species (given, or the sorted elements of ``structures``), "total" or properties,
+        followed by their cross-spectrum channels with ``cross``."""
         if self.channels == "total":
-            return ("total",)
-        if self.channels == "properties":
-            return self.properties
-        if self.species is not None:
-            return self.species
-        return tuple(sorted({e for s in structures for e in s.elements}))
+            base: Tuple[str, ...] = ("total",)
+        elif self.channels == "properties":
+            base = self.properties
+        elif self.species is not None:
+            base = self.species
+        else:
+            base = tuple(sorted({e for s in structures for e in s.elements}))
+        return with_cross(base) if self.cross else base
 
     def _weights(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """(c, n) channel weights of the channels present in s, and their (c,) indices into names."""
+        """(c, n) channel weights of the channels present in s, and the indices into names of its channels:
+        (c,), or (2 c,) with ``cross`` (the moduli, then the cross-spectra)."""
         if self.channels == "total":
-            return np.ones((1, len(s))), np.zeros(1, dtype=np.int64)
-        if self.channels == "properties":
-            return self._property_weights[:, s.numbers], np.arange(len(self.properties), dtype=np.int64)
-        present = s.elements
-        missing = [e for e in present if e not in names]
-        if missing:
-            raise StructureError(f"structure {s.id}: element(s) {missing} not in the species list {list(names)}")
-        symbols = np.array(s.symbols)
-        W = (symbols[None, :] == np.array(present)[:, None]).astype(np.float64)
-        return W, np.array([names.index(e) for e in present], dtype=np.int64)
+            W, present = np.ones((1, len(s))), ["total"]
+        elif self.channels == "properties":
+            W, present = self._property_weights[:, s.numbers], list(self.properties)
+        else:
+            present = s.elements
+            missing = [e for e in present if e not in names]
+            if missing:
+                raise StructureError(f"structure {s.id}: element(s) {missing} not in the species list {list(names)}")
+            symbols = np.array(s.symbols)
+            W = (symbols[None, :] == np.array(present)[:, None]).astype(np.float64)
+        wanted = with_cross(present) if self.cross else present
+        return W, np.array([names.index(e) for e in wanted], dtype=np.int64)
 
     # --- core: compact (present channels only) -----------------------------------------------------------
     def compact(self, structures: Sequence[Structure], rotations: Optional[np.ndarray] = None,
@@ -347,7 +377,7 @@ class ReciprocalVoxelizer:
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure, ball: bool) -> Tuple:
         """Structures with equal keys are evaluated as one vectorised batch."""
-        c = {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties))
+        c = {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties)) * (2 if self.cross else 1)
         if not s.is_periodic:
             return (-1, -1, -1, len(s), c)
         return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
@@ -369,6 +399,8 @@ class ReciprocalVoxelizer:
         """
         W = np.stack(W)  # (S, C, J)
         S = len(group)
+        if self.cross:  # one more row: the total density, for the cross-spectra
+            W = np.concatenate([W, np.ones((S, 1, W.shape[2]))], axis=1)
         if group[0].is_periodic:
             lat = np.stack([s.lattice for s in group])  # (S, 3, 3)
             e0, e1, e2 = self._extent(lat[0], ball or R is not None)
@@ -381,14 +413,15 @@ class ReciprocalVoxelizer:
             F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in (ticks[0][:e0 + 1], ticks[1], ticks[2])])
             gg = _sqnorm(G[:, :Q])
             scale = 1.0 / np.abs(np.linalg.det(lat))  # 1 / Angstrom^3
-            amp = np.abs(F).reshape(S, W.shape[1], -1)
-            amp *= (scale[:, None] * np.exp(-self.sigma ** 2 / 2 * gg))[:, None, :]
+            env = np.exp(-self.sigma ** 2 / 2 * gg)
+            amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W)
+            amp *= (scale[:, None] * env)[:, None, :]
             if half:
                 stop = len(m) // 2 + 1  # the lexicographic first half ends at m = 0, inside the half box
                 return G[:, :stop], amp[:, :, :stop]
-            amp = amp.reshape(F.shape)  # (S, C, e0 + 1, n1, n2)
+            amp = amp.reshape((S, -1) + F.shape[2:])  # (S, C, e0 + 1, n1, n2)
             amp = np.concatenate([amp, amp[:, :, e0 - 1::-1, ::-1, ::-1] if e0 else amp[:, :, :0]], axis=2)
-            return G, amp.reshape(S, W.shape[1], -1)
+            return G, amp.reshape(S, amp.shape[1], -1)
         else:
             cart = np.stack([s.cart_coords for s in group])  # (S, J, 3)
             if R is not None:
@@ -403,9 +436,20 @@ class ReciprocalVoxelizer:
                 F = np.matmul(W.astype(np.complex128), np.exp(-1j * np.matmul(cart, G[0].T)))  # (S, C, P)
             G = np.broadcast_to(G, (S,) + G.shape[1:])
             scale = np.ones(S)
-        gg = _sqnorm(G)
-        amp = np.abs(F.reshape(S, W.shape[1], -1)) * (scale[:, None] * np.exp(-self.sigma ** 2 / 2 * gg))[:, None, :]
+        env = np.exp(-self.sigma ** 2 / 2 * _sqnorm(G))
+        amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W) * (scale[:, None] * env)[:, None, :]
         return G, amp
+
+    def _channel_values(self, F: np.ndarray, env: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """(S, C or 2 C, P) channel values before the common factor env / |det A|, from structure factors
+        F (S, C', P) of the weights W (S, C', J) (C' = C + 1 with ``cross``: the last row is the total)
+        and the Gaussian envelope env (S, P): |F_c|, then with ``cross`` env Re(F_c conj(F)) / natoms."""
+        if not self.cross:
+            return np.abs(F)
+        Fc, Ft = F[:, :-1], F[:, -1:]
+        natoms = W[:, -1].sum(-1)  # h(0) = natoms / |det A|
+        x = (Fc.real * Ft.real + Fc.imag * Ft.imag) * (env / natoms[:, None])[:, None, :]
+        return np.concatenate([np.abs(Fc), x], axis=1)
 
     def _bin_group(self, group: Sequence[Structure], W: Sequence[np.ndarray],
                    R: Optional[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:

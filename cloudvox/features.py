@@ -47,7 +47,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import __version__
-from .descriptors import ReciprocalSet, ReciprocalVoxelizer, reciprocal_lattice
+from .descriptors import ReciprocalSet, ReciprocalVoxelizer, reciprocal_lattice, with_cross
 from .elements import SYMBOLS
 from .io.records import Record
 from .properties import UNITS
@@ -215,9 +215,11 @@ def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
 
 
 def channel_names(voxelizer: ReciprocalVoxelizer) -> Tuple[str, ...]:
-    """What /channels/index points into: all elements (or the given species), "total", or the properties."""
+    """What /channels/index points into: all elements (or the given species), "total", or the properties;
+    followed by their cross-spectrum channels (``<name>*total``) for a ``cross`` descriptor."""
     if voxelizer.channels == "element":
-        return ALL_ELEMENTS if voxelizer.species is None else voxelizer.species
+        base = ALL_ELEMENTS if voxelizer.species is None else voxelizer.species
+        return with_cross(base) if voxelizer.cross else base
     return voxelizer.channel_names()
 
 
@@ -261,6 +263,7 @@ class FeatureFile:
             raise ValueError(f"{self.path} has format version {f.attrs['format_version']}, newer than this "
                              f"cloudvox ({FORMAT_VERSION}): upgrade cloudvox")
         self.params = json.loads(f.attrs["descriptor"])
+        self.params.setdefault("cross", False)  # files written before cross-spectrum channels existed
         self.species: List[str] = json.loads(f.attrs["species"])
         self.channel_names: List[str] = json.loads(f.attrs["channel_names"])
         self.n = int(f["structures/status"].shape[0])
@@ -342,29 +345,38 @@ class FeatureFile:
     def per_element(self) -> bool:
         return self.params["channels"] == "element"
 
-    def channel_index(self, i: int, species: Optional[Sequence[str]] = None) -> np.ndarray:
+    def model_channels(self, species: Optional[Sequence[str]] = None) -> List[str]:
+        """The channel list of a model on this file: for element channels the species (default: the file's
+        elements), followed by their cross-spectrum channels for a ``cross`` descriptor; else the file's
+        fixed channel list."""
+        if not self.per_element:
+            return list(self.channel_names)
+        base = list(species if species is not None else self.species)
+        return list(with_cross(base)) if self.params.get("cross") else base
+
+    def channel_index(self, i: int, channels: Optional[Sequence[str]] = None) -> np.ndarray:
         """(c,) indices of structure i's channels in the model's channel list.
 
-        For element channels that list is ``species`` (default: the file's species); for "total" and
-        "properties" channels it is the file's fixed channel list and ``species`` is ignored.
+        For element channels that list is ``channels`` (default: :meth:`model_channels`); for "total" and
+        "properties" channels it is the file's fixed channel list and ``channels`` is ignored.
         """
         stored = self.ragged("channels/index", i).astype(np.int64)
         if not self.per_element:
             return stored
-        species = list(species if species is not None else self.species)
+        channels = list(channels if channels is not None else self.model_channels())
         names = [self.channel_names[k] for k in stored]
         try:
-            return np.array([species.index(e) for e in names], dtype=np.int64)
+            return np.array([channels.index(e) for e in names], dtype=np.int64)
         except ValueError:
-            raise ValueError(f"structure {self.ids[i]} has elements {names} outside the species list {species}") from None
+            raise ValueError(f"structure {self.ids[i]} has channels {names} outside the channel list {channels}") from None
 
-    def n_channels(self, species: Optional[Sequence[str]] = None) -> int:
+    def n_channels(self, channels: Optional[Sequence[str]] = None) -> int:
         if not self.per_element:
             return len(self.channel_names)
-        return len(species if species is not None else self.species)
+        return len(channels if channels is not None else self.model_channels())
 
     def voxels(self, i: int, species: Optional[Sequence[str]] = None) -> np.ndarray:
-        """(C, N, N, N) float32 dense voxels of structure i for a species list (default: the file's)."""
+        """(C, N, N, N) float32 dense voxels of structure i for a channel list (default :meth:`model_channels`)."""
         i = self._check(i)
         n = int(self.params["n"])
         ch = self.channel_index(i, species)

@@ -43,7 +43,7 @@ DEFAULTS = {
     "train": {},
     "run_dir": "runs/voxelnet",
 }
-DESCRIPTOR_KEYS = ("sigma", "length", "n", "mode", "channels", "properties")
+DESCRIPTOR_KEYS = ("sigma", "length", "n", "mode", "channels", "properties", "cross")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -175,10 +175,9 @@ def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
 
 
 def model_channels(ff: FeatureFile, species: Optional[Sequence[str]]) -> List[str]:
-    """The model's input channel list: species (element channels) or the file's fixed channels."""
-    if ff.per_element:
-        return list(species) if species else list(ff.species)
-    return list(ff.channel_names)
+    """The model's input channel list: species (element channels, with their cross-spectrum channels for a
+    ``cross`` descriptor) or the file's fixed channels."""
+    return ff.model_channels(species or None)
 
 
 def build_model(meta: Dict) -> torch.nn.Module:
@@ -254,6 +253,9 @@ def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Di
                 unit=cfg["data"].get("unit") or _unit(ff, cfg["data"]["target"]),
                 target_scale=float(cfg["data"].get("scale", 1.0)),
                 input_scale=input_scale(ff, splits["train"]) if cfg["model"] == "voxelnet" else None)
+    if cfg["model"] == "voxelnet" and ff.per_element and not meta["network"].get("active_channels"):
+        counts = np.diff(ff.offsets("channels/index"))[splits["train"]]  # channels per structure
+        meta["network"]["active_channels"] = max(1, int(round(float(counts.mean())))) if len(counts) else None
     model = build_model(meta)
     meta["network"] = model.config
     augment = bool(cfg["augment"].get("rotations", True))
@@ -286,7 +288,8 @@ def _unit(ff: FeatureFile, target: str) -> str:
 # --------------------------------------------------------------------------------------------------------
 def check_compatible(meta: Dict, ff: FeatureFile) -> None:
     """Refuse data featurized differently from the checkpoint's training data, naming the difference."""
-    mine = meta["descriptor"]
+    mine = dict(meta["descriptor"])
+    mine.setdefault("cross", False)  # checkpoints from before cross-spectrum channels
     theirs = {k: ff.params.get(k) for k in DESCRIPTOR_KEYS}
     diff = [f"{k}: checkpoint {mine.get(k)!r}, data {theirs.get(k)!r}" for k in DESCRIPTOR_KEYS
             if mine.get(k) != theirs.get(k) and not (k == "properties" and mine.get("channels") != "properties")]
@@ -294,7 +297,7 @@ def check_compatible(meta: Dict, ff: FeatureFile) -> None:
         raise ValueError(f"{ff.path} was featurized with other descriptor parameters than the model was trained on: "
                          + "; ".join(diff))
     if ff.per_element:
-        extra = sorted(set(ff.species) - set(meta["channels"]))
+        extra = sorted(set(ff.model_channels()) - set(meta["channels"]))
         if extra:
             raise ValueError(f"{ff.path} holds elements {extra} outside the model's species list {meta['channels']}")
     elif list(ff.channel_names) != list(meta["channels"]):
@@ -381,7 +384,7 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
 
 def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarray:
     """Predictions (target units) for in-memory structures, featurized with the checkpoint's descriptor."""
-    from .descriptors import ReciprocalVoxelizer
+    from .descriptors import ReciprocalVoxelizer, without_cross
     model, meta, _ = load_model(_resolve_checkpoint(checkpoint))
     norm = Normalizer(**meta["normalizer"])
     if meta["model"] == "atomcloud":
@@ -401,7 +404,8 @@ def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarr
     d = meta["descriptor"]
     per_element = d["channels"] == "element"
     vox = ReciprocalVoxelizer(sigma=d["sigma"], length=d["length"], n=d["n"], mode=d["mode"],
-                              species=tuple(meta["channels"]) if per_element else None, channels=d["channels"],
+                              species=without_cross(meta["channels"]) if per_element else None, channels=d["channels"],
+                              cross=bool(d.get("cross")),
                               **({"properties": tuple(d["properties"])} if d["channels"] == "properties" else {}))
     out = []
     with torch.no_grad():

@@ -149,18 +149,24 @@ class VoxelNet(nn.Module):
         hidden: widths of the hidden linear layers. activation: selu|relu|silu|gelu|elu|tanh.
         norm: None, "batch" or "group" normalisation after each conv. dropout: before each hidden linear.
         global_pool: the readout of the last feature map: "flatten" (the original: position-specific
-            weights), "mean"/"max" over all voxels, or "shells": the mean over each of ``shells`` spherical
-            shells around G = 0 (the grid centre), which is invariant to rotations of the features and keeps
-            the radial resolution that |G| carries (lattice spacing, structure-factor shells).
+            weights), "mean"/"max" over all voxels, "shells": the sum over each of ``shells`` spherical
+            shells around G = 0 (the grid centre of a cartesian descriptor), which is invariant to rotations
+            of the features and keeps the radial resolution that |G| carries (lattice spacing,
+            structure-factor shells), or "radial" (spherical descriptors, axes (|G|, theta, phi)): the sum
+            over the angular axes of each |G| index, divided by their size. With 1x1x1 kernels (no pools, no normalisation) a
+            "radial" network is exactly invariant to rotations of the structure up to the binning (each G keeps
+            its |G| bin), and it runs on the occupied voxels only (:meth:`forward`).
         shells: number of radial shells for ``global_pool="shells"``.
         bias: conv biases. Without them (and with an activation that maps 0 to 0) empty voxels stay exactly
             zero through the conv stack, so a shell sum counts Bragg peaks only, not the shell's volume.
+        active_channels: how many input channels a sample has (per-element channels: a few of C), for the
+            first layer's initialisation (fan-in active_channels x k^3 instead of C x k^3); None: C.
     """
 
     def __init__(self, in_channels: int, n: int = 32, widths: Sequence[int] = (16, 16, 16), kernel=3,
                  pools: Sequence[Optional[int]] = (2, 2, 0), hidden: Sequence[int] = (32, 8), activation: str = "selu",
                  norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten", shells: int = 16,
-                 bias: bool = True):
+                 bias: bool = True, active_channels: Optional[int] = None):
         super().__init__()
         if len(pools) != len(widths):
             raise ValueError(f"pools ({len(pools)}) must give one entry per conv layer ({len(widths)})")
@@ -169,6 +175,11 @@ class VoxelNet(nn.Module):
         if len(kernels) != len(widths):
             raise ValueError(f"kernel ({len(kernels)}) must give one entry per conv layer ({len(widths)})")
         self.first = SparseChannelConv3d(in_channels, widths[0], kernels[0], bias=bias)
+        if active_channels:  # PyTorch's default bound 1 / sqrt(fan-in), for the channels a sample really has
+            bound = 1.0 / np.sqrt(active_channels * self.first.weight[0, 0].numel())
+            nn.init.uniform_(self.first.weight, -bound, bound)
+            if bias:
+                nn.init.uniform_(self.first.bias, -bound, bound)
         size, prev = n - kernels[0] + 1, widths[0]
         scale, offset = 1.0, 0.5 - n / 2 + (kernels[0] - 1) / 2  # feature voxel j sits at scale * j + offset
         blocks = []
@@ -198,17 +209,25 @@ class VoxelNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.first_bias_after_pool = bool(bias and norm is None and pools[0] and activation in MONOTONE)
         self.global_pool = global_pool
-        if global_pool not in ("flatten", "mean", "max", "shells"):
+        if global_pool not in ("flatten", "mean", "max", "shells", "radial"):
             raise ValueError(f"unknown global_pool {global_pool!r}")
-        if global_pool == "shells":
-            c = np.arange(size) * scale + offset  # centre of each feature voxel, in input voxels from G = 0
-            r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).reshape(-1)
-            shell = np.minimum((r / (np.sqrt(3) * n / 2) * shells).astype(int), shells - 1)
-            M = np.zeros((size ** 3, shells), dtype=np.float32)
-            M[np.arange(size ** 3), shell] = 1.0
-            # a sum over each shell: a mean would dilute a shell's few Bragg peaks by its volume
-            self.register_buffer("shell_matrix", torch.from_numpy(M), persistent=False)
-        flat = {"flatten": prev * size ** 3, "shells": prev * shells}.get(global_pool, prev)
+        groups = {"shells": shells, "radial": size}.get(global_pool)
+        if groups:  # the readout sums (shells) or averages (radial) the voxels of each group: (size^3,) -> group
+            if global_pool == "shells":
+                c = np.arange(size) * scale + offset  # centre of each feature voxel, in input voxels from G = 0
+                r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).reshape(-1)
+                group = np.minimum((r / (np.sqrt(3) * n / 2) * shells).astype(int), shells - 1)
+                weight = 1.0  # a sum over each shell: a mean would dilute a shell's few Bragg peaks by its volume
+            else:
+                group = np.arange(size ** 3) // size ** 2  # the |G| index of a (|G|, theta, phi) voxel
+                weight = 1.0 / size  # a shell's few dozen Bragg peaks give features of order one
+            M = np.zeros((size ** 3, groups), dtype=np.float32)
+            M[np.arange(size ** 3), group] = weight
+            self.group_weight = weight
+            self.register_buffer("group_matrix", torch.from_numpy(M), persistent=False)
+            self.register_buffer("group_index", torch.from_numpy(group.astype(np.int64)), persistent=False)
+            self.register_buffer("group_size", torch.from_numpy(np.bincount(group, minlength=groups)), persistent=False)
+        flat = prev * groups if groups else (prev * size ** 3 if global_pool == "flatten" else prev)
         head, d = [], flat
         for h in hidden:
             if dropout:
@@ -219,10 +238,15 @@ class VoxelNet(nn.Module):
         self.head = nn.Sequential(*head)
         self.config = dict(in_channels=in_channels, n=n, widths=list(widths), kernel=kernels, pools=list(pools),
                            hidden=list(hidden), activation=activation, norm=norm, dropout=dropout, global_pool=global_pool,
-                           shells=shells, bias=bias)
+                           shells=shells, bias=bias, active_channels=active_channels)
+        # a stack of 1x1x1 convolutions maps each voxel on its own: run it on the occupied voxels only
+        self.pointwise = bool(groups) and norm is None and not any(pools) and \
+            all(all(int(k) == 1 for k in np.atleast_1d(kk)) for kk in kernels)
 
     def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) predictions (normalised target units)."""
+        if self.pointwise:
+            return self.head(self._pointwise_readout(x, channel_ids).flatten(1)).squeeze(-1)
         if self.first_bias_after_pool:  # block 0 is [max-pool, activation]
             h = self.blocks[0][0](self.first(x, channel_ids, add_bias=False))
             h = self.blocks[0][1:](h + self.first.bias.view(1, -1, 1, 1, 1))
@@ -234,9 +258,59 @@ class VoxelNet(nn.Module):
             h = h.mean(dim=(2, 3, 4))
         elif self.global_pool == "max":
             h = h.amax(dim=(2, 3, 4))
-        elif self.global_pool == "shells":
-            h = h.flatten(2) @ self.shell_matrix.to(h.dtype)  # (B, F, shells)
+        elif self.group_pool:
+            h = h.flatten(2) @ self.group_matrix.to(h.dtype)  # (B, F, groups)
         return self.head(h.flatten(1)).squeeze(-1)
+
+    @property
+    def group_pool(self) -> bool:
+        return self.global_pool in ("shells", "radial")
+
+    def _voxelwise(self, h: torch.Tensor) -> torch.Tensor:
+        """The conv stack after the first layer's linear map, on (M, widths[0]) voxel features -> (M, F)."""
+        for block in self.blocks:
+            for module in block:
+                if isinstance(module, nn.Conv3d):
+                    h = F.linear(h, module.weight.flatten(1), module.bias)
+                else:  # activations (elementwise)
+                    h = module(h)
+        return h
+
+    def _pointwise_readout(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, F, groups) readout of a 1x1x1 stack, computed on the occupied voxels only.
+
+        An empty voxel (all channels zero) maps to the same features f0 everywhere (the biases carried
+        through the stack), so a group's sum is the sum over its occupied voxels of f(x_v) plus its number of
+        empty voxels times f0: exactly the dense network's readout.
+        """
+        B, c = x.shape[:2]
+        N3 = x[0, 0].numel()
+        flat = x.reshape(B, c, N3)
+        if channel_ids is not None and not bool((channel_ids >= 0).all()):
+            flat = flat * (channel_ids >= 0)[:, :, None].to(flat.dtype)  # padding planes are ignored
+        occupied = (flat != 0).any(dim=1).view(-1).nonzero().squeeze(1)  # (M,) over b * N^3 + p
+        b, p = occupied // N3, occupied % N3
+        values = flat.permute(0, 2, 1)[b, p]  # (M, c)
+        weight = self.first.weight.flatten(1).t()  # (C, O)
+        if channel_ids is None:
+            h = values @ weight
+        else:  # sample b's slots hold channels channel_ids[b]: one small matmul per sample (voxels sorted by b)
+            per_sample = weight[channel_ids.clamp(min=0)]  # (B, c, O)
+            counts = torch.bincount(b, minlength=B).tolist()
+            h = torch.cat([v @ w for v, w in zip(values.split(counts), per_sample)])
+        bias = self.first.bias
+        zero = torch.zeros(1, weight.shape[1], dtype=x.dtype, device=x.device)
+        if bias is not None:
+            h, zero = h + bias, zero + bias
+        f = self._voxelwise(torch.cat([h, zero]))  # (M + 1, F)
+        f, f0 = f[:-1], f[-1]
+        groups = self.group_matrix.shape[1]
+        slot = b * groups + self.group_index[p]  # (M,) the (sample, group) of each occupied voxel
+        out = torch.zeros(B * groups, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, slot, f)
+        empty = self.group_size.to(f.dtype).repeat(B) - torch.bincount(slot, minlength=B * groups).to(f.dtype)
+        out = (out + empty[:, None] * f0) * self.group_weight  # empty voxels add f0 each
+        out = out.view(B, groups, -1)
+        return out.transpose(1, 2)  # (B, F, groups), as the dense readout
 
 
 def build_voxelnet(in_channels: int, n: int, cfg: Optional[Dict] = None) -> VoxelNet:

@@ -226,3 +226,46 @@ def test_property_channels_see_the_site_assignment_that_element_channels_cannot(
     np.testing.assert_array_equal(props(a, R), props(a.rotated(R)))
     with pytest.raises(ValueError, match="unknown element property"):
         ReciprocalVoxelizer(channels="properties", properties=("one", "shininess"))
+
+
+def test_cross_spectrum_channels_see_the_site_assignment(rng):
+    a = perovskite()  # Sr on the corner, Ti in the centre
+    b = Structure(["Ti", "Sr", "O", "O", "O"], a.frac_coords, a.lattice, id="swapped")
+    cross = ReciprocalVoxelizer(cross=True)
+    assert cross.channel_names([a]) == ("O", "Sr", "Ti", "O*total", "Sr*total", "Ti*total")
+    xa, xb = cross(a), cross(b)
+    np.testing.assert_allclose(xa[:3], xb[:3], rtol=1e-6, atol=1e-9)  # the moduli are blind to the swap
+    assert np.abs(xa[3:] - xb[3:]).max() > 0.5 * np.abs(xa[4]).max()  # the cross-spectra are not
+    np.testing.assert_allclose(cross(a.translated([0.3, 1.1, -2.0])), xa, rtol=1e-5, atol=1e-7)
+    R = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0.0]])
+    np.testing.assert_array_equal(cross(a, R), cross(a.rotated(R)))
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "spherical"])
+def test_cross_spectra_follow_their_definition(rng, mode):
+    """x_e(G) = Re(h_e(G) conj(h(G))) / h(0) at every G (float64); sum_e x_e = |h|^2 / h(0); |x_e| <= |h_e|;
+    invariant to translations and permutations; binning rotated G equals the rotated structure."""
+    s = triclinic(rng)
+    vox = ReciprocalVoxelizer(sigma=0.2, length=10.0, n=12, mode=mode, cross=True)
+    rs = vox.reciprocal(s, dtype=np.float64)
+    names = vox.channel_names([s])
+    volume = abs(np.linalg.det(s.lattice))
+    env = np.exp(-0.2 ** 2 / 2 * (rs.G ** 2).sum(1)) / volume
+    phases = np.exp(-1j * rs.G @ s.cart_coords.T)  # (P, J)
+    h_total = env * phases.sum(1)
+    h0 = len(s) / volume
+    for e in s.elements:
+        h_e = env * phases[:, np.array(s.symbols) == e].sum(1)
+        np.testing.assert_allclose(rs.amp[names.index(e)], np.abs(h_e), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(rs.amp[names.index(e + "*total")], (h_e * np.conj(h_total)).real / h0,
+                                   rtol=1e-10, atol=1e-14)
+        assert np.all(np.abs(rs.amp[names.index(e + "*total")]) <= rs.amp[names.index(e)] * (1 + 1e-12))
+    summed = sum(rs.amp[names.index(e + "*total")] for e in s.elements)
+    np.testing.assert_allclose(summed, np.abs(h_total) ** 2 / h0, rtol=1e-10, atol=1e-14)
+    for moved in (s.translated(rng.normal(size=3) * 3), s.permuted(rng.permutation(len(s)))):
+        np.testing.assert_allclose(vox.reciprocal(moved, dtype=np.float64).amp, rs.amp, rtol=1e-9, atol=1e-14)
+    half = vox.reciprocal(s, dtype=np.float64, half=True).full()  # Friedel pairs share the cross-spectra
+    order = np.lexsort(half.m.T)
+    np.testing.assert_allclose(half.amp[:, order], rs.amp[:, np.lexsort(rs.m.T)], rtol=1e-12, atol=1e-15)
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    np.testing.assert_allclose(vox(s, R), vox(s.rotated(R)), rtol=1e-5, atol=1e-6)

@@ -101,7 +101,47 @@ def test_shell_readout_is_invariant_to_cube_rotations_of_the_input():
     # a kernel-symmetric network: average each conv kernel over the 48 cube symmetries would make it exact;
     # here check the readout itself: features rotated by 90 degrees about z pool to the same shells
     h = torch.randn(1, 4, 5, 5, 5, dtype=torch.float64)
-    pooled = h.flatten(2) @ net.shell_matrix.double()
-    rotated = torch.rot90(h, 1, dims=(2, 3)).flatten(2) @ net.shell_matrix.double()
+    pooled = h.flatten(2) @ net.group_matrix.double()
+    rotated = torch.rot90(h, 1, dims=(2, 3)).flatten(2) @ net.group_matrix.double()
     torch.testing.assert_close(pooled, rotated)
     assert net(torch.randn(3, 2, 16, 16, 16, dtype=torch.float64)).shape == (3,)
+
+
+@pytest.mark.parametrize("global_pool", ["radial", "shells"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_stack_on_occupied_voxels_equals_the_dense_network(global_pool, bias):
+    """A 1x1x1 stack with a group readout runs on the occupied voxels only: same outputs and gradients as
+    the dense network (empty voxels carry the biases through the stack), compact or dense input."""
+    torch.manual_seed(0)
+    net = VoxelNet(10, 8, widths=(6, 5), kernel=1, pools=(0, 0), hidden=(7,), activation="selu",
+                   global_pool=global_pool, shells=4, bias=bias, active_channels=3).double()
+    assert net.pointwise
+    ids = torch.tensor([[1, 4, -1], [0, 9, 3], [2, -1, -1]])
+    occupied = torch.rand(3, 1, 8, 8, 8) < 0.1
+    x = torch.randn(3, 3, 8, 8, 8, dtype=torch.float64) * occupied
+    x[1, :, 0, 0, 0] = torch.tensor([0.0, 1.5, 0.0], dtype=torch.float64)  # one channel of three occupied
+    x[0, 2] = 0.7  # a padding slot's plane is ignored whatever it holds
+    dense = to_dense(x, ids, 10)
+    fast = net(x, ids)
+    grads_fast = torch.autograd.grad(fast.square().sum(), list(net.parameters()))
+    fast_dense = net(dense)
+    net.pointwise = False
+    slow = net(dense)
+    grads_slow = torch.autograd.grad(slow.square().sum(), list(net.parameters()))
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast_dense, slow, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_radial_readout_is_invariant_to_angular_permutations():
+    """The "radial" readout of a spherical grid only sees each |G| index: permuting the angular voxels within
+    each radial index (what a rotation does to Bragg peaks on that sphere) leaves the prediction unchanged."""
+    torch.manual_seed(1)
+    net = VoxelNet(4, 8, widths=(6, 6), kernel=1, pools=(0, 0), hidden=(5,), activation="silu",
+                   global_pool="radial", bias=False).double()
+    x = torch.randn(2, 4, 8, 8, 8, dtype=torch.float64) * (torch.rand(2, 1, 8, 8, 8) < 0.2)
+    perm = torch.randperm(64)
+    shuffled = x.reshape(2, 4, 8, 64)[..., perm].reshape(2, 4, 8, 8, 8)
+    torch.testing.assert_close(net(shuffled), net(x), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(net(x.flip(2)), net(x))  # but it does see |G|
