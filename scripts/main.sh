@@ -26,7 +26,7 @@ if [ -f "$DATA/aflow/oxide_perovskites_cP5.jsonl" ]; then
 import json
 s = json.load(open("out/voxelnet_demo.summary.json"))
 m = s["metrics"]
-print(f"VoxelNet (3 epochs, runs/voxelnet_demo): test MAE {m['test']['mae']:.3f} {s.get('unit', 'eV/atom')} "
+print(f"VoxelNet ({s['epochs']} epochs, runs/voxelnet_demo): test MAE {m['test']['mae']:.3f} {s.get('unit', 'eV/atom')} "
       f"on {m['test']['n']} test structures (val {m['val']['mae']:.3f}, train {m['train']['mae']:.3f})")
 PY
 else

@@ -31,7 +31,7 @@ def test_block_roundtrip_and_reader_errors(tmp_path, osrti_path):
     np.testing.assert_array_equal(ff.voxels_batch([4, 1], ["Ba", "O", "Sr", "Ti"]), expected[[4, 1]])
     with pytest.raises(IndexError, match="out of range"):
         ff.voxels(10)
-    with pytest.raises(ValueError, match="outside the species list"):
+    with pytest.raises(ValueError, match="outside the channel list"):
         ff.voxels(0, ["O", "Ti"])
     assert ff.structure(3).id == structures[3].id
     with pytest.raises(ValueError, match="not a cloudvox feature file"):
