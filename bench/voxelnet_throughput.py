@@ -7,6 +7,8 @@ rotations with torch (cloudvox.binning), first layer over the present channels a
 dense reference: every sample re-featurized by ../shared/bench/original_voxelnet_reference.py (one channel
 per element of the data set, float32), then the same VoxelNet with a dense first layer.
 Timed in alternating rounds (median step time of each). Threads: torch's default, or OMP_NUM_THREADS.
+Like ``cloudvox train``, the process first keeps large freed blocks for reuse (cloudvox.train.keep_freed_memory),
+which both pipelines share; ``--no-keep-freed-memory`` leaves glibc's default.
 Usage: python bench/voxelnet_throughput.py [--data out/perovskites.h5] [--rounds 5] [--batch-size 32]
 The feature file must be the per-element featurization of the shared perovskites (jobs/configs/perovskites.yaml).
 """
@@ -27,7 +29,7 @@ from cloudvox import properties as K  # noqa: E402
 from cloudvox.data import VoxelDataset  # noqa: E402
 from cloudvox.models.voxelnet import VoxelNet  # noqa: E402
 from cloudvox.runs import VoxelTask  # noqa: E402
-from cloudvox.train import step_generator  # noqa: E402
+from cloudvox.train import keep_freed_memory, step_generator  # noqa: E402
 
 
 def time_rounds(steps, counts, rounds):
@@ -54,7 +56,9 @@ def main():
     ap.add_argument("--reference-steps", type=int, default=2, help="reference steps per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false")
     args = ap.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     torch.manual_seed(0)
     ds = VoxelDataset(args.data, np.arange(len(VoxelDataset(args.data, [], None).ff.ids)), None, "reciprocal")
     ff = ds.ff
@@ -99,7 +103,8 @@ def main():
             ds[int(i)]
     t_ref, t_ours = time_rounds([reference_step, our_step], [args.reference_steps, args.steps], args.rounds)
     common = dict(batch_size=B, channels=len(species), n=int(d["n"]), threads=torch.get_num_threads(),
-                  steps=args.rounds * args.steps, reference_steps=args.rounds * args.reference_steps)
+                  steps=args.rounds * args.steps, reference_steps=args.rounds * args.reference_steps,
+                  keep_freed_memory=kept)
     emit("voxelnet_throughput", "cloudvox_samples_per_s", B / t_ours, "samples/s", **common)
     emit("voxelnet_throughput", "dense_reference_samples_per_s", B / t_ref, "samples/s", **common)
     emit("voxelnet_throughput", "speedup", t_ref / t_ours, "x", **common)

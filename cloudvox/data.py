@@ -13,7 +13,7 @@ import torch
 
 from . import properties as K
 from .binning import collate_reciprocal
-from .elements import MAX_Z
+from .elements import MAX_Z, property_weights
 from .features import DONE, FeatureFile
 
 SPLITS = ("train", "val", "test")
@@ -85,7 +85,9 @@ def load_splits(run_dir: Path, ids: Sequence[str]) -> Dict[str, np.ndarray]:
 class Normalizer:
     """y_norm = (y - baseline(composition) - mean) / std; ``kind`` "mean_std" or "composition" (a linear
     per-element baseline: for per-atom targets, sum over elements of the atom fraction times a fitted
-    per-element value; fitted by ridge on the training set)."""
+    per-element value; fitted by ridge on the training set). Elements absent from the training set get the
+    value a linear fit of the fitted values on element properties (:data:`FALLBACK_PROPERTIES`, weighted
+    by how often each element occurs) predicts for them, instead of zero."""
     kind: str = "mean_std"
     mean: float = 0.0
     std: float = 1.0
@@ -103,8 +105,7 @@ class Normalizer:
             used = np.flatnonzero(X.sum(0) > 0)
             A = X[:, used]
             w = np.linalg.solve(A.T @ A + ridge * np.eye(len(used)), A.T @ resid)
-            per = np.zeros(counts.shape[1])
-            per[used] = w
+            per = _with_fallback(used, w, X[:, used].sum(0), counts.shape[1])
             resid = resid - X @ per
             per = per.tolist()
         elif kind != "mean_std":
@@ -126,6 +127,23 @@ class Normalizer:
 
     def to_dict(self) -> Dict:
         return dict(kind=self.kind, mean=self.mean, std=self.std, per_element=self.per_element, extensive=self.extensive)
+
+
+FALLBACK_PROPERTIES = ("one", "Z", "row", "group", "X", "radius", "ionization", "affinity")
+
+
+def _with_fallback(used: np.ndarray, w: np.ndarray, occurrence: np.ndarray, size: int,
+                   ridge: float = 1e-3) -> np.ndarray:
+    """(size,) per-element values: w at the used elements, elsewhere a property-based estimate (weighted
+    ridge fit of w on the standardised element properties of the used elements)."""
+    P = property_weights(FALLBACK_PROPERTIES)[:, :size].T  # (size, K)
+    sw = occurrence / occurrence.sum()
+    A = P[used] * sw[:, None]
+    beta = np.linalg.solve(P[used].T @ A + ridge * np.eye(P.shape[1]), A.T @ w)
+    per = P @ beta
+    per[used] = w
+    per[0] = 0.0
+    return per
 
 
 def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:

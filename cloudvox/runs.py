@@ -182,7 +182,7 @@ def model_channels(ff: FeatureFile, species: Optional[Sequence[str]]) -> List[st
 
 def build_model(meta: Dict) -> torch.nn.Module:
     if meta["model"] == "voxelnet":
-        return build_voxelnet(len(meta["channels"]), int(meta["descriptor"]["n"]), meta["network"])
+        return build_voxelnet(len(meta["channels"]), int(meta["descriptor"]["n"]), meta["network"], meta["channels"])
     if meta["model"] == "atomcloud":
         from .models.atomcloud import build_atomcloud
         return build_atomcloud(meta["network"])

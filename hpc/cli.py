@@ -194,8 +194,10 @@ def _train_parsers(sub) -> None:
 def cmd_train(args, command: str) -> int:
     import signal
     from cloudvox.runs import load_config, train_run
+    from cloudvox.train import keep_freed_memory
     from .distributed import make_distributed
     from .logs import setup_logging
+    keep_freed_memory()  # reuse the large activation blocks of every step instead of page-faulting them in
     dist = make_distributed(args.backend)
     setup_logging(dist.rank, args.verbose)
     cfg = load_config(args.config, args.set)

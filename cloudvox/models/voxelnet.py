@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+import torch.nn.utils.parametrize  # noqa: F401 (torch.nn.utils.parametrize.register_parametrization)
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh}
 # non-decreasing activations commute with max-pooling: act(maxpool(x)) == maxpool(act(x))
@@ -139,6 +140,41 @@ class _ScatterConv(torch.autograd.Function):
         return gv, gw, None, None, None, None
 
 
+class PropertyPrior(nn.Module):
+    """Weight parametrization of a first layer over element channels: W[:, c] = free[:, c] + f_c @ A.
+
+    f_c (2 P,) is channel c's element property vector (P properties, standardised) placed in the block of
+    its kind (modulus "Sr" or cross-spectrum "Sr*total"); A (2 P, O k^3) is learned, initialised like
+    PyTorch's default conv weights for the fan-in of the channels a sample holds.
+    """
+
+    def __init__(self, channel_names: Sequence[str], properties: Sequence[str], weight_shape):
+        super().__init__()
+        from ..descriptors import CROSS_SUFFIX
+        from ..elements import atomic_number, property_weights
+        table = property_weights(tuple(properties))  # (P, MAX_Z + 1)
+        P = table.shape[0]
+        feats = np.zeros((len(channel_names), 2 * P), dtype=np.float32)
+        for c, name in enumerate(channel_names):
+            cross = name.endswith(CROSS_SUFFIX)
+            try:
+                z = atomic_number(name[:-len(CROSS_SUFFIX)] if cross else name)
+            except (KeyError, ValueError):
+                raise ValueError(f"channel_properties needs element channels; channel {name!r} is not an element") from None
+            feats[c, P * cross:P * (cross + 1)] = table[:, z]
+        self.register_buffer("features", torch.from_numpy(feats))
+        O, C = weight_shape[0], weight_shape[1]
+        k3 = int(np.prod(weight_shape[2:]))
+        self.shape = tuple(weight_shape)
+        bound = 1.0 / np.sqrt(P * 3 * k3)  # ~ the default bound for a few channels, spread over P properties
+        self.A = nn.Parameter(torch.empty(2 * P, O * k3).uniform_(-bound, bound))
+
+    def forward(self, free: torch.Tensor) -> torch.Tensor:
+        O, C = self.shape[0], self.shape[1]
+        prior = (self.features.to(free.dtype) @ self.A.to(free.dtype)).view(C, O, *self.shape[2:])
+        return free + prior.transpose(0, 1)
+
+
 class VoxelNet(nn.Module):
     """3D CNN regressor on (B, C, N, N, N) voxels (or compact per-element voxels with channel ids).
 
@@ -161,12 +197,18 @@ class VoxelNet(nn.Module):
             zero through the conv stack, so a shell sum counts Bragg peaks only, not the shell's volume.
         active_channels: how many input channels a sample has (per-element channels: a few of C), for the
             first layer's initialisation (fan-in active_channels x k^3 instead of C x k^3); None: C.
+        channel_properties: element property names (:func:`cloudvox.elements.property_weights`) that
+            inform the first layer of per-element channels: channel c's weights are a learned linear function
+            of its element's properties (one per channel kind: modulus, cross-spectrum) plus a free per-channel
+            part that starts at zero (:class:`PropertyPrior`). Elements rare or absent in training then get
+            weights from their chemistry. Needs ``channel_names`` (element symbols, optionally "*total").
     """
 
     def __init__(self, in_channels: int, n: int = 32, widths: Sequence[int] = (16, 16, 16), kernel=3,
                  pools: Sequence[Optional[int]] = (2, 2, 0), hidden: Sequence[int] = (32, 8), activation: str = "selu",
                  norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten", shells: int = 16,
-                 bias: bool = True, active_channels: Optional[int] = None):
+                 bias: bool = True, active_channels: Optional[int] = None,
+                 channel_properties: Optional[Sequence[str]] = None, channel_names: Optional[Sequence[str]] = None):
         super().__init__()
         if len(pools) != len(widths):
             raise ValueError(f"pools ({len(pools)}) must give one entry per conv layer ({len(widths)})")
@@ -180,6 +222,13 @@ class VoxelNet(nn.Module):
             nn.init.uniform_(self.first.weight, -bound, bound)
             if bias:
                 nn.init.uniform_(self.first.bias, -bound, bound)
+        if channel_properties:
+            if not channel_names or len(channel_names) != in_channels:
+                raise ValueError("channel_properties needs the in_channels element channel names")
+            prior = PropertyPrior(channel_names, channel_properties, self.first.weight.shape)
+            with torch.no_grad():
+                self.first.weight.zero_()  # the free part starts at zero: the properties decide at first
+            torch.nn.utils.parametrize.register_parametrization(self.first, "weight", prior)
         size, prev = n - kernels[0] + 1, widths[0]
         scale, offset = 1.0, 0.5 - n / 2 + (kernels[0] - 1) / 2  # feature voxel j sits at scale * j + offset
         blocks = []
@@ -238,7 +287,8 @@ class VoxelNet(nn.Module):
         self.head = nn.Sequential(*head)
         self.config = dict(in_channels=in_channels, n=n, widths=list(widths), kernel=kernels, pools=list(pools),
                            hidden=list(hidden), activation=activation, norm=norm, dropout=dropout, global_pool=global_pool,
-                           shells=shells, bias=bias, active_channels=active_channels)
+                           shells=shells, bias=bias, active_channels=active_channels,
+                           channel_properties=list(channel_properties) if channel_properties else None)
         # a stack of 1x1x1 convolutions maps each voxel on its own: run it on the occupied voxels only
         self.pointwise = bool(groups) and norm is None and not any(pools) and \
             all(all(int(k) == 1 for k in np.atleast_1d(kk)) for kk in kernels)
@@ -313,6 +363,7 @@ class VoxelNet(nn.Module):
         return out.transpose(1, 2)  # (B, F, groups), as the dense readout
 
 
-def build_voxelnet(in_channels: int, n: int, cfg: Optional[Dict] = None) -> VoxelNet:
+def build_voxelnet(in_channels: int, n: int, cfg: Optional[Dict] = None,
+                   channel_names: Optional[Sequence[str]] = None) -> VoxelNet:
     cfg = {k: v for k, v in (cfg or {}).items() if k not in ("name", "in_channels", "n")}
-    return VoxelNet(in_channels, n, **cfg)
+    return VoxelNet(in_channels, n, channel_names=channel_names, **cfg)

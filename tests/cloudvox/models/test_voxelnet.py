@@ -145,3 +145,33 @@ def test_radial_readout_is_invariant_to_angular_permutations():
     shuffled = x.reshape(2, 4, 8, 64)[..., perm].reshape(2, 4, 8, 8, 8)
     torch.testing.assert_close(net(shuffled), net(x), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(net(x.flip(2)), net(x))  # but it does see |G|
+
+
+def test_property_prior_gives_unseen_elements_weights_from_their_chemistry():
+    names = ["O", "Sr", "Ti", "Tb", "O*total", "Sr*total", "Ti*total", "Tb*total"]
+    torch.manual_seed(0)
+    net = VoxelNet(8, 8, widths=(6, 5), kernel=1, pools=(0, 0), hidden=(7,), activation="silu",
+                   global_pool="radial", bias=False, channel_properties=["one", "Z", "X", "radius"],
+                   channel_names=names).double()
+    W = net.first.weight.detach()  # (O, C, 1, 1, 1): at first the property part alone
+    assert W[:, 3].abs().sum() > 0 and not torch.allclose(W[:, 3], W[:, 1])  # Tb has its own weights
+    assert not torch.allclose(W[:, 1], W[:, 5])  # modulus and cross-spectrum channels differ
+    ids = torch.tensor([[0, 1, 2, 4, 5, 6]])  # SrTiO3: Tb never present
+    x = torch.randn(1, 6, 8, 8, 8, dtype=torch.float64) * (torch.rand(1, 1, 8, 8, 8) < 0.2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(x, ids).sum().backward()
+    opt.step()
+    W2 = net.first.weight.detach()
+    assert not torch.allclose(W2[:, 3], W[:, 3])  # training on other elements moves Tb's weights (shared A)
+    free = net.first.parametrizations.weight.original
+    assert free[:, 3].abs().sum() == 0  # but not Tb's free part
+    torch.testing.assert_close(net(x, ids), _dense_copy(net)(to_dense(x, ids, 8)), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="not an element"):
+        VoxelNet(2, 8, channel_properties=["Z"], channel_names=["total", "total*total"])
+
+
+def _dense_copy(net):
+    import copy
+    other = copy.deepcopy(net)
+    other.pointwise = False
+    return other
