@@ -6,7 +6,7 @@ rotations on the training device. The voxel index is :func:`cloudvox.descriptors
 function the numpy descriptor uses.
 """
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,9 +18,10 @@ from .descriptors import ReciprocalSet, voxel_index
 class ReciprocalBatch:
     """Reciprocal sets of S structures, concatenated.
 
-    G: (P, 3) reciprocal vectors, 1/Angstrom; point_structure: (P,) int64 structure of each point;
-    entry_point: (E,) int64 point of each (point, channel) entry; entry_channel: (E,) int64 channel;
-    entry_value: (E,) |h| of the entry; n_structures: S.
+    G: (P, 3) reciprocal vectors, 1/Angstrom, each structure's points contiguous, in structure order;
+    point_structure: (P,) int64 structure of each point; entry_point: (E,) int64 point of each
+    (point, channel) entry; entry_channel: (E,) int64 channel; entry_value: (E,) value of the entry;
+    n_structures: S; point_counts: (S,) points of each structure (host integers).
     """
     G: torch.Tensor
     point_structure: torch.Tensor
@@ -28,11 +29,13 @@ class ReciprocalBatch:
     entry_channel: torch.Tensor
     entry_value: torch.Tensor
     n_structures: int
+    point_counts: Tuple[int, ...] = ()
 
     def to(self, device=None, dtype=None) -> "ReciprocalBatch":
         f = dict(device=device)
         return ReciprocalBatch(self.G.to(dtype=dtype, **f), self.point_structure.to(**f), self.entry_point.to(**f),
-                               self.entry_channel.to(**f), self.entry_value.to(dtype=dtype, **f), self.n_structures)
+                               self.entry_channel.to(**f), self.entry_value.to(dtype=dtype, **f), self.n_structures,
+                               self.point_counts)
 
 
 def collate_reciprocal(sets: Sequence[ReciprocalSet], dtype=torch.float32) -> ReciprocalBatch:
@@ -49,7 +52,8 @@ def collate_reciprocal(sets: Sequence[ReciprocalSet], dtype=torch.float32) -> Re
         ev.append(s.amp.reshape(-1))
     cat = (lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt)))
     return ReciprocalBatch(torch.from_numpy(G).to(dtype), torch.from_numpy(point_structure),
-                           cat(ep, np.int64), cat(ec, np.int64), cat(ev, np.float32).to(dtype), len(sets))
+                           cat(ep, np.int64), cat(ec, np.int64), cat(ev, np.float32).to(dtype), len(sets),
+                           tuple(int(c) for c in counts))
 
 
 def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: float, mode: str = "cartesian",
@@ -67,12 +71,16 @@ def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: floa
     """
     G = batch.G.double()  # voxel edges decided in float64, as the numpy descriptor (ties are common)
     if rotations is not None:
-        R = rotations.to(dtype=G.dtype, device=G.device)[batch.point_structure]  # (P, 3, 3)
-        G = torch.einsum("pij,pj->pi", R, G)
-    vox = voxel_index(G, n, length, mode)  # (P,)
+        R = rotations.to(dtype=G.dtype, device=G.device)
+        if batch.point_counts:  # each structure's block of points times its R^T: S small matmuls
+            G = torch.cat([g @ r.T for g, r in zip(G.split(list(batch.point_counts)), R)])
+        else:
+            G = torch.einsum("pij,pj->pi", R[batch.point_structure], G)
+    vox = voxel_index(G, n, length, mode)[batch.entry_point]  # (E,) voxel of each entry, -1 outside the grid
     N3 = n ** 3
-    flat = (batch.point_structure[batch.entry_point] * n_channels + batch.entry_channel) * N3 + vox[batch.entry_point]
-    keep = vox[batch.entry_point] >= 0
-    out = torch.zeros(batch.n_structures * n_channels * N3, dtype=batch.entry_value.dtype, device=G.device)
-    out.index_add_(0, flat[keep], batch.entry_value[keep])
-    return out.view(batch.n_structures, n_channels, n, n, n)
+    size = batch.n_structures * n_channels * N3
+    flat = (batch.point_structure[batch.entry_point] * n_channels + batch.entry_channel) * N3 + vox
+    flat = torch.where(vox >= 0, flat, torch.full_like(flat, size))  # outside the grid: one spare slot
+    out = torch.zeros(size + 1, dtype=batch.entry_value.dtype, device=G.device)
+    out.index_add_(0, flat, batch.entry_value)
+    return out[:size].view(batch.n_structures, n_channels, n, n, n)

@@ -5,9 +5,10 @@ Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures 
     /                          attrs: format, format_version, cloudvox_version, created (ISO 8601 UTC),
                                       command, input (JSON list of paths), input_format, species (JSON list:
                                       the elements present, sorted), descriptor (JSON: sigma, length, n, mode,
-                                      channels, species, properties), channel_names (JSON list: what
+                                      channels, species, properties, cross), channel_names (JSON list: what
                                       /channels/index points into: every element symbol H..Og for element
-                                      channels, else ["total"] or the property names), units (JSON: sigma and length "Angstrom",
+                                      channels, else ["total"] or the property names; with cross followed
+                                      by the same names + "*total", the cross-spectrum channels), units (JSON: sigma and length "Angstrom",
                                       positions "Angstrom", lattice "Angstrom", voxels "1/Angstrom^3"),
                                       store (JSON list of what is stored), job (JSON: parameters and input
                                       fingerprint that a rerun must match to reuse the file)

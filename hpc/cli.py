@@ -46,6 +46,8 @@ def _featurize_parser(sub) -> None:
     p.add_argument("--channels", choices=["element", "total", "properties"],
                    help="one channel per element (default), one in total, or one per element property")
     p.add_argument("--properties", nargs="+", help="element properties for --channels properties")
+    p.add_argument("--cross", action="store_true", default=None,
+                   help="add each channel's cross-spectrum with the whole structure, Re(h_c h*) / h(0)")
     p.add_argument("--store", nargs="+", choices=["voxels", "reciprocal", "cloud"], help="what to store (default all)")
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
@@ -62,7 +64,7 @@ def featurize_job(args, command: str):
     desc = dict(sigma=0.1, length=12.8, n=32, mode="cartesian", species=None, channels="element")
     desc.update(cfg.get("descriptor") or {})
     for flag, key in (("descriptor", "mode"), ("n", "n"), ("length", "length"), ("sigma", "sigma"),
-                      ("species", "species"), ("channels", "channels"), ("properties", "properties")):
+                      ("species", "species"), ("channels", "channels"), ("properties", "properties"), ("cross", "cross")):
         if getattr(args, flag) is not None:
             desc[key] = getattr(args, flag)
     pick = lambda flag, key, default: getattr(args, flag) if getattr(args, flag) is not None else cfg.get(key, default)

@@ -85,38 +85,38 @@ class SparseChannelConv3d(nn.Conv3d):
         qx = ((xx + pw)[None, :] - torch.arange(kw, device=dev)[:, None])[None, None, :]
         inside = (qz >= 0) & (qz < Do) & (qy >= 0) & (qy < Ho) & (qx >= 0) & (qx < Wo)
         rows = ((b * Do + qz) * Ho + qy) * Wo + qx
-        rows = torch.where(inside, rows, torch.zeros_like(rows)).view(kd * kh * kw, -1)
+        n_rows = B * Do * Ho * Wo
+        rows = torch.where(inside, rows, torch.full_like(rows, n_rows)).view(kd * kh * kw, -1)  # outside: spare row
         counts = torch.bincount(b, minlength=B).tolist()
         k3 = kd * kh * kw
-        y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts, B * Do * Ho * Wo)
+        y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts, n_rows)
         if bias is not None:
             y = y + bias.to(y.dtype)
         return y.view(out_shape).permute(0, 4, 1, 2, 3)  # (B, O, D', H', W') in channels-last memory order
 
 
 class _ScatterConv(torch.autograd.Function):
-    """Sparse convolution by scatter: out[rows[d, m]] += values[m] @ w[sample(m), d] for every offset d whose
-    target is inside -> (n_rows, O). values (M, c) are the occupied voxels sorted by sample
-    (``counts`` per sample), w (B, k^3, c, O), rows and inside (k^3, M). Offset-major, so each offset's targets
-    are visited in order; the backward gathers the output gradient at the same rows (no zero-filled scratch
-    output, no sliced copies)."""
+    """Sparse convolution by scatter: out[rows[d, m]] += values[m] @ w[sample(m), d] for every offset d
+    -> (n_rows, O). values (M, c) are the occupied voxels sorted by sample (``counts`` per sample), w
+    (B, k^3, c, O), rows (k^3, M) with n_rows for targets outside the output (a spare row that is dropped),
+    inside (k^3, M) those that are not. Offset-major, so each offset's targets are visited in order. The
+    backward gathers the output gradient at the same rows (no zero-filled scratch output, no sliced copies)
+    and applies ``inside`` on the c-channel side (values and input gradients), c / O of the work of masking
+    the gathered O-channel gradients."""
 
     @staticmethod
     def forward(ctx, values, w, rows, inside, counts, n_rows):
         O = w.shape[-1]
-        out = torch.zeros(n_rows, O, dtype=values.dtype, device=values.device)
+        out = torch.zeros(n_rows + 1, O, dtype=values.dtype, device=values.device)
         start = 0
         for i, n in enumerate(counts):
             if n:
                 T = torch.matmul(values[start:start + n], w[i])  # (k^3, n, O)
-                mask = inside[:, start:start + n]
-                if not bool(mask.all()):
-                    T = T * mask[:, :, None].to(T.dtype)  # offsets that fall outside add nothing
                 out.index_add_(0, rows[:, start:start + n].reshape(-1), T.view(-1, O))
                 start += n
-        ctx.counts = counts
+        ctx.counts, ctx.n_rows = counts, n_rows
         ctx.save_for_backward(values, w, rows, inside)
-        return out
+        return out[:n_rows]
 
     @staticmethod
     def backward(ctx, grad):
@@ -127,15 +127,14 @@ class _ScatterConv(torch.autograd.Function):
         k3, start = rows.shape[0], 0
         for i, n in enumerate(ctx.counts):
             if n:
-                g = grad.index_select(0, rows[:, start:start + n].reshape(-1)).view(k3, n, -1)  # (k^3, n, O)
-                mask = inside[:, start:start + n]
-                if not bool(mask.all()):
-                    g = g * mask[:, :, None].to(g.dtype)
+                r = rows[:, start:start + n].clamp(max=ctx.n_rows - 1)  # the spare row's entries are masked below
+                g = grad.index_select(0, r.reshape(-1)).view(k3, n, -1)  # (k^3, n, O)
+                mask = inside[:, start:start + n, None].to(g.dtype)  # (k^3, n, 1)
                 v = values[start:start + n]
                 if gw is not None:
-                    gw[i] = torch.matmul(v.t(), g)  # (k^3, c, O)
+                    gw[i] = torch.matmul((v * mask).transpose(1, 2), g)  # (k^3, c, O)
                 if gv is not None:
-                    gv[start:start + n] = torch.matmul(g, w[i].transpose(1, 2)).sum(0)
+                    gv[start:start + n] = (torch.matmul(g, w[i].transpose(1, 2)) * mask).sum(0)
                 start += n
         return gv, gw, None, None, None, None
 
