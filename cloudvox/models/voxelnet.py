@@ -39,18 +39,16 @@ class SparseChannelConv3d(nn.Conv3d):
     """
 
     def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None,
-                add_bias: bool = True, pool: Optional[int] = None) -> torch.Tensor:
+                add_bias: bool = True) -> torch.Tensor:
         """(B, O, D', H', W'); without the bias if not ``add_bias`` (a caller that max-pools next adds it after:
-        max(y + b) = max(y) + b, on 1/p^3 of the voxels); followed by ``MaxPool3d(pool)`` if ``pool``, which
-        the scatter form computes on an output laid out window by window (B, D'/p, H'/p, W'/p, p^3, O): a
-        max over one contiguous axis instead of a strided 3D pool (forward and backward ~1.5x faster)."""
+        max(y + b) = max(y) + b, on 1/p^3 of the voxels)."""
         bias = self.bias if add_bias else None
-        scatter = channel_ids is not None and self.padding_mode == "zeros" and not isinstance(self.padding, str) \
-            and all(s == 1 for s in self.stride) and all(d == 1 for d in self.dilation)
-        if scatter:
-            return self._scatter(x, channel_ids, bias, pool)
-        y = self._conv_forward(x, self.weight, bias) if channel_ids is None else self._grouped(x, channel_ids, bias)
-        return F.max_pool3d(y, pool) if pool else y
+        if channel_ids is None:
+            return self._conv_forward(x, self.weight, bias)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or any(s != 1 for s in self.stride) \
+                or any(d != 1 for d in self.dilation):
+            return self._grouped(x, channel_ids, bias)
+        return self._scatter(x, channel_ids, bias)
 
     def _sample_weights(self, channel_ids: torch.Tensor) -> torch.Tensor:
         """(B, c, O, k, k, k) weights of each sample's channels (zero for padding slots)."""
@@ -65,8 +63,7 @@ class SparseChannelConv3d(nn.Conv3d):
         y = y.view(B, self.out_channels, *y.shape[2:])
         return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
 
-    def _scatter(self, x: torch.Tensor, channel_ids: torch.Tensor, bias: Optional[torch.Tensor],
-                 pool: Optional[int] = None) -> torch.Tensor:
+    def _scatter(self, x: torch.Tensor, channel_ids: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         B, c, D, H, W = x.shape
         O, (kd, kh, kw), (pd, ph, pw) = self.out_channels, self.kernel_size, self.padding
         out_shape = (B, D + 2 * pd - kd + 1, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1, O)
@@ -86,25 +83,13 @@ class SparseChannelConv3d(nn.Conv3d):
         qz = ((z + pd)[None, :] - torch.arange(kd, device=dev)[:, None])[:, None, None]
         qy = ((yy + ph)[None, :] - torch.arange(kh, device=dev)[:, None])[None, :, None]
         qx = ((xx + pw)[None, :] - torch.arange(kw, device=dev)[:, None])[None, None, :]
-        if pool:  # row of q: its pool window, then its place in the window; the pool drops q beyond D' // p * p
-            P = pool
-            Do, Ho, Wo = Do // P, Ho // P, Wo // P
-            out_shape = (B, Do, Ho, Wo, O)
-            inside = (qz >= 0) & (qz < Do * P) & (qy >= 0) & (qy < Ho * P) & (qx >= 0) & (qx < Wo * P)
-            window = ((b * Do + qz.div(P, rounding_mode="floor")) * Ho + qy.div(P, rounding_mode="floor")) * Wo \
-                + qx.div(P, rounding_mode="floor")
-            rows = (window * P + qz.remainder(P)) * P ** 2 + qy.remainder(P) * P + qx.remainder(P)
-        else:
-            P = 1
-            inside = (qz >= 0) & (qz < Do) & (qy >= 0) & (qy < Ho) & (qx >= 0) & (qx < Wo)
-            rows = ((b * Do + qz) * Ho + qy) * Wo + qx
-        n_rows = B * Do * Ho * Wo * P ** 3
+        inside = (qz >= 0) & (qz < Do) & (qy >= 0) & (qy < Ho) & (qx >= 0) & (qx < Wo)
+        rows = ((b * Do + qz) * Ho + qy) * Wo + qx
+        n_rows = B * Do * Ho * Wo
         rows = torch.where(inside, rows, torch.full_like(rows, n_rows)).view(kd * kh * kw, -1)  # outside: spare row
         counts = torch.bincount(b, minlength=B).tolist()
         k3 = kd * kh * kw
         y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts, n_rows)
-        if pool:
-            y = y.view(-1, P ** 3, O).max(dim=1).values  # (windows, O)
         if bias is not None:
             y = y + bias.to(y.dtype)
         return y.view(out_shape).permute(0, 4, 1, 2, 3)  # (B, O, D', H', W') in channels-last memory order
@@ -311,8 +296,8 @@ class VoxelNet(nn.Module):
         """(B,) predictions (normalised target units)."""
         if self.pointwise:
             return self.head(self._pointwise_readout(x, channel_ids).flatten(1)).squeeze(-1)
-        if self.first_bias_after_pool:  # block 0 is [max-pool, activation]: the first layer pools itself
-            h = self.first(x, channel_ids, add_bias=False, pool=self.blocks[0][0].kernel_size)
+        if self.first_bias_after_pool:  # block 0 is [max-pool, activation]
+            h = self.blocks[0][0](self.first(x, channel_ids, add_bias=False))
             h = self.blocks[0][1:](h + self.first.bias.view(1, -1, 1, 1, 1))
         else:
             h = self.blocks[0](self.first(x, channel_ids))

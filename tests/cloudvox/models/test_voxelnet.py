@@ -72,34 +72,6 @@ def test_default_architecture_is_the_original():
         VoxelNet(3, 8)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(padding=1), dict(kernel_size=(3, 1, 2)), dict(stride=2)])
-def test_sparse_first_layer_with_its_max_pool_equals_conv_then_pool(kwargs):
-    """The pool fused into the scatter (window-major output, a max over one axis), with odd output sizes whose
-    last slice the pool drops, border voxels, an empty sample and sign-mixed values: outputs and gradients
-    equal dense conv then MaxPool3d(2) (the grouped fallback pools after its convolution)."""
-    torch.manual_seed(3)
-    C, B, N = 20, 3, 10
-    args = dict(kernel_size=3)
-    args.update(kwargs)
-    conv = SparseChannelConv3d(C, 4, **args).double()
-    ids = torch.tensor([[3, 2, 19], [0, -1, -1], [11, 12, -1]])
-    compact = torch.randn(B, 3, N, N, N, dtype=torch.float64) * (torch.rand(B, 3, N, N, N) < 0.08)
-    compact[:, :, 0, 0, 0] = 1.5
-    compact[:, :, N - 1, N - 1, N - 1] = -2.0
-    compact[2] = 0.0
-    compact[ids < 0] = 0.0
-    dense = to_dense(compact, ids, C)
-    y = conv(compact, ids, add_bias=False, pool=2)
-    ref = torch.nn.functional.max_pool3d(
-        torch.nn.functional.conv3d(dense, conv.weight, None, conv.stride, conv.padding), 2)
-    assert y.shape == ref.shape
-    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(ref)
-    got = torch.autograd.grad((y * g).sum(), [conv.weight])
-    want = torch.autograd.grad((ref * g).sum(), [conv.weight])
-    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
-
-
 def test_network_equals_the_original_layer_order():
     """Conv SELU MaxPool, written literally with torch layers and the same weights, gives the same outputs and
     gradients as VoxelNet (which pools before the monotone activation and convolves only occupied voxels)."""
