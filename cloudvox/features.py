@@ -369,7 +369,8 @@ class FeatureFile:
         try:
             return np.array([channels.index(e) for e in names], dtype=np.int64)
         except ValueError:
-            raise ValueError(f"structure {self.ids[i]} has channels {names} outside the channel list {channels}") from None
+            raise ValueError(f"structure {self.ids[i]} has channels {names} outside the channel list "
+                             f"{channels}") from None
 
     def n_channels(self, channels: Optional[Sequence[str]] = None) -> int:
         if not self.per_element:

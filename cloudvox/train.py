@@ -110,7 +110,8 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     try:
         libc = ctypes.CDLL(name)
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(limit_bytes))) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(limit_bytes)))
+        mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, int(limit_bytes))
+        return bool(mmap_ok) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(limit_bytes)))
     except (OSError, AttributeError):
         return False
 

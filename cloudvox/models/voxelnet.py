@@ -159,11 +159,11 @@ class PropertyPrior(nn.Module):
             try:
                 z = atomic_number(name[:-len(CROSS_SUFFIX)] if cross else name)
             except (KeyError, ValueError):
-                raise ValueError(f"channel_properties needs element channels; channel {name!r} is not an element") from None
+                raise ValueError(f"channel_properties needs element channels; channel {name!r} "
+                                 "is not an element") from None
             feats[c, P * cross:P * (cross + 1)] = table[:, z]
         self.register_buffer("features", torch.from_numpy(feats))
-        O, C = weight_shape[0], weight_shape[1]
-        k3 = int(np.prod(weight_shape[2:]))
+        O, k3 = weight_shape[0], int(np.prod(weight_shape[2:]))
         self.shape = tuple(weight_shape)
         bound = 1.0 / np.sqrt(P * 3 * k3)  # ~ the default bound for a few channels, spread over P properties
         self.A = nn.Parameter(torch.empty(2 * P, O * k3).uniform_(-bound, bound))
@@ -188,9 +188,9 @@ class VoxelNet(nn.Module):
             shells around G = 0 (the grid centre of a cartesian descriptor), which is invariant to rotations
             of the features and keeps the radial resolution that |G| carries (lattice spacing,
             structure-factor shells), or "radial" (spherical descriptors, axes (|G|, theta, phi)): the sum
-            over the angular axes of each |G| index, divided by their size. With 1x1x1 kernels (no pools, no normalisation) a
-            "radial" network is exactly invariant to rotations of the structure up to the binning (each G keeps
-            its |G| bin), and it runs on the occupied voxels only (:meth:`forward`).
+            over the angular voxels of each |G| index, divided by N. With 1x1x1 kernels (no pools, no
+            normalisation) a "radial" network is exactly invariant to rotations of the structure up to the
+            binning (each G keeps its |G| bin), and it runs on the occupied voxels only (:meth:`forward`).
         shells: number of radial shells for ``global_pool="shells"``.
         bias: conv biases. Without them (and with an activation that maps 0 to 0) empty voxels stay exactly
             zero through the conv stack, so a shell sum counts Bragg peaks only, not the shell's volume.
@@ -260,7 +260,7 @@ class VoxelNet(nn.Module):
         if global_pool not in ("flatten", "mean", "max", "shells", "radial"):
             raise ValueError(f"unknown global_pool {global_pool!r}")
         groups = {"shells": shells, "radial": size}.get(global_pool)
-        if groups:  # the readout sums (shells) or averages (radial) the voxels of each group: (size^3,) -> group
+        if groups:  # the readout: a weighted sum over the voxels of each group, (size^3,) -> group
             if global_pool == "shells":
                 c = np.arange(size) * scale + offset  # centre of each feature voxel, in input voxels from G = 0
                 r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).reshape(-1)

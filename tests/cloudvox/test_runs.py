@@ -166,7 +166,8 @@ def test_cross_spectrum_radial_run_round_trip_and_rotation_spread(tiny, tmp_path
     summary = train_run(cfg)
     plain = evaluate(run, data, out_dir=tmp_path / "plain")["metrics"]
     assert plain["test"]["mae"] == pytest.approx(summary["metrics"]["test"]["mae"], rel=1e-6)
-    by_id = {r.split(",")[1]: float(r.split(",")[3]) for r in (tmp_path / "plain" / "predictions.csv").read_text().splitlines()[1:]}
+    lines = (tmp_path / "plain" / "predictions.csv").read_text().splitlines()[1:]
+    by_id = {r.split(",")[1]: float(r.split(",")[3]) for r in lines}
     pred = predict_structures(run, read_aflow(src)[:48])
     np.testing.assert_allclose(pred, [by_id[s.id] for s in read_aflow(src)[:48]], rtol=1e-4, atol=1e-6)
     evaluate(run, data, rotations=4, out_dir=tmp_path / "ev")
