@@ -21,7 +21,8 @@ class ReciprocalBatch:
     G: (P, 3) reciprocal vectors, 1/Angstrom, each structure's points contiguous, in structure order;
     point_structure: (P,) int64 structure of each point; entry_point: (E,) int64 point of each
     (point, channel) entry; entry_channel: (E,) int64 channel; entry_value: (E,) value of the entry;
-    n_structures: S; point_counts: (S,) points of each structure (host integers).
+    n_structures: S; point_counts: (S,) points of each structure (host integers; empty: counted from
+    point_structure).
     """
     G: torch.Tensor
     point_structure: torch.Tensor
@@ -72,10 +73,9 @@ def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: floa
     G = batch.G.double()  # voxel edges decided in float64, as the numpy descriptor (ties are common)
     if rotations is not None:
         R = rotations.to(dtype=G.dtype, device=G.device)
-        if batch.point_counts:  # each structure's block of points times its R^T: S small matmuls
-            G = torch.cat([g @ r.T for g, r in zip(G.split(list(batch.point_counts)), R)])
-        else:
-            G = torch.einsum("pij,pj->pi", R[batch.point_structure], G)
+        counts = list(batch.point_counts) or \
+            torch.bincount(batch.point_structure, minlength=batch.n_structures).tolist()
+        G = torch.cat([g @ r.T for g, r in zip(G.split(counts), R)])  # each structure's points times its R^T
     vox = voxel_index(G, n, length, mode)[batch.entry_point]  # (E,) voxel of each entry, -1 outside the grid
     N3 = n ** 3
     size = batch.n_structures * n_channels * N3

@@ -13,6 +13,7 @@ import torch
 
 from . import properties as K
 from .binning import collate_reciprocal
+from .descriptors import DEFAULT_PROPERTIES
 from .elements import MAX_Z, property_weights
 from .features import DONE, FeatureFile
 
@@ -129,7 +130,7 @@ class Normalizer:
         return dict(kind=self.kind, mean=self.mean, std=self.std, per_element=self.per_element, extensive=self.extensive)
 
 
-FALLBACK_PROPERTIES = ("one", "Z", "row", "group", "X", "radius", "ionization", "affinity")
+FALLBACK_PROPERTIES = DEFAULT_PROPERTIES  # the descriptor's default property channels
 
 
 def _with_fallback(used: np.ndarray, w: np.ndarray, occurrence: np.ndarray, size: int,

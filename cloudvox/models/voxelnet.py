@@ -23,6 +23,20 @@ ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GEL
 MONOTONE = frozenset({"selu", "relu", "elu", "tanh"})
 
 
+def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None):
+    """The voxels of x (B, c, D, H, W) where any channel is non-zero, sorted by sample: (M,) sample b,
+    (M,) flat voxel p = (z H + y) W + x, and (M, c) their values. Slots with channel id -1 (padding) are
+    ignored whatever they hold."""
+    B, c = x.shape[:2]
+    flat = x.reshape(B, c, -1)
+    if channel_ids is not None and not bool((channel_ids >= 0).all()):
+        flat = flat * (channel_ids >= 0)[:, :, None].to(flat.dtype)
+    n = flat.shape[2]
+    occupied = (flat != 0).any(dim=1).view(-1).nonzero().squeeze(1)  # (M,) over b * n + p
+    b, p = occupied // n, occupied % n
+    return b, p, flat.permute(0, 2, 1)[b, p]
+
+
 class SparseChannelConv3d(nn.Conv3d):
     """A Conv3d over C input channels that takes only each sample's non-zero channels and voxels.
 
@@ -68,13 +82,7 @@ class SparseChannelConv3d(nn.Conv3d):
         O, (kd, kh, kw), (pd, ph, pw) = self.out_channels, self.kernel_size, self.padding
         out_shape = (B, D + 2 * pd - kd + 1, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1, O)
         _, Do, Ho, Wo, _ = out_shape
-        valid = channel_ids >= 0
-        if not bool(valid.all()):
-            x = x * valid[:, :, None, None, None].to(x.dtype)  # padding planes are ignored whatever they hold
-        flat = x.reshape(B, c, D * H * W)
-        occupied = (flat != 0).any(dim=1).view(-1).nonzero().squeeze(1)  # (M,) over b * DHW + p
-        b, p = occupied // (D * H * W), occupied % (D * H * W)
-        values = flat.permute(0, 2, 1)[b, p]  # (M, c)
+        b, p, values = occupied_voxels(x, channel_ids)
         w = self._sample_weights(channel_ids).permute(0, 3, 4, 5, 1, 2).reshape(B, kd * kh * kw, c, O)
         dev = x.device
         z, r = p // (H * W), p % (H * W)
@@ -332,23 +340,16 @@ class VoxelNet(nn.Module):
         through the stack), so a group's sum is the sum over its occupied voxels of f(x_v) plus its number of
         empty voxels times f0: exactly the dense network's readout.
         """
-        B, c = x.shape[:2]
-        N3 = x[0, 0].numel()
-        flat = x.reshape(B, c, N3)
-        if channel_ids is not None and not bool((channel_ids >= 0).all()):
-            flat = flat * (channel_ids >= 0)[:, :, None].to(flat.dtype)  # padding planes are ignored
-        occupied = (flat != 0).any(dim=1).view(-1).nonzero().squeeze(1)  # (M,) over b * N^3 + p
-        b, p = occupied // N3, occupied % N3
-        values = flat.permute(0, 2, 1)[b, p]  # (M, c)
-        weight = self.first.weight.flatten(1).t()  # (C, O)
+        B = x.shape[0]
+        b, p, values = occupied_voxels(x, channel_ids)
         if channel_ids is None:
-            h = values @ weight
+            h = values @ self.first.weight.flatten(1).t()  # (M, O)
         else:  # sample b's slots hold channels channel_ids[b]: one small matmul per sample (voxels sorted by b)
-            per_sample = weight[channel_ids.clamp(min=0)]  # (B, c, O)
+            per_sample = self.first._sample_weights(channel_ids).flatten(2)  # (B, c, O)
             counts = torch.bincount(b, minlength=B).tolist()
             h = torch.cat([v @ w for v, w in zip(values.split(counts), per_sample)])
         bias = self.first.bias
-        zero = torch.zeros(1, weight.shape[1], dtype=x.dtype, device=x.device)
+        zero = torch.zeros(1, h.shape[1], dtype=x.dtype, device=x.device)
         if bias is not None:
             h, zero = h + bias, zero + bias
         f = self._voxelwise(torch.cat([h, zero]))  # (M + 1, F)
