@@ -3,7 +3,8 @@ every sample with the original reference code, in the same run, same model and b
 
 cloudvox: stored reciprocal sets of each structure's own elements, binned for the whole batch under random
 rotations with torch (cloudvox.binning), first layer over the present channels and occupied voxels only
-(SparseChannelConv3d, scatter form, channels-last output).
+(SparseChannelConv3d: on CPU the compiled kernel scatters each sample into a cache-resident buffer and max-pools
+it in the same pass; the backward works from the pooled gradient and the argmax).
 dense reference: every sample re-featurized by ../shared/bench/original_voxelnet_reference.py (one channel
 per element of the data set, float32), then the same VoxelNet with a dense first layer.
 Timed in alternating rounds (median step time of each). Threads: torch's default, or OMP_NUM_THREADS.

@@ -70,10 +70,12 @@ if [ "${CLOUDVOX_SKIP_HOROVOD:-0}" != 1 ] && ! "$PY" -c 'import horovod.torch' 2
   rm -rf "$work"
 fi
 
-# 6. cloudvox itself (editable) --------------------------------------------------------------------
-if ! "$PY" -c 'import cloudvox, hpc' 2>/dev/null || [ setup.py -nt "$VENV/.cloudvox-installed" ]; then
-  log "pip install -e ."
+# 6. cloudvox itself (editable), with its C++ kernel (cloudvox/models/csrc, compiled against the pinned torch) ----
+installed="$VENV/.cloudvox-installed"
+if ! "$PY" -c 'import torch, cloudvox, hpc, cloudvox.models._sparse_conv' 2>/dev/null || [ setup.py -nt "$installed" ] \
+    || [ -n "$(find cloudvox/models/csrc -newer "$installed" 2>/dev/null | head -1)" ]; then
+  log "pip install -e . (builds the C++ kernel, about a minute)"
   pip_c --no-deps --no-build-isolation -e .
-  touch "$VENV/.cloudvox-installed"
+  touch "$installed"
 fi
 log "ready: $VENV"

@@ -10,6 +10,8 @@ per element, each structure has only a few non-zero channels: the first layer
 (:class:`SparseChannelConv3d`) convolves only those, with the weights of their channels, which equals the
 dense convolution over all C channels exactly (the others are zero).
 """
+import functools
+import logging
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -17,6 +19,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize  # noqa: F401 (torch.nn.utils.parametrize.register_parametrization)
+
+log = logging.getLogger(__name__)
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh}
 # non-decreasing activations commute with max-pooling: act(maxpool(x)) == maxpool(act(x))
@@ -37,6 +41,20 @@ def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None)
     return b, p, flat.permute(0, 2, 1)[b, p]
 
 
+@functools.lru_cache(maxsize=None)
+def native_kernels():
+    """The compiled CPU kernels of the sparse first layer (``cloudvox.models._sparse_conv``, built by setup.py
+    from ``csrc/sparse_conv.cpp``), or None if they were not built (the PyTorch ops serve then, several times
+    slower on CPU)."""
+    try:
+        from . import _sparse_conv
+    except ImportError as err:
+        log.warning("cloudvox's C++ sparse-convolution kernel is not built (%s); the first VoxelNet layer uses "
+                    "PyTorch ops on CPU (slower). Reinstall with a C++ compiler: pip install -e .", err)
+        return None
+    return _sparse_conv
+
+
 class SparseChannelConv3d(nn.Conv3d):
     """A Conv3d over C input channels that takes only each sample's non-zero channels and voxels.
 
@@ -50,19 +68,32 @@ class SparseChannelConv3d(nn.Conv3d):
     D H W x c x k^3 x O, and the output is made in channels-last memory order (B, D', H', W', O), which the
     following CPU/GPU convolutions, activations and pools run fastest on. Other strides/dilations: one grouped
     convolution with per-sample gathered weights (cost c / C of the dense one).
+
+    ``pool=P`` returns ``max_pool3d(conv, P)`` instead (a VoxelNet block that max-pools first). On CPU (float32/64,
+    with the compiled kernel, ``native`` True) the scatter and the pool run fused, one sample at a time in a buffer
+    that stays in cache, and the backward computes the weight gradient from the pooled gradient and the argmax
+    directly: no full-resolution output or gradient is ever stored. Elsewhere (CUDA, no kernel, input gradients
+    needed) the PyTorch ops compute the same function.
     """
 
-    def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None,
-                add_bias: bool = True) -> torch.Tensor:
-        """(B, O, D', H', W'); without the bias if not ``add_bias`` (a caller that max-pools next adds it after:
-        max(y + b) = max(y) + b, on 1/p^3 of the voxels)."""
-        bias = self.bias if add_bias else None
+    native = True  # use the compiled CPU kernel where it applies (set False on an instance to use PyTorch ops)
+
+    def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, pool: int = 1) -> torch.Tensor:
+        """(B, O, D', H', W'), or with ``pool`` > 1 its max-pool (B, O, D' // pool, H' // pool, W' // pool). The
+        bias is added after the pool: max(y + b) = max(y) + b (exactly, rounding is monotone), on 1/pool^3 of the
+        voxels."""
         if channel_ids is None:
-            return self._conv_forward(x, self.weight, bias)
-        if self.padding_mode != "zeros" or isinstance(self.padding, str) or any(s != 1 for s in self.stride) \
+            y = self._conv_forward(x, self.weight, None)
+        elif self.padding_mode != "zeros" or isinstance(self.padding, str) or any(s != 1 for s in self.stride) \
                 or any(d != 1 for d in self.dilation):
-            return self._grouped(x, channel_ids, bias)
-        return self._scatter(x, channel_ids, bias)
+            y = self._grouped(x, channel_ids)
+        else:
+            y, pooled = self._scatter(x, channel_ids, pool)
+            if pooled:
+                pool = 1
+        if pool > 1:
+            y = F.max_pool3d(y, pool)
+        return y if self.bias is None else y + self.bias.to(y.dtype).view(1, -1, 1, 1, 1)
 
     def _sample_weights(self, channel_ids: torch.Tensor) -> torch.Tensor:
         """(B, c, O, k, k, k) weights of each sample's channels (zero for padding slots)."""
@@ -70,20 +101,30 @@ class SparseChannelConv3d(nn.Conv3d):
         w = self.weight.transpose(0, 1)[channel_ids.clamp(min=0)]  # (B, c, O, k, k, k)
         return w * valid[:, :, None, None, None, None]
 
-    def _grouped(self, x: torch.Tensor, channel_ids: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _grouped(self, x: torch.Tensor, channel_ids: torch.Tensor) -> torch.Tensor:
         B, c = channel_ids.shape
         w = self._sample_weights(channel_ids).transpose(1, 2).reshape(B * self.out_channels, c, *self.kernel_size)
         y = F.conv3d(x.reshape(1, B * c, *x.shape[2:]), w, None, self.stride, self.padding, self.dilation, groups=B)
-        y = y.view(B, self.out_channels, *y.shape[2:])
-        return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
+        return y.view(B, self.out_channels, *y.shape[2:])
 
-    def _scatter(self, x: torch.Tensor, channel_ids: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _use_native(self, values: torch.Tensor) -> bool:
+        return self.native and values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) \
+            and not values.requires_grad and native_kernels() is not None
+
+    def _scatter(self, x: torch.Tensor, channel_ids: torch.Tensor, pool: int):
+        """(conv output (B, O, D', H', W') in channels-last memory order, or its max-pool; whether it is pooled)."""
         B, c, D, H, W = x.shape
         O, (kd, kh, kw), (pd, ph, pw) = self.out_channels, self.kernel_size, self.padding
         out_shape = (B, D + 2 * pd - kd + 1, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1, O)
         _, Do, Ho, Wo, _ = out_shape
         b, p, values = occupied_voxels(x, channel_ids)
         w = self._sample_weights(channel_ids).permute(0, 3, 4, 5, 1, 2).reshape(B, kd * kh * kw, c, O)
+        counts = torch.bincount(b, minlength=B)
+        if self._use_native(values):
+            offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            geometry = ((D, H, W), tuple(self.kernel_size), tuple(self.padding), max(int(pool), 1))
+            y = _NativeSparseConv.apply(values, w.to(values.dtype), p, offsets, geometry)
+            return y.permute(0, 4, 1, 2, 3), True
         dev = x.device
         z, r = p // (H * W), p % (H * W)
         yy, xx = r // W, r % W
@@ -95,12 +136,33 @@ class SparseChannelConv3d(nn.Conv3d):
         rows = ((b * Do + qz) * Ho + qy) * Wo + qx
         n_rows = B * Do * Ho * Wo
         rows = torch.where(inside, rows, torch.full_like(rows, n_rows)).view(kd * kh * kw, -1)  # outside: spare row
-        counts = torch.bincount(b, minlength=B).tolist()
         k3 = kd * kh * kw
-        y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts, n_rows)
-        if bias is not None:
-            y = y + bias.to(y.dtype)
-        return y.view(out_shape).permute(0, 4, 1, 2, 3)  # (B, O, D', H', W') in channels-last memory order
+        y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts.tolist(), n_rows)
+        return y.view(out_shape).permute(0, 4, 1, 2, 3), False  # (B, O, D', H', W'), channels-last memory order
+
+
+class _NativeSparseConv(torch.autograd.Function):
+    """The compiled CPU kernel (:func:`native_kernels`): values (M, c) sorted by sample, w (B, k^3, c, O), voxel (M,)
+    flat input voxel of each row, offsets (B + 1,) row range of each sample, geometry ((D, H, W), kernel, padding,
+    pool) -> (B, D'', H'', W'', O), the conv output or its max-pool. Gradient for w only (the inputs are data)."""
+
+    @staticmethod
+    def forward(ctx, values, w, voxel, offsets, geometry):
+        in_shape, kernel, padding, pool = geometry
+        out, argmax = native_kernels().forward(values, voxel, offsets, w, in_shape, kernel, padding, pool)
+        ctx.geometry = geometry
+        ctx.save_for_backward(values, w, voxel, offsets, argmax)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        values, w, voxel, offsets, argmax = ctx.saved_tensors
+        in_shape, kernel, padding, pool = ctx.geometry
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = native_kernels().weight_grad(grad, argmax, values, voxel, offsets, w, in_shape, kernel, padding, pool)
+        return None, gw, None, None, None
 
 
 class _ScatterConv(torch.autograd.Function):
@@ -263,7 +325,8 @@ class VoxelNet(nn.Module):
         if size < 1:
             raise ValueError(f"the conv stack shrinks an N={n} input to nothing; use fewer layers or pools")
         self.blocks = nn.ModuleList(blocks)
-        self.first_bias_after_pool = bool(bias and norm is None and pools[0] and activation in MONOTONE)
+        # block 0 starts with its max-pool: the first layer computes conv + pool in one (fused on CPU)
+        self.first_pool = int(pools[0]) if norm is None and pools[0] and activation in MONOTONE else 1
         self.global_pool = global_pool
         if global_pool not in ("flatten", "mean", "max", "shells", "radial"):
             raise ValueError(f"unknown global_pool {global_pool!r}")
@@ -304,11 +367,8 @@ class VoxelNet(nn.Module):
         """(B,) predictions (normalised target units)."""
         if self.pointwise:
             return self.head(self._pointwise_readout(x, channel_ids).flatten(1)).squeeze(-1)
-        if self.first_bias_after_pool:  # block 0 is [max-pool, activation]
-            h = self.blocks[0][0](self.first(x, channel_ids, add_bias=False))
-            h = self.blocks[0][1:](h + self.first.bias.view(1, -1, 1, 1, 1))
-        else:
-            h = self.blocks[0](self.first(x, channel_ids))
+        h = self.first(x, channel_ids, pool=self.first_pool)
+        h = self.blocks[0][1:](h) if self.first_pool > 1 else self.blocks[0](h)  # [pool,] activation
         for block in self.blocks[1:]:
             h = block(h)
         if self.global_pool == "mean":

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet
+from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet, native_kernels
 
 
 def to_dense(compact, ids, C):
@@ -72,12 +72,73 @@ def test_default_architecture_is_the_original():
         VoxelNet(3, 8)
 
 
-def test_network_equals_the_original_layer_order():
+def test_native_kernel_is_built():
+    """setup.py builds the C++ CPU kernel of the sparse first layer; without it training on CPU is several
+    times slower (the PyTorch ops serve), so an install that lost it must not pass unnoticed."""
+    assert native_kernels() is not None, "cloudvox.models._sparse_conv is missing: pip install -e . (needs g++)"
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(kernel_size=3, pool=2, n=12),  # the default: 12 -> 10 -> 5
+    dict(kernel_size=3, padding=1, pool=2, n=9),  # odd output: its last plane is in no window
+    dict(kernel_size=(3, 1, 2), padding=(1, 0, 1), pool=3, n=10),
+    dict(kernel_size=2, pool=1, n=7),  # no pool
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_conv_and_pool_equals_conv_then_pool(geometry, dtype):
+    """The compiled kernel (scatter + max-pool per sample, weight gradient from the pooled gradient and the argmax)
+    and the PyTorch ops give conv3d then max_pool3d of the dense input: outputs, weight and bias gradients,
+    with padding slots, voxels on every border, an empty sample."""
+    torch.manual_seed(3)
+    geometry = dict(geometry)
+    pool, n = geometry.pop("pool"), geometry.pop("n")
+    C, B = 20, 4
+    conv = SparseChannelConv3d(C, 16, **geometry).to(dtype)
+    ids = torch.tensor([[7, 2, 19], [0, -1, -1], [11, 12, -1], [5, 6, 7]])
+    x = torch.randn(B, 3, n, n, n, dtype=dtype) * (torch.rand(B, 3, n, n, n) < 0.08)
+    x[:, :, 0, 0, 0] = 1.5
+    x[:, :, n - 1, n - 1, n - 1] = -2.0
+    x[:, :, 0, n - 1, 2] = 0.5
+    x[3] = 0.0  # an empty sample: bias only
+    x[ids < 0] = 0.0
+    dense = to_dense(x, ids, C)
+    ref = torch.nn.functional.conv3d(dense, conv.weight, conv.bias, padding=conv.padding)
+    if pool > 1:
+        ref = torch.nn.functional.max_pool3d(ref, pool)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad((ref * g).sum(), [conv.weight, conv.bias])
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for native in (True, False):
+        conv.native = native
+        y = conv(x, ids, pool=pool)
+        assert y.shape == ref.shape
+        torch.testing.assert_close(y, ref, **tol)
+        got = torch.autograd.grad((y * g).sum(), [conv.weight, conv.bias])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **tol)
+
+
+def test_fused_conv_and_pool_propagates_nan_like_max_pool():
+    torch.manual_seed(4)
+    conv = SparseChannelConv3d(5, 4, 3).double()
+    ids = torch.tensor([[0, 3]])
+    x = torch.randn(1, 2, 8, 8, 8, dtype=torch.float64) * (torch.rand(1, 2, 8, 8, 8) < 0.1)
+    x[0, 1, 4, 4, 4] = float("nan")
+    ref = torch.nn.functional.max_pool3d(torch.nn.functional.conv3d(to_dense(x, ids, 5), conv.weight, conv.bias), 2)
+    y = conv(x, ids, pool=2)
+    assert torch.equal(y.isnan(), ref.isnan()) and 0 < int(ref.isnan().sum()) < ref.numel()
+    torch.testing.assert_close(y.nan_to_num(), ref.nan_to_num(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_network_equals_the_original_layer_order(native):
     """Conv SELU MaxPool, written literally with torch layers and the same weights, gives the same outputs and
-    gradients as VoxelNet (which pools before the monotone activation and convolves only occupied voxels)."""
+    gradients as VoxelNet (which pools before the monotone activation and convolves only occupied voxels), with
+    the compiled kernel and with PyTorch ops."""
     torch.manual_seed(2)
     C, N = 12, 32
     net = VoxelNet(C, N).double()
+    net.first.native = native
     c1, c2, c3 = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
     literal = torch.nn.Sequential(torch.nn.Conv3d(C, 16, 3), torch.nn.SELU(), torch.nn.MaxPool3d(2),
                                   c2, torch.nn.SELU(), torch.nn.MaxPool3d(2), c3, torch.nn.SELU(),
