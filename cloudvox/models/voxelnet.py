@@ -27,18 +27,30 @@ ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GEL
 MONOTONE = frozenset({"selu", "relu", "elu", "tanh"})
 
 
-def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None):
+def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, native: bool = True):
     """The voxels of x (B, c, D, H, W) where any channel is non-zero, sorted by sample: (M,) sample b,
-    (M,) flat voxel p = (z H + y) W + x, and (M, c) their values. Slots with channel id -1 (padding) are
-    ignored whatever they hold."""
+    (M,) flat voxel p = (z H + y) W + x, (M, c) their values and (B,) the count of each sample. Slots with
+    channel id -1 (padding) are ignored whatever they hold (their values read 0). One pass of the compiled kernel
+    on CPU (``native``, data without gradients), else PyTorch ops."""
     B, c = x.shape[:2]
     flat = x.reshape(B, c, -1)
+    kernels = native_kernels() if native and _native_dtype(x) and not x.requires_grad else None
+    if kernels is not None:
+        valid = torch.ones(B, c, dtype=torch.bool) if channel_ids is None else (channel_ids >= 0).cpu()
+        p, values, offsets = kernels.occupied(flat, valid)
+        counts = offsets.diff()
+        return torch.repeat_interleave(torch.arange(B), counts, output_size=len(p)), p, values, counts
     if channel_ids is not None and not bool((channel_ids >= 0).all()):
         flat = flat * (channel_ids >= 0)[:, :, None].to(flat.dtype)
     n = flat.shape[2]
     occupied = (flat != 0).any(dim=1).view(-1).nonzero().squeeze(1)  # (M,) over b * n + p
     b, p = occupied // n, occupied % n
-    return b, p, flat.permute(0, 2, 1)[b, p]
+    return b, p, flat.permute(0, 2, 1)[b, p], torch.bincount(b, minlength=B)
+
+
+def _native_dtype(t: torch.Tensor) -> bool:
+    """Whether the compiled kernels take t: a CPU float32/float64 tensor."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,8 +120,7 @@ class SparseChannelConv3d(nn.Conv3d):
         return y.view(B, self.out_channels, *y.shape[2:])
 
     def _use_native(self, values: torch.Tensor) -> bool:
-        return self.native and values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) \
-            and not values.requires_grad and native_kernels() is not None
+        return self.native and _native_dtype(values) and not values.requires_grad and native_kernels() is not None
 
     def _scatter(self, x: torch.Tensor, channel_ids: torch.Tensor, pool: int):
         """(conv output (B, O, D', H', W') in channels-last memory order, or its max-pool; whether it is pooled)."""
@@ -117,9 +128,8 @@ class SparseChannelConv3d(nn.Conv3d):
         O, (kd, kh, kw), (pd, ph, pw) = self.out_channels, self.kernel_size, self.padding
         out_shape = (B, D + 2 * pd - kd + 1, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1, O)
         _, Do, Ho, Wo, _ = out_shape
-        b, p, values = occupied_voxels(x, channel_ids)
+        b, p, values, counts = occupied_voxels(x, channel_ids, self.native)
         w = self._sample_weights(channel_ids).permute(0, 3, 4, 5, 1, 2).reshape(B, kd * kh * kw, c, O)
-        counts = torch.bincount(b, minlength=B)
         if self._use_native(values):
             offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
             geometry = ((D, H, W), tuple(self.kernel_size), tuple(self.padding), max(int(pool), 1))
@@ -401,13 +411,12 @@ class VoxelNet(nn.Module):
         empty voxels times f0: exactly the dense network's readout.
         """
         B = x.shape[0]
-        b, p, values = occupied_voxels(x, channel_ids)
+        b, p, values, counts = occupied_voxels(x, channel_ids, self.first.native)
         if channel_ids is None:
             h = values @ self.first.weight.flatten(1).t()  # (M, O)
         else:  # sample b's slots hold channels channel_ids[b]: one small matmul per sample (voxels sorted by b)
             per_sample = self.first._sample_weights(channel_ids).flatten(2)  # (B, c, O)
-            counts = torch.bincount(b, minlength=B).tolist()
-            h = torch.cat([v @ w for v, w in zip(values.split(counts), per_sample)])
+            h = torch.cat([v @ w for v, w in zip(values.split(counts.tolist()), per_sample)])
         bias = self.first.bias
         zero = torch.zeros(1, h.shape[1], dtype=x.dtype, device=x.device)
         if bias is not None:

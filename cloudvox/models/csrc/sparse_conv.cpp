@@ -2,6 +2,9 @@
 // per-sample buffer that stays in cache, followed by the max-pool in the same pass; and its weight gradient.
 //
 // Python binding: cloudvox.models._sparse_conv (built by setup.py), used by cloudvox.models.voxelnet.
+//   occupied(x (B, c, n), valid (B, c) bool) -> [voxel (M,) int64, values (M, c), offsets (B + 1,) int64]:
+//           the voxels where any valid channel is non-zero (NaN counts), sorted by sample then voxel; invalid
+//           channels read as 0
 //   forward(values (M, c), voxel (M,) int64, offsets (B + 1,) int64, w (B, k^3, c, O), in_shape, kernel, padding,
 //           pool) -> [out (B, D'', H'', W'', O), argmax (B, D'', H'', W'', O) int32 (empty if pool == 1)]
 //   weight_grad(grad (B, D'', H'', W'', O), argmax, values, voxel, offsets, w, in_shape, kernel, padding, pool)
@@ -165,6 +168,23 @@ CLOUDVOX_INLINE void weight_grad_sample_impl(const Geometry& g, int64_t b, const
   }
 }
 
+// Occupancy of sample b: mask[p] = 1 where any valid channel of x[b] (c, n) is non-zero; returns the count.
+template <typename T>
+CLOUDVOX_INLINE int64_t occupancy_sample_impl(const T* __restrict x, const bool* __restrict valid, int64_t b, int64_t c,
+                                              int64_t n, uint8_t* __restrict mask) {
+  for (int64_t p = 0; p < n; ++p) mask[p] = 0;
+  for (int64_t j = 0; j < c; ++j) {
+    if (!valid[b * c + j]) continue;
+    const T* __restrict xj = x + (b * c + j) * n;
+#pragma omp simd
+    for (int64_t p = 0; p < n; ++p) mask[p] |= static_cast<uint8_t>(xj[p] != T(0));
+  }
+  int64_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t p = 0; p < n; ++p) count += mask[p];
+  return count;
+}
+
 // Entry points compiled once per x86-64 level (target_clones): one call per sample, so the dispatch is free.
 #define CLOUDVOX_SAMPLE_KERNELS(T)                                                                                 \
   CLOUDVOX_CLONES void forward_sample(const Geometry& g, int64_t b, const T* values, const int64_t* voxel,       \
@@ -176,6 +196,10 @@ CLOUDVOX_INLINE void weight_grad_sample_impl(const Geometry& g, int64_t b, const
                                           const T* values, const int64_t* voxel, const int64_t* offsets, T* gw, \
                                           const int64_t* win, const int32_t* pos, T* row) {                     \
     weight_grad_sample_impl<T>(g, b, grad, argmax, values, voxel, offsets, gw, win, pos, row);                  \
+  }                                                                                                             \
+  CLOUDVOX_CLONES int64_t occupancy_sample(const T* x, const bool* valid, int64_t b, int64_t c, int64_t n,      \
+                                           uint8_t* mask) {                                                     \
+    return occupancy_sample_impl<T>(x, valid, b, c, n, mask);                                                   \
   }
 CLOUDVOX_SAMPLE_KERNELS(float)
 CLOUDVOX_SAMPLE_KERNELS(double)
@@ -256,8 +280,46 @@ torch::Tensor weight_grad(torch::Tensor grad, torch::Tensor argmax, torch::Tenso
   return gw;
 }
 
+std::vector<torch::Tensor> occupied(torch::Tensor x, torch::Tensor valid) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3, "x must be a CPU tensor (B, c, n)");
+  TORCH_CHECK(valid.scalar_type() == torch::kBool && valid.sizes() == x.sizes().slice(0, 2), "valid must be (B, c) bool");
+  x = x.contiguous(); valid = valid.contiguous();
+  const int64_t B = x.size(0), c = x.size(1), n = x.size(2);
+  auto offsets = torch::zeros({B + 1}, x.options().dtype(torch::kInt64));
+  int64_t* off = offsets.data_ptr<int64_t>();
+  auto mask = torch::empty({B, n}, x.options().dtype(torch::kUInt8));  // each sample's occupancy, kept for pass 2
+  uint8_t* mp = mask.data_ptr<uint8_t>();
+  const bool* vp = valid.data_ptr<bool>();
+  torch::Tensor voxel, values;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cloudvox_occupied", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) off[b + 1] = occupancy_sample(xp, vp, b, c, n, mp + b * n);
+    });
+    for (int64_t b = 0; b < B; ++b) off[b + 1] += off[b];
+    voxel = torch::empty({off[B]}, offsets.options());
+    values = torch::empty({off[B], c}, x.options());
+    int64_t* vox = voxel.data_ptr<int64_t>();
+    scalar_t* val = values.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t i = off[b];
+        const uint8_t* mb = mp + b * n;
+        for (int64_t p = 0; p < n; ++p) {
+          if (!mb[p]) continue;
+          vox[i] = p;
+          for (int64_t j = 0; j < c; ++j) val[i * c + j] = vp[b * c + j] ? xp[(b * c + j) * n + p] : scalar_t(0);
+          ++i;
+        }
+      }
+    });
+  });
+  return {voxel, values, offsets};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cloudvox: sparse first convolution (+ max-pool) of VoxelNet on CPU";
   m.def("forward", &forward, "sparse conv (+ max-pool) forward");
   m.def("weight_grad", &weight_grad, "weight gradient of the sparse conv (+ max-pool)");
+  m.def("occupied", &occupied, "occupied voxels of compact per-sample channels");
 }

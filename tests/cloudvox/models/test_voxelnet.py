@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet, native_kernels
+from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet, native_kernels, occupied_voxels
 
 
 def to_dense(compact, ids, C):
@@ -76,6 +76,25 @@ def test_native_kernel_is_built():
     """setup.py builds the C++ CPU kernel of the sparse first layer; without it training on CPU is several
     times slower (the PyTorch ops serve), so an install that lost it must not pass unnoticed."""
     assert native_kernels() is not None, "cloudvox.models._sparse_conv is missing: pip install -e . (needs g++)"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_occupied_voxels_kernel_equals_the_torch_scan(dtype):
+    """The compiled occupancy pass and the PyTorch scan list the same voxels, values and counts: padding slots
+    ignored whatever they hold, NaN counted as occupied, an empty sample, a sample with one channel of three."""
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, 6, 5, 4, dtype=dtype) * (torch.rand(4, 3, 6, 5, 4) < 0.1)
+    ids = torch.tensor([[0, 4, -1], [2, -1, -1], [1, 2, 3], [7, 8, 9]])
+    x[0, 2] = 3.0  # padding slot: ignored
+    x[1, 0, 1, 1, 1] = float("nan")
+    x[2] = 0.0  # empty
+    x[3, 1:] = 0.0
+    x[3, 0, 5, 4, 3] = 2.0  # the last voxel
+    native, torch_scan = occupied_voxels(x, ids, native=True), occupied_voxels(x, ids, native=False)
+    for a, b in zip(native, torch_scan):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0)
+    assert native[3].tolist() == [int(((x[i, ids[i] >= 0] != 0).any(0)).sum()) for i in range(4)]
+    assert native[3][2] == 0 and int(native[1][-1]) == 6 * 5 * 4 - 1
 
 
 @pytest.mark.parametrize("geometry", [
