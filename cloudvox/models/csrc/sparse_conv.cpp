@@ -42,6 +42,7 @@ struct Geometry {
 
   Geometry(const torch::Tensor& w, at::IntArrayRef in_shape, at::IntArrayRef kernel, at::IntArrayRef padding,
            int64_t pool) {
+    TORCH_CHECK(w.dim() == 4, "w must be (B, k^3, c, O)");
     TORCH_CHECK(in_shape.size() == 3 && kernel.size() == 3 && padding.size() == 3, "3D geometry expected");
     TORCH_CHECK(pool >= 1, "pool must be >= 1");
     D = in_shape[0]; H = in_shape[1]; W = in_shape[2];
@@ -213,6 +214,12 @@ void check_inputs(const torch::Tensor& values, const torch::Tensor& voxel, const
   TORCH_CHECK(voxel.scalar_type() == torch::kInt64 && offsets.scalar_type() == torch::kInt64, "int64 indices expected");
   TORCH_CHECK(voxel.numel() == values.size(0), "one voxel index per row of values");
   TORCH_CHECK(offsets.numel() == w.size(0) + 1, "offsets must be (B + 1,)");
+  // the loops trust these: check them once (a few microseconds) rather than write out of bounds
+  TORCH_CHECK(offsets[0].item<int64_t>() == 0 && offsets[-1].item<int64_t>() == values.size(0) &&
+                  (offsets.numel() < 2 || bool((offsets.diff() >= 0).all().item<bool>())),
+              "offsets must rise from 0 to M");
+  TORCH_CHECK(voxel.numel() == 0 || (voxel.min().item<int64_t>() >= 0 && voxel.max().item<int64_t>() < g.D * g.H * g.W),
+              "voxel indices outside the D x H x W input");
   TORCH_CHECK(g.P * g.P * g.P < (int64_t(1) << 31), "pool window too large");
 }
 

@@ -78,6 +78,22 @@ def test_native_kernel_is_built():
     assert native_kernels() is not None, "cloudvox.models._sparse_conv is missing: pip install -e . (needs g++)"
 
 
+def test_native_kernel_refuses_indices_it_would_write_out_of_bounds_with():
+    kernels = native_kernels()
+    values, w = torch.ones(3, 1), torch.zeros(1, 27, 1, 4)
+    geometry = ([5, 5, 5], [3, 3, 3], [0, 0, 0], 2)
+    out, _ = kernels.forward(values, torch.tensor([0, 1, 124]), torch.tensor([0, 3]), w, *geometry)
+    assert out.shape == (1, 1, 1, 1, 4)
+    with pytest.raises(RuntimeError, match="outside the D x H x W input"):
+        kernels.forward(values, torch.tensor([0, 1, 125]), torch.tensor([0, 3]), w, *geometry)
+    with pytest.raises(RuntimeError, match="outside the D x H x W input"):
+        kernels.forward(values, torch.tensor([0, -1, 2]), torch.tensor([0, 3]), w, *geometry)
+    with pytest.raises(RuntimeError, match="offsets must rise from 0 to M"):
+        kernels.forward(values, torch.tensor([0, 1, 2]), torch.tensor([0, 2]), w, *geometry)
+    with pytest.raises(RuntimeError, match=r"w must be \(B, k\^3, c, O\)"):
+        kernels.forward(values, torch.tensor([0, 1, 2]), torch.tensor([0, 3]), w[0], *geometry)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_occupied_voxels_kernel_equals_the_torch_scan(dtype):
     """The compiled occupancy pass and the PyTorch scan list the same voxels, values and counts: padding slots
