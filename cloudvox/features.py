@@ -377,30 +377,30 @@ class FeatureFile:
             return len(self.channel_names)
         return len(channels if channels is not None else self.model_channels())
 
-    def voxels(self, i: int, species: Optional[Sequence[str]] = None) -> np.ndarray:
+    def voxels(self, i: int, channels: Optional[Sequence[str]] = None) -> np.ndarray:
         """(C, N, N, N) float32 dense voxels of structure i for a channel list (default :meth:`model_channels`)."""
         i = self._check(i)
         n = int(self.params["n"])
-        ch = self.channel_index(i, species)
+        ch = self.channel_index(i, channels)
         index = self.ragged("voxels/index", i)
         values = self.ragged("voxels/values", i).reshape(len(ch), len(index))
-        out = np.zeros((self.n_channels(species), n ** 3), dtype=np.float32)
+        out = np.zeros((self.n_channels(channels), n ** 3), dtype=np.float32)
         out[ch[:, None], index[None, :]] = values
         return out.reshape(-1, n, n, n)
 
-    def voxels_batch(self, indices: Sequence[int], species: Optional[Sequence[str]] = None) -> np.ndarray:
+    def voxels_batch(self, indices: Sequence[int], channels: Optional[Sequence[str]] = None) -> np.ndarray:
         """(B, C, N, N, N) float32 dense voxels of several structures (the model's input)."""
         n = int(self.params["n"])
-        out = np.zeros((len(indices), self.n_channels(species), n, n, n), dtype=np.float32)
+        out = np.zeros((len(indices), self.n_channels(channels), n, n, n), dtype=np.float32)
         for k, i in enumerate(indices):
-            out[k] = self.voxels(i, species)
+            out[k] = self.voxels(i, channels)
         return out
 
-    def reciprocal(self, i: int, species: Optional[Sequence[str]] = None) -> ReciprocalSet:
-        """The full reciprocal set of structure i (both halves), channels indexed in ``species``."""
+    def reciprocal(self, i: int, channels: Optional[Sequence[str]] = None) -> ReciprocalSet:
+        """The full reciprocal set of structure i (both halves), channels indexed in ``channels`` (default :meth:`model_channels`)."""
         i = self._check(i)
         m = self.ragged("reciprocal/m", i).astype(np.int64)
-        ch = self.channel_index(i, species)
+        ch = self.channel_index(i, channels)
         values = self.ragged("reciprocal/values", i).reshape(len(ch), len(m))
         lattice = self.h5["structures/lattice"][i]
         G = m.astype(np.float64) @ reciprocal_lattice(lattice)

@@ -34,7 +34,7 @@ def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None,
     on CPU (``native``, data without gradients), else PyTorch ops."""
     B, c = x.shape[:2]
     flat = x.reshape(B, c, -1)
-    kernels = native_kernels() if native and _native_dtype(x) and not x.requires_grad else None
+    kernels = _kernels_for(x, native)
     if kernels is not None:
         valid = torch.ones(B, c, dtype=torch.bool) if channel_ids is None else (channel_ids >= 0).cpu()
         p, values, offsets = kernels.occupied(flat, valid)
@@ -48,9 +48,11 @@ def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None,
     return b, p, flat.permute(0, 2, 1)[b, p], torch.bincount(b, minlength=B)
 
 
-def _native_dtype(t: torch.Tensor) -> bool:
-    """Whether the compiled kernels take t: a CPU float32/float64 tensor."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+def _kernels_for(t: torch.Tensor, native: bool = True):
+    """The compiled kernels if they apply to t (a CPU float32/float64 tensor without gradient; ``native``
+    allowed and the kernels built), else None: the PyTorch ops serve."""
+    ok = native and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+    return native_kernels() if ok else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,9 +121,6 @@ class SparseChannelConv3d(nn.Conv3d):
         y = F.conv3d(x.reshape(1, B * c, *x.shape[2:]), w, None, self.stride, self.padding, self.dilation, groups=B)
         return y.view(B, self.out_channels, *y.shape[2:])
 
-    def _use_native(self, values: torch.Tensor) -> bool:
-        return self.native and _native_dtype(values) and not values.requires_grad and native_kernels() is not None
-
     def _scatter(self, x: torch.Tensor, channel_ids: torch.Tensor, pool: int):
         """(conv output (B, O, D', H', W') in channels-last memory order, or its max-pool; whether it is pooled)."""
         B, c, D, H, W = x.shape
@@ -130,7 +129,7 @@ class SparseChannelConv3d(nn.Conv3d):
         _, Do, Ho, Wo, _ = out_shape
         b, p, values, counts = occupied_voxels(x, channel_ids, self.native)
         w = self._sample_weights(channel_ids).permute(0, 3, 4, 5, 1, 2).reshape(B, kd * kh * kw, c, O)
-        if self._use_native(values):
+        if _kernels_for(values, self.native) is not None:
             offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
             geometry = ((D, H, W), tuple(self.kernel_size), tuple(self.padding), max(int(pool), 1))
             y = _NativeSparseConv.apply(values, w.to(values.dtype), p, offsets, geometry)
