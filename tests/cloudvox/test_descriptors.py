@@ -9,7 +9,7 @@ import pytest
 from cloudvox.descriptors import ReciprocalVoxelizer, voxel_index
 from cloudvox.io import read_aflow, structure_from_aflow
 from cloudvox.structure import Structure, StructureError
-from tests.conftest import shared_reference
+from tests.conftest import fixture_file, shared_file, shared_reference
 
 RTOL = 1e-12  # float64 invariances
 
@@ -36,9 +36,31 @@ def molecule():
                               ["C", "H", "H", "H", "H"], id="CH4")
 
 
-@pytest.mark.parametrize("fixture", ["osrti_path", "perovskites_path"])
-def test_voxels_equal_the_original_on_every_shared_entry(fixture, request):
-    path = request.getfixturevalue(fixture)
+def test_voxels_equal_the_original_on_committed_golden_values():
+    """The original featurization's output for 10 committed entries (tests/data/reference/make_golden.py)."""
+    golden = np.load(fixture_file("reference", "voxels_golden.npz"))
+    keys = sorted({k.rsplit(":", 1)[0] for k in golden.files})
+    assert len(keys) == 10
+    vox = ReciprocalVoxelizer(sigma=0.1, length=12.8, n=32, mode="cartesian")
+    worst = 0.0
+    for key in keys:
+        name, row = key.split(":")
+        entry = json.loads(fixture_file("aflow", name).read_text().splitlines()[int(row)])
+        s = structure_from_aflow(entry)
+        elements = sorted(entry["species"])
+        expected = np.zeros(int(np.prod(golden[key + ":shape"])))
+        expected[golden[key + ":index"]] = golden[key + ":value"]
+        expected = np.swapaxes(expected.reshape(golden[key + ":shape"]), 1, 2)  # the original stores (y, x, z)
+        names = vox.channel_names([s])
+        got = vox.compact([s], names=names)[0].dense(len(names), 32)[[names.index(e) for e in elements]]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    assert worst <= 1e-5, f"max abs difference {worst}"
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", ["O-Sr-Ti.jsonl", "oxide_perovskites_cP5.jsonl"])
+def test_voxels_equal_the_original_on_every_shared_entry(name):
+    path = shared_file("aflow", name)
     ref = load_reference()
     entries = [json.loads(line) for line in open(path)]
     structures = [structure_from_aflow(e) for e in entries]

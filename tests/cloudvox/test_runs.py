@@ -26,9 +26,9 @@ def make_file(path: Path, src: Path, limit: int, **descriptor) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, ):
-    from tests.conftest import shared_file
+    from tests.conftest import fixture_file
     d = tmp_path_factory.mktemp("runs")
-    return make_file(d / "tiny.h5", shared_file("aflow", "oxide_perovskites_cP5.jsonl"), 48, n=16, length=12.8)
+    return make_file(d / "tiny.h5", fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"), 48, n=16, length=12.8)
 
 
 def config(data, run_dir, **train):
@@ -120,14 +120,14 @@ def test_resume_gives_the_uninterrupted_run(tiny, tmp_path):
 
 def test_evaluate_and_predict_round_trip(tiny, tmp_path):
     from cloudvox.io import read_aflow
-    from tests.conftest import shared_file
+    from tests.conftest import fixture_file
     run = tmp_path / "run"
     summary = train_run(config(tiny, run, epochs=1))
     ev = evaluate(run, tiny, out_dir=tmp_path / "ev")
     assert ev["metrics"]["test"]["mae"] == pytest.approx(summary["metrics"]["test"]["mae"])
     rows = (tmp_path / "ev" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 49
-    structures = read_aflow(shared_file("aflow", "oxide_perovskites_cP5.jsonl"))[:48]
+    structures = read_aflow(fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"))[:48]
     pred = predict_structures(run, structures)
     by_id = {r.split(",")[1]: float(r.split(",")[3]) for r in rows[1:]}
     np.testing.assert_allclose(pred, [by_id[s.id] for s in structures], rtol=1e-5)
@@ -136,10 +136,10 @@ def test_evaluate_and_predict_round_trip(tiny, tmp_path):
 
 
 def test_checkpoint_data_mismatch_is_refused(tiny, tmp_path):
-    from tests.conftest import shared_file
+    from tests.conftest import fixture_file
     run = tmp_path / "run"
     train_run(config(tiny, run, epochs=1))
-    src = shared_file("aflow", "oxide_perovskites_cP5.jsonl")
+    src = fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl")
     for kw, word in ((dict(n=16, length=10.0), "length"), (dict(n=16, length=12.8, sigma=0.2), "sigma"),
                      (dict(n=20, length=12.8), "n")):
         other = make_file(tmp_path / f"other_{word}.h5", src, 10, **kw)
@@ -155,8 +155,8 @@ def test_cross_spectrum_radial_run_round_trip_and_rotation_spread(tiny, tmp_path
     radial network (occupied voxels only), evaluate == training's metrics, predict == evaluate, a prediction
     spread over random rotations near zero (invariant up to binning), and a cross/non-cross mismatch refused."""
     from cloudvox.io import read_aflow
-    from tests.conftest import shared_file
-    src = shared_file("aflow", "oxide_perovskites_cP5.jsonl")
+    from tests.conftest import fixture_file
+    src = fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl")
     data = make_file(tmp_path / "cross.h5", src, 48, n=16, length=12.8, mode="spherical", cross=True)
     assert FeatureFile(data).model_channels()[-1].endswith("*total")
     run = tmp_path / "run"

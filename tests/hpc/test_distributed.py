@@ -9,30 +9,17 @@ import torch
 import yaml
 
 from cloudvox.train import load_checkpoint
-from hpc.distributed import first_host, launch_env
 from tests.cloudvox.test_runs import make_file
 from tests.hpc.conftest import cloudvox_cmd, mpi_env
 
-
-def test_launch_env_maps_every_launcher():
-    assert launch_env({}).size == 1
-    e = launch_env({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-                    "SLURM_JOB_NODELIST": "gpu[07-09]", "SLURM_JOB_ID": "1234"})
-    assert (e.rank, e.size, e.local_rank, e.launcher, e.master_addr, e.master_port) == (3, 8, 1, "openmpi", "gpu07", 29734)
-    e = launch_env({"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "0"})
-    assert (e.rank, e.size, e.local_rank, e.launcher) == (2, 4, 0, "mpich")
-    e = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NODELIST": "n1,n2"})
-    assert (e.rank, e.size, e.local_rank, e.master_addr) == (5, 16, 1, "n1")
-    e = launch_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
-    assert (e.rank, e.size, e.launcher, e.master_addr, e.master_port) == (1, 2, "torchrun", "h", 1)
-    assert first_host("cpu[003-010,12],gpu1") == "cpu003" and first_host("node17") == "node17"
+pytestmark = pytest.mark.mpi
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tests.conftest import shared_file
+    from tests.conftest import fixture_file
     d = tmp_path_factory.mktemp("dist")
-    return make_file(d / "tiny.h5", shared_file("aflow", "oxide_perovskites_cP5.jsonl"), 64, n=16, length=12.8)
+    return make_file(d / "tiny.h5", fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"), 64, n=16, length=12.8)
 
 
 def write_config(path: Path, data: Path, run_dir: Path, **train) -> Path:

@@ -12,13 +12,15 @@ from cloudvox.io import read_aflow
 from tests.cloudvox.io.test_aflow import GOOD, MALFORMED
 from tests.hpc.conftest import assert_same_datasets, cloudvox_cmd, kill_session, mpi_env, run_cloudvox
 
+pytestmark = pytest.mark.mpi
+
 AFLOW = ["--format", "aflow", "--block-size", "16"]
 
 
 @pytest.fixture(scope="module")
 def serial_osrti(tmp_path_factory, request):
-    from tests.conftest import shared_file
-    src = shared_file("aflow", "O-Sr-Ti.jsonl")
+    from tests.conftest import fixture_file
+    src = fixture_file("aflow", "O-Sr-Ti.jsonl")
     out = tmp_path_factory.mktemp("serial") / "osrti.h5"
     run_cloudvox(0, "featurize", "--input", str(src), "--output", str(out), *AFLOW)
     return src, out
@@ -64,7 +66,7 @@ def test_without_parallel_hdf5_the_same_command_works(serial_osrti, tmp_path):
 
 
 def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
-    args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--limit", "1500", "--block-size", "5"]
+    args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--block-size", "1"]
     reference = tmp_path / "uninterrupted.h5"
     run_cloudvox(1, *args, "--output", str(reference))
     out = tmp_path / "resumed.h5"

@@ -13,7 +13,7 @@ import pytest
 from cloudvox.io import read_aflow
 from cloudvox.io.aflux import AfluxClient, FetchError, aflux_url, fetch_aflow, validate_entry
 
-PAGE = 500
+PAGE = 60
 PAGING = re.compile(r"paging\((\d+),(\d+)\)")
 
 
@@ -82,8 +82,8 @@ class FakeAflux:
 
 @pytest.fixture(scope="module")
 def source_entries():
-    from tests.conftest import shared_file
-    path = shared_file("aflow", "oxide_perovskites_cP5.jsonl")
+    from tests.conftest import fixture_file
+    path = fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl")
     keep = ("auid", "aurl", "compound", "composition", "species", "natoms", "geometry", "positions_fractional",
             "spacegroup_orig", "Pearson_symbol_orig", "enthalpy_atom", "enthalpy_formation_atom")
     return [{k: e[k] for k in keep if k in e} for e in map(json.loads, open(path))]
@@ -93,7 +93,7 @@ def served(entries):
     """What the server holds: the source, one duplicate across pages and one malformed entry."""
     bad = dict(entries[10], auid="aflow:malformed")
     del bad["positions_fractional"]
-    return entries[:700] + [entries[3], bad] + entries[700:]
+    return entries[:150] + [entries[3], bad] + entries[150:]
 
 
 def fast_client(url, **kw):
@@ -147,10 +147,10 @@ def test_gives_up_with_a_clear_error_and_resumes(tmp_path, source_entries):
 
 def test_kill_midway_and_rerun_completes_without_refetching(tmp_path, source_entries):
     out = tmp_path / "x.jsonl"
-    entries = source_entries[:1200]
+    entries = source_entries[:300]
     with FakeAflux(entries, delay=0.3) as srv:
         cmd = [str(Path(sys.executable).parent / "cloudvox"), "fetch", "aflow", "--query", "q()", "--out", str(out),
-               "--page-size", "100", "--server", srv.url, "--min-interval", "0"]
+               "--page-size", "25", "--server", srv.url, "--min-interval", "0"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         progress = out.with_name(out.name + ".progress.json")
         deadline = time.time() + 30
