@@ -81,15 +81,31 @@ def featurize_job(args, command: str):
                         parallel_hdf5=pick("parallel_hdf5", "parallel_hdf5", "auto"), command=command)
 
 
+def on_stop_signals(callback) -> None:
+    """SIGUSR1 (SLURM's time-limit warning, forwarded to every task by jobs/common.sh) and SIGTERM (scancel,
+    the time limit itself): ``callback()``, and the job stops at its next safe point instead of dying."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: callback())
+
+
+def log_launch() -> None:
+    from .launcher import describe, launch_env
+    log.info("%s", describe(launch_env()))
+
+
 def cmd_featurize(args, command: str) -> int:
     from .comm import abort_on_error, world
     from .featurize import JobError, run_featurize
     from .logs import setup_logging
+    stop_requested = []
+    on_stop_signals(lambda: stop_requested.append(True))
     comm = world()
     setup_logging(comm.Get_rank(), args.verbose)
+    log_launch()
     try:
         job = featurize_job(args, command)
-        summary = run_featurize(job, comm)
+        summary = run_featurize(job, comm, stop=lambda: bool(stop_requested))
     except JobError as e:  # every rank agrees on a refusal: rank 0 says it, all exit 2
         if comm.Get_rank() == 0:
             log.error("featurize refused: %s", e)
@@ -99,7 +115,7 @@ def cmd_featurize(args, command: str) -> int:
         raise
     if comm.Get_rank() == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, default=str))
-    return 1 if (job.strict and summary["failed"]) else 0
+    return 1 if (job.strict and summary.get("failed")) else 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -194,7 +210,6 @@ def _train_parsers(sub) -> None:
 
 
 def cmd_train(args, command: str) -> int:
-    import signal
     from cloudvox.runs import load_config, train_run
     from cloudvox.train import keep_freed_memory
     from .distributed import make_distributed
@@ -202,14 +217,12 @@ def cmd_train(args, command: str) -> int:
     keep_freed_memory()  # reuse the large activation blocks of every step instead of page-faulting them in
     dist = make_distributed(args.backend)
     setup_logging(dist.rank, args.verbose)
+    log_launch()
     cfg = load_config(args.config, args.set)
     cfg["model"] = args.model
 
-    def install(trainer):  # SLURM's SIGTERM / SIGUSR1: checkpoint at the next step and leave cleanly
-        def request_stop(signum, frame):
-            trainer.stop_requested = True
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, request_stop)
+    def install(trainer):  # every rank checkpoints at one common step and leaves cleanly
+        on_stop_signals(lambda: setattr(trainer, "stop_requested", True))
 
     try:
         summary = train_run(cfg, dist, resume=args.resume, on_trainer=install)

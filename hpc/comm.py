@@ -7,9 +7,10 @@ import os
 import sys
 from typing import Any, List
 
+from .launcher import mpi_launched
+
 log = logging.getLogger(__name__)
 
-LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
 
 
 class SerialComm:
@@ -49,7 +50,7 @@ def world(require_mpi: bool = False):
     try:
         from mpi4py import MPI
     except ImportError:
-        if require_mpi or any(v in os.environ for v in LAUNCHER_VARS[:3]):
+        if require_mpi or mpi_launched():
             raise RuntimeError("this job was started by an MPI launcher but mpi4py is not installed") from None
         return SerialComm()
     return MPI.COMM_WORLD

@@ -3,70 +3,22 @@
 The trainer (:class:`cloudvox.train.Trainer`) talks only to this interface: ``rank``, ``size``,
 ``local_rank``, ``device()``, ``wrap()``, ``broadcast_state()``, ``allreduce_sum()``, ``barrier()``.
 
-Rank, world size and local rank come from whichever launcher started the job (:func:`launch_env`): Open MPI
-(``OMPI_COMM_WORLD_*``), MPICH / Intel MPI (``PMI_*``, ``MPI_LOCALRANKID``), SLURM's srun (``SLURM_PROCID``,
-``SLURM_NTASKS``, ``SLURM_LOCALID``, master address from ``SLURM_JOB_NODELIST``) or torchrun (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``). torch.distributed does not read MPI's variables itself: they are mapped.
+Rank, world size and local rank come from whichever launcher started the job (:mod:`hpc.launcher`: Open MPI,
+MPICH / Intel MPI, a SLURM step or torchrun). torch.distributed does not read MPI's variables itself: they
+are mapped.
 """
 import datetime
 import logging
 import os
-import re
-from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
 from cloudvox.train import SingleProcess, pick_device
 
+from .launcher import LaunchEnv, launch_env
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LaunchEnv:
-    rank: int
-    size: int
-    local_rank: int
-    launcher: str
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: 'gpu[03-05,07],cpu1' -> 'gpu03'."""
-    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if not m:
-        return nodelist
-    prefix, ranges = m.group(1), m.group(3)
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
-
-
-def launch_env(environ: Optional[Dict[str, str]] = None) -> LaunchEnv:
-    """Rank, size and local rank from the launcher's environment (a pure function of ``environ``)."""
-    env = os.environ if environ is None else environ
-    port = int(env.get("MASTER_PORT", 29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
-    addr = env.get("MASTER_ADDR")
-    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun / torch.distributed.launch
-        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun",
-                         addr or "127.0.0.1", port)
-    if "OMPI_COMM_WORLD_RANK" in env:
-        return LaunchEnv(int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
-                         int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)), "openmpi", addr or _slurm_master(env), port)
-    if "PMI_RANK" in env:
-        local = env.get("MPI_LOCALRANKID", env.get("PMI_LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
-        return LaunchEnv(int(env["PMI_RANK"]), int(env["PMI_SIZE"]), int(local), "mpich", addr or _slurm_master(env), port)
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm",
-                         addr or _slurm_master(env), port)
-    return LaunchEnv(0, 1, 0, "none", addr or "127.0.0.1", port)
-
-
-def _slurm_master(env) -> str:
-    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    return first_host(nodes) if nodes else "127.0.0.1"
 
 
 class HorovodBackend(SingleProcess):

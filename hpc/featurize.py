@@ -14,7 +14,9 @@ The job (every rank runs :func:`run_featurize` with the same arguments):
    ``OUT.h5`` when complete and the shards are removed.
 
 Bad records (unparsable, invalid structures) are written with status failed and a reason in /failures,
-and logged by rank 0; they never stop the job.
+and logged by rank 0; they never stop the job. A stop request (``stop()`` true on some rank: SIGUSR1 or
+SIGTERM from SLURM) lets every rank finish its current block and leave before the merge; the summary then
+says ``interrupted`` and the same command continues from the finished blocks.
 """
 import json
 import logging
@@ -23,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,8 +78,11 @@ class FeaturizeJob:
 
 
 # --------------------------------------------------------------------------------------------------------
-def run_featurize(job: FeaturizeJob, comm) -> Dict[str, object]:
-    """Run the job on every rank of ``comm``; returns the run summary (the same dict on every rank)."""
+def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: False) -> Dict[str, object]:
+    """Run the job on every rank of ``comm``; returns the run summary (the same dict on every rank).
+
+    ``stop``: polled before each block; once true on any rank, every rank leaves after its current block,
+    the merge is skipped and the summary has ``interrupted: True`` (the finished blocks are kept)."""
     t0 = time.perf_counter()
     rank, size = comm.Get_rank(), comm.Get_size()
     unknown = set(job.store) - set(STORE_DEFAULT)
@@ -109,8 +114,14 @@ def run_featurize(job: FeaturizeJob, comm) -> Dict[str, object]:
                  len(source), ", ".join(source.sources) or job.format, size, len(pending) + len(done),
                  job.block_size, len(done))
     attrs = root_attributes(vox, source.sources, job.format, job.command)
-    busy = _featurize_blocks(comm, source, vox, job, pending, parts, attrs)
-    comm.Barrier()
+    busy, stopped = _featurize_blocks(comm, source, vox, job, pending, parts, attrs, stop)
+    if any(comm.allgather(stopped)):
+        finished = len(list(parts.glob("block-*.h5")))
+        if rank == 0:
+            log.warning("stopped on request: %d of %d blocks finished (in %s); run the same command to continue",
+                        finished, len(pending) + len(done), parts)
+        return dict(output=str(output), interrupted=True, blocks_finished=finished,
+                    blocks=len(pending) + len(done), wall_seconds=time.perf_counter() - t0, ranks=size)
 
     t_merge = time.perf_counter()
     _merge(comm, job, parts, output, attrs, identity)
@@ -188,16 +199,20 @@ def _range_of(path: Path) -> Tuple[int, int]:
     return int(a), int(b)
 
 
-def _featurize_blocks(comm, source: Source, vox, job, pending, parts: Path, attrs) -> float:
-    """Take blocks from the job-wide counter until none are left; returns this rank's busy seconds."""
+def _featurize_blocks(comm, source: Source, vox, job, pending, parts: Path, attrs, stop) -> Tuple[float, bool]:
+    """Take blocks from the job-wide counter until none are left or ``stop()``; returns this rank's busy
+    seconds and whether it stopped early."""
     counter = WorkCounter(comm)
     bar = None
     if comm.Get_rank() == 0 and pending:
         from tqdm import tqdm
         bar = tqdm(total=len(pending), unit="block", desc="featurize", disable=None)
-    busy = 0.0
+    busy, stopped = 0.0, False
     try:
         while True:
+            if stop():
+                stopped = True
+                break
             k = counter.next()
             if k >= len(pending):
                 break
@@ -213,9 +228,9 @@ def _featurize_blocks(comm, source: Source, vox, job, pending, parts: Path, attr
         comm.Barrier()
         counter.free()
         if bar is not None:
-            bar.n = len(pending)
+            bar.n = bar.n if stopped else len(pending)
             bar.close()
-    return busy
+    return busy, stopped
 
 
 # --------------------------------------------------------------------------------------------------------

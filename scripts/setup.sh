@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the full cloudvox stack on a fresh Debian machine:
-#   system packages (apt-get), a virtual environment .venv in the repo root, the Python stack
+#   system packages (apt-get; SLURM's daemons and clients for the job-script tests), a virtual environment .venv in the repo root, the Python stack
 #   (torch pinned by requirements/constraints.txt in every pip call), h5py built against parallel HDF5,
 #   and Horovod built from its sdist with the C++17 patch.  A second run skips what is done.
 # Variables: CLOUDVOX_SKIP_HOROVOD=1 skips the Horovod build; PYTHON picks the interpreter (default python3).
@@ -16,7 +16,8 @@ quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v -e "is ignored: it is neither" -e "
 pip_c() { quiet_pip install --quiet -c "$CONSTRAINTS" "$@"; }
 
 # 1. system packages -------------------------------------------------------------------------------
-APT_PKGS=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev)
+# slurm-wlm: slurmctld + slurmd for the job-script tests (a local cluster the tests start and stop; no service)
+APT_PKGS=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev slurm-wlm)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
