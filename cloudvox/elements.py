@@ -52,8 +52,8 @@ PROPERTY_NAMES = ("row", "group", "X", "radius", "mendeleev", "ionization", "aff
 
 @functools.lru_cache(maxsize=None)
 def _property_table() -> Dict[str, np.ndarray]:
-    """Raw element properties from ``cloudvox/data/elements.csv`` (NaN where unknown), indexed by Z."""
-    text = resources.files("cloudvox").joinpath("data/elements.csv").read_text(encoding="utf-8")
+    """Raw element properties from ``cloudvox/resources/elements.csv`` (NaN where unknown), indexed by Z."""
+    text = resources.files("cloudvox").joinpath("resources/elements.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
     table = {}
     for name in PROPERTY_NAMES:
@@ -72,7 +72,7 @@ def property_weights(names: Sequence[str]) -> np.ndarray:
     Each property is standardised over the elements that have it (zero mean, unit variance over Z = 1..103),
     and unknown values are set to the mean (0). "one" is 1 for every element (the total density), "Z" the
     atomic number divided by its standard deviation (the X-ray-like structure factor, unshifted).
-    Names: "one", "Z" and the columns of ``cloudvox/data/elements.csv`` (:data:`PROPERTY_NAMES`).
+    Names: "one", "Z" and the columns of ``cloudvox/resources/elements.csv`` (:data:`PROPERTY_NAMES`).
     """
     table = _property_table()
     out = np.zeros((len(names), MAX_Z + 1))

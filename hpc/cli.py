@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from cloudvox.io.sources import FORMATS
+
 log = logging.getLogger("cloudvox")
 
 
@@ -36,7 +38,7 @@ def _featurize_parser(sub) -> None:
                        description="Featurize structures into one HDF5 file; run under mpirun/srun for many ranks.")
     p.add_argument("--config", help="YAML file with any of the options below (flags win)")
     p.add_argument("--input", nargs="+", help="input files or folders (none: the embedded data of qm9/prototypes)")
-    p.add_argument("--format", choices=["aflow", "files", "qm9", "prototypes"])
+    p.add_argument("--format", choices=list(FORMATS), help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
     p.add_argument("--output", help="the .h5 file to write")
     p.add_argument("--descriptor", choices=["cartesian", "spherical"], help="voxel grid (default cartesian)")
     p.add_argument("--n", type=int, help="voxels per axis (default 32)")
@@ -204,7 +206,8 @@ def _train_parsers(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
     r = sub.add_parser("predict", help="predictions for structure files (AFLOW JSONL, CIF, POSCAR, ...)")
     r.add_argument("checkpoint", help="a run directory or a checkpoint file")
-    r.add_argument("structures", nargs="+", help="AFLOW .json/.jsonl files, or any file pymatgen reads")
+    r.add_argument("structures", nargs="+", help="structure files: AFLOW .json/.jsonl, extxyz / ASE .db, CIF, POSCAR, ...")
+    r.add_argument("--format", choices=list(FORMATS), help="input format (default: from each file's name)")
     r.add_argument("--out", help="CSV file (default: standard output)")
     r.set_defaults(func=cmd_predict)
 
@@ -254,10 +257,10 @@ def cmd_predict(args, command: str) -> int:
     from cloudvox.runs import predict_structures
     from .logs import setup_logging
     setup_logging(0)
+    from cloudvox.io import format_of
     records = []
     for path in args.structures:
-        fmt = "aflow" if path.endswith((".json", ".jsonl")) else "files"
-        records += list(iter_records(fmt, [path]))
+        records += list(iter_records(args.format or format_of(path), [path]))
     good = [r.structure for r in records if r.ok]
     for r in records:
         if not r.ok:
@@ -283,7 +286,7 @@ def _show_parser(sub) -> None:
     p = sub.add_parser("show", help="figure of one structure's descriptor (cell, density, reciprocal set, voxels)")
     p.add_argument("input", nargs="?", help="AFLOW .json/.jsonl, CIF/POSCAR/XYZ, QM9 .xyz, or a feature file .h5 "
                                             "(omit with --format qm9 or prototypes for the embedded data)")
-    p.add_argument("--format", choices=["aflow", "files", "qm9", "prototypes", "h5"], help="default: from the file name")
+    p.add_argument("--format", choices=list(FORMATS) + ["h5"], help="default: from the file name")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=0, help="which structure (0-based)")
     which.add_argument("--id", help="which structure, by id")
@@ -314,18 +317,9 @@ def _axis_rotation(spec: str):
 
 
 def _guess_format(path: str) -> str:
-    """Input format from the file name; an .xyz whose second line starts with "gdb" is an original QM9 file."""
-    name = path.lower()
-    if name.endswith((".h5", ".hdf5")):
-        return "h5"
-    if name.endswith((".json", ".jsonl")):
-        return "aflow"
-    if name.endswith(".xyz"):
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            fh.readline()
-            if fh.readline().startswith("gdb"):
-                return "qm9"
-    return "files"
+    """Input format from the file name: a feature file (.h5), else :func:`cloudvox.io.format_of`."""
+    from cloudvox.io import format_of
+    return "h5" if path.lower().endswith((".h5", ".hdf5")) else format_of(path)
 
 
 def load_one(input_path, fmt, index, sid):

@@ -1,9 +1,9 @@
-"""Regenerate cloudvox/data/elements.csv (element properties for property-weighted channels) from pymatgen.
+"""Regenerate cloudvox/resources/elements.csv (element properties for property-weighted channels) from pymatgen.
 
 Columns: Z, symbol, row, group, X (Pauling electronegativity), radius (atomic radius, Angstrom), mendeleev
 (Mendeleev number), ionization (first ionization energy, eV), affinity (electron affinity, eV), mass (u).
 Missing values (noble gases' electronegativity, heavy elements' radii) are left empty; cloudvox fills them
-with the column mean. Usage: python scripts/make_element_table.py > cloudvox/data/elements.csv
+with the column mean. Usage: python scripts/make_element_table.py > cloudvox/resources/elements.csv
 """
 import math
 import warnings

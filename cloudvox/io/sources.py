@@ -22,24 +22,57 @@ from .qm9 import _csv_record, iter_qm9_xyz, qm9pack_files
 from .records import Record
 
 
-def _line_index(path: Path, skip_header: bool):
-    """Byte offsets (start, stop) and 1-based numbers of the non-empty lines of a text file."""
-    data = np.fromfile(path, dtype=np.uint8)
-    ends = np.flatnonzero(data == 10)
-    if len(data) and data[-1] != 10:
-        ends = np.append(ends, len(data))
-    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
-    ends = ends.astype(np.int64)
-    numbers = np.arange(1, len(starts) + 1)
-    nonblank = ends - starts > 0
-    if nonblank.any():  # lines of only whitespace are blank too
-        lengths = ends - starts
-        short = np.flatnonzero(nonblank & (lengths < 4))
-        for k in short:
-            nonblank[k] = bool(bytes(data[starts[k]:ends[k]]).strip())
-    if skip_header:
-        nonblank[:1] = False
-    return starts[nonblank], ends[nonblank], numbers[nonblank]
+INDEX_CHUNK = 1 << 24  # bytes read at a time while indexing: memory stays bounded whatever the file size
+
+
+def _line_index(path: Path, skip_header: bool, limit: Optional[int] = None, chunk: int = INDEX_CHUNK):
+    """Byte offsets (start, stop) and 1-based numbers of the non-empty lines of a text file.
+
+    Streams the file in ``chunk``-byte pieces (only the offsets are kept) and stops after ``limit``
+    non-empty lines. A line of only whitespace is blank."""
+    want = None if limit is None else limit + (1 if skip_header else 0)
+    starts, stops, numbers = [], [], []
+    found, line_no, pos, line_start = 0, 0, 0, 0
+    pending = b""  # the unfinished line at the end of the previous chunk (to test it for blankness)
+    with open(path, "rb") as fh:
+        while want is None or found < want:
+            data = fh.read(chunk)
+            if not data:
+                break
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + pos
+            if len(ends):
+                s = np.concatenate([[line_start], ends[:-1] + 1]).astype(np.int64)
+                e = ends.astype(np.int64)
+                keep = _nonblank(s, e, data, pos, pending)
+                nums = np.arange(line_no + 1, line_no + len(s) + 1)
+                starts.append(s[keep]); stops.append(e[keep]); numbers.append(nums[keep])
+                found += int(keep.sum())
+                line_no += len(s)
+                line_start = int(ends[-1]) + 1
+                pending = data[line_start - pos:]
+            else:
+                pending += data
+            pos += len(data)
+        if (want is None or found < want) and pos > line_start and pending.strip():  # last line, no newline
+            starts.append(np.array([line_start])); stops.append(np.array([pos])); numbers.append(np.array([line_no + 1]))
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    starts, stops, numbers = cat(starts), cat(stops), cat(numbers)
+    if skip_header and len(numbers) and numbers[0] == 1:
+        starts, stops, numbers = starts[1:], stops[1:], numbers[1:]
+    if limit is not None:
+        starts, stops, numbers = starts[:limit], stops[:limit], numbers[:limit]
+    return starts, stops, numbers
+
+
+def _nonblank(starts: np.ndarray, stops: np.ndarray, data: bytes, pos: int, pending: bytes) -> np.ndarray:
+    """Which of the lines [starts, stops) (file offsets; the first may begin in ``pending``) hold more than
+    whitespace. Long lines always do in practice; short ones are checked byte by byte."""
+    keep = stops - starts > 0
+    for k in np.flatnonzero(keep & (stops - starts < 4)):
+        a, b = int(starts[k]) - pos, int(stops[k]) - pos
+        text = (pending + data[:b]) if a < 0 else data[a:b]
+        keep[k] = bool(text.strip())
+    return keep
 
 
 @dataclass
@@ -70,19 +103,59 @@ class _Lines:
         return out
 
 
+FORMATS = {
+    "aflow": "AFLOW AFLUX JSON or JSONL files (AFLOW keyword names)",
+    "files": "CIF, POSCAR, XYZ, ... files or folders, read by pymatgen",
+    "ase": "anything ase.io.read reads (extxyz with info properties, trajectories, ...) and ASE databases (.db)",
+    "qm9": "QM9: the qm9pack CSVs (default: the installed package) or original .xyz files",
+    "prototypes": "pymatgen's AFLOW prototype library (default: the installed copy)",
+}
+
+
+def expand(inputs: Sequence[Union[str, Path]], pattern: str = "*") -> List[Path]:
+    """Files of the inputs: a folder stands for its files matching ``pattern`` (sorted)."""
+    out: List[Path] = []
+    for p in map(Path, inputs):
+        out.extend(sorted(q for q in p.glob(pattern) if q.is_file()) if p.is_dir() else [p])
+    return out
+
+
+def format_of(path: Union[str, Path]) -> str:
+    """The input format of one file, from its name (and, for .xyz, its comment line)."""
+    from .ase_io import is_database
+    name = str(path).lower()
+    if name.endswith((".json", ".jsonl")):
+        return "aflow"
+    if is_database(name) or name.endswith((".extxyz", ".traj")):
+        return "ase"
+    if name.endswith(".xyz"):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            fh.readline()
+            comment = fh.readline()
+        if comment.startswith("gdb"):
+            return "qm9"
+        if "Properties=" in comment or "Lattice=" in comment or "=" in comment:
+            return "ase"  # extended XYZ
+    return "files"
+
+
 class Source:
-    """The records of an input, by position. ``len(source)`` records; ``source.records(a, b)`` parses a run.
+    """The records of an input, by position: the one place that dispatches on the input format.
+    ``len(source)`` records; ``source.records(a, b)`` parses a run; iterating yields every record.
 
     Args:
-        fmt: "aflow", "files", "qm9" or "prototypes" (see :func:`cloudvox.io.iter_records`).
+        fmt: one of :data:`FORMATS`.
         inputs: paths (files or folders); empty for the embedded default of "qm9" and "prototypes".
-        limit: only the first ``limit`` records.
+        limit: only the first ``limit`` records (line-based inputs are then indexed only that far).
+
+    Line-based inputs (AFLOW JSONL, qm9pack CSV) are indexed by byte offsets, streamed: no file is read
+    whole. Item-based inputs (one structure per file, AFLUX JSON lists, ASE files) hold one loader per
+    record; frames of an ASE file (not a database) are parsed when the source is made.
     """
 
     def __init__(self, fmt: str, inputs: Sequence[Union[str, Path]] = (), limit: Optional[int] = None):
-        from . import FORMATS, _expand
         if fmt not in FORMATS:
-            raise ValueError(f"unknown input format {fmt!r}; expected one of {FORMATS}")
+            raise ValueError(f"unknown input format {fmt!r}; expected one of {list(FORMATS)}")
         self.fmt = fmt
         inputs = [Path(p) for p in inputs]
         for p in inputs:
@@ -93,23 +166,28 @@ class Source:
         if fmt == "aflow":
             if not inputs:
                 raise ValueError("format 'aflow' needs at least one input file")
-            files = _expand(inputs)
+            files = expand(inputs)
             jsonl = [f for f in files if not _starts_with_bracket(f)]
             if len(jsonl) == len(files):
-                self._lines = self._index(files, False, _parse_aflow_line)
+                self._lines = self._index(files, False, _parse_aflow_line, limit)
             else:  # AFLUX JSON lists are loaded whole
                 self._items = [item for f in files for item in _aflow_items(f)]
         elif fmt == "qm9":
-            files = _expand(inputs, "*.xyz")
+            files = expand(inputs, "*.xyz")
             if files and all(str(f).endswith(".xyz") for f in files):
                 self._items = [(str(f), functools.partial(_first, iter_qm9_xyz, f, k)) for k, f in enumerate(files, 1)]
             else:
                 csvs = files or qm9pack_files()
                 header = {f: next(csv.reader(open(f, newline="", encoding="utf-8"))) for f in csvs}
-                self._lines = self._index(csvs, True, lambda src, line, text, f: _parse_csv_line(src, line, text, header[f]))
+                self._lines = self._index(csvs, True, lambda src, line, text, f: _parse_csv_line(src, line, text, header[f]),
+                                          limit)
         elif fmt == "files":
-            files = _expand(inputs)
+            files = expand(inputs)
             self._items = [(str(f), functools.partial(_first, iter_files, f, k)) for k, f in enumerate(files, 1)]
+        elif fmt == "ase":
+            if not inputs:
+                raise ValueError("format 'ase' needs at least one input file")
+            self._items = [item for f in expand(inputs) for item in _ase_items(f)]
         else:  # prototypes: 288 small structures, parsed once
             self._items = [(r.source, functools.partial(_same, r)) for r in iter_prototypes(inputs[0] if inputs else None)]
         self.sources = sorted({str(s) for s in (self._lines.files if self._lines else [i[0] for i in self._items])})
@@ -117,14 +195,24 @@ class Source:
         self.n = total if limit is None else min(total, int(limit))
 
     @staticmethod
-    def _index(files: Sequence[Path], skip_header: bool, parse) -> _Lines:
-        parts = [_line_index(f, skip_header) for f in files]
+    def _index(files: Sequence[Path], skip_header: bool, parse, limit: Optional[int] = None) -> _Lines:
+        parts = []
+        for f in files:  # files after the one that reaches the limit are not opened
+            left = None if limit is None else limit - sum(len(p[0]) for p in parts)
+            if left is not None and left <= 0:
+                break
+            parts.append(_line_index(f, skip_header, left))
+        files = list(files)[:len(parts)]
         return _Lines(list(files), np.concatenate([np.full(len(p[0]), k) for k, p in enumerate(parts)]).astype(np.int64),
                       np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                       np.concatenate([p[2] for p in parts]), parse)
 
     def __len__(self) -> int:
         return self.n
+
+    def __iter__(self):
+        for a in range(0, self.n, 256):
+            yield from self.records(a, a + 256)
 
     def records(self, a: int, b: int) -> List[Record]:
         """Parsed records a .. b - 1 (bad ones as error records)."""
@@ -143,6 +231,13 @@ class Source:
             st = p.stat()
             out.append(dict(path=str(p.resolve()), size=st.st_size, mtime=int(st.st_mtime)))
         return out
+
+
+def _ase_items(path: Path):
+    from .ase_io import database_rows, is_database, iter_ase_file, _db_record
+    if is_database(path):
+        return [(str(path), functools.partial(_db_record, path, rid)) for rid in database_rows(path)]
+    return [(str(path), functools.partial(_same, r)) for r in iter_ase_file(path)]
 
 
 def _starts_with_bracket(path: Path) -> bool:
