@@ -18,16 +18,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=100)
     args = ap.parse_args()
-    from cloudvox.runs import load_config, train_run
+    from cloudvox.config import load_run_config as load_config
+    from cloudvox.runs import train_run
     data = ROOT / "out" / "perovskites.h5"
     if not data.exists():
         raise SystemExit("featurize first: mpirun -n 2 cloudvox featurize --config jobs/configs/perovskites.yaml")
     cfg = load_config(None, [f"data.path={data}", "data.target=enthalpy_atom", "data.split.by=compound",
                              "data.normalize=composition", f"train.epochs={args.epochs}", "train.lr=0.002",
-                             f"run_dir={ROOT / 'runs' / 'atomcloud_perovskites'}"])
-    cfg["model"] = "atomcloud"
-    cfg["network"] = dict(cutoff=4.5, layers=3, l_max=2, scalars=32, vectors=16, tensors=8, pooling="mean",
-                          body_features=True)
+                             f"run_dir={ROOT / 'runs' / 'atomcloud_perovskites'}", "network.cutoff=4.5",
+                             "network.layers=3", "network.l_max=2", "network.scalars=32", "network.vectors=16",
+                             "network.tensors=8", "network.pooling=mean", "network.body_features=true"],
+                      model="atomcloud")
     t = time.perf_counter()
     summary = train_run(cfg)
     wall = time.perf_counter() - t

@@ -33,7 +33,8 @@ def main():
                    OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
         subprocess.run(["mpirun", "-n", str(args.ranks), str(Path(sys.executable).parent / "cloudvox"), "featurize",
                         "--config", "jobs/configs/qm9.yaml"], cwd=ROOT, env=env, check=True, capture_output=True)
-    from cloudvox.runs import load_config, train_run
+    from cloudvox.config import load_run_config as load_config
+    from cloudvox.runs import train_run
     sizes = [] if args.profile_only else sorted(set(args.curve + [args.train_size]))
     for size in sizes:
         sets = [f"data.path={data}", f"data.split.sizes=[{size}, 1000, 10000]", f"run_dir=runs/atomcloud_qm9_{size}"]
@@ -60,7 +61,7 @@ def profile(cfg):
     import torch
     from cloudvox.data import CloudDataset
     from cloudvox.models.atomcloud import build_atomcloud
-    from cloudvox.runs import CloudTask
+    from cloudvox.tasks import CloudTask
     n = 640
     ds = CloudDataset(cfg["data"]["path"], list(range(0, 64 * n, 64)), [0.0] * n, cfg["network"]["cutoff"])
     torch.manual_seed(0)

@@ -49,7 +49,8 @@ def ridge_composition(data: str, run_dir: Path) -> float:
 
 
 def train(config: str, sets, tag: str):
-    from cloudvox.runs import load_config, train_run
+    from cloudvox.config import load_run_config as load_config
+    from cloudvox.runs import train_run
     cfg = load_config(str(ROOT / config), sets)
     cfg["run_dir"] = str(ROOT / cfg["run_dir"])
     cfg["data"]["path"] = str(ROOT / cfg["data"]["path"])

@@ -21,17 +21,6 @@ from cloudvox.io.sources import FORMATS
 log = logging.getLogger("cloudvox")
 
 
-def load_config(path: Optional[str]) -> Dict:
-    if not path:
-        return {}
-    import yaml
-    with open(path, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh) or {}
-    if not isinstance(cfg, dict):
-        raise SystemExit(f"config {path} must be a YAML mapping, got {type(cfg).__name__}")
-    return cfg
-
-
 # --------------------------------------------------------------------------------------------------------
 def _featurize_parser(sub) -> None:
     p = sub.add_parser("featurize", help="structures -> HDF5 feature file (MPI-parallel, resumable)",
@@ -60,27 +49,28 @@ def _featurize_parser(sub) -> None:
     p.set_defaults(func=cmd_featurize)
 
 
+FEATURIZE_FLAGS = {  # flag -> (section, key) of the featurize config
+    "input": (None, "input"), "format": (None, "format"), "output": (None, "output"), "store": (None, "store"),
+    "block_size": (None, "block_size"), "limit": (None, "limit"), "parallel_hdf5": (None, "parallel_hdf5"),
+    "overwrite": (None, "overwrite"), "strict": (None, "strict"), "descriptor": ("descriptor", "mode"),
+    "n": ("descriptor", "n"), "length": ("descriptor", "length"), "sigma": ("descriptor", "sigma"),
+    "species": ("descriptor", "species"), "channels": ("descriptor", "channels"),
+    "properties": ("descriptor", "properties"), "cross": ("descriptor", "cross"),
+}
+
+
 def featurize_job(args, command: str):
+    """The job of a featurize command line: the YAML config, then the flags given (they win)."""
+    from cloudvox.config import read_yaml
     from .featurize import FeaturizeJob
-    cfg = load_config(args.config)
-    desc = dict(sigma=0.1, length=12.8, n=32, mode="cartesian", species=None, channels="element")
-    desc.update(cfg.get("descriptor") or {})
-    for flag, key in (("descriptor", "mode"), ("n", "n"), ("length", "length"), ("sigma", "sigma"),
-                      ("species", "species"), ("channels", "channels"), ("properties", "properties"), ("cross", "cross")):
-        if getattr(args, flag) is not None:
-            desc[key] = getattr(args, flag)
-    pick = lambda flag, key, default: getattr(args, flag) if getattr(args, flag) is not None else cfg.get(key, default)
-    inputs = pick("input", "input", [])
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-    output, fmt = pick("output", "output", None), pick("format", "format", None)
-    if not output or not fmt:
-        raise SystemExit("cloudvox featurize: --output and --format are required (flag or config)")
-    return FeaturizeJob(inputs=[str(p) for p in inputs], format=fmt, output=str(output), descriptor=desc,
-                        store=tuple(pick("store", "store", ["voxels", "reciprocal", "cloud"])),
-                        block_size=int(pick("block_size", "block_size", 256)), limit=pick("limit", "limit", None),
-                        overwrite=bool(args.overwrite or cfg.get("overwrite", False)),
-                        strict=bool(args.strict or cfg.get("strict", False)),
-                        parallel_hdf5=pick("parallel_hdf5", "parallel_hdf5", "auto"), command=command)
+    raw = read_yaml(args.config)
+    for flag, (section, key) in FEATURIZE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None or value is False:
+            continue
+        target = raw if section is None else raw.setdefault(section, {})
+        target[key] = value
+    return FeaturizeJob.from_config(raw, command)
 
 
 def on_stop_signals(callback) -> None:
@@ -102,16 +92,14 @@ def cmd_featurize(args, command: str) -> int:
     from .logs import setup_logging
     stop_requested = []
     on_stop_signals(lambda: stop_requested.append(True))
+    job = featurize_job(args, command)  # a bad config fails here, alike on every rank: main() reports it once
     comm = world()
     setup_logging(comm.Get_rank(), args.verbose)
     log_launch()
     try:
-        job = featurize_job(args, command)
         summary = run_featurize(job, comm, stop=lambda: bool(stop_requested))
-    except JobError as e:  # every rank agrees on a refusal: rank 0 says it, all exit 2
-        if comm.Get_rank() == 0:
-            log.error("featurize refused: %s", e)
-        return 2
+    except JobError:  # a refusal every rank agreed on (bad parameters, unwritable or mismatching output)
+        raise
     except Exception as e:  # a failing rank brings the job down instead of hanging
         abort_on_error(comm, e)
         raise
@@ -125,6 +113,7 @@ def _info_parser(sub) -> None:
     p = sub.add_parser("info", help="summary of a feature file: counts, parameters, failures, size")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_info)
 
 
@@ -190,7 +179,7 @@ def cmd_fetch_aflow(args, command: str) -> int:
 # --------------------------------------------------------------------------------------------------------
 def _train_parsers(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config (one process, or distributed)")
-    p.add_argument("model", choices=["voxelnet", "atomcloud"], help="which model")
+    p.add_argument("model", help="which model: voxelnet or atomcloud (the registry in cloudvox/tasks.py)")
     p.add_argument("config", help="the run's YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (a.b=value)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt if present")
@@ -203,26 +192,28 @@ def _train_parsers(sub) -> None:
     e.add_argument("data", help="a feature file (.h5)")
     e.add_argument("--rotations", type=int, default=0, help="average over K random rotations and report their spread")
     e.add_argument("--out", help="where to write predictions.csv and evaluation.json (default: the run directory)")
+    e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(func=cmd_evaluate)
     r = sub.add_parser("predict", help="predictions for structure files (AFLOW JSONL, CIF, POSCAR, ...)")
     r.add_argument("checkpoint", help="a run directory or a checkpoint file")
     r.add_argument("structures", nargs="+", help="structure files: AFLOW .json/.jsonl, extxyz / ASE .db, CIF, POSCAR, ...")
     r.add_argument("--format", choices=list(FORMATS), help="input format (default: from each file's name)")
     r.add_argument("--out", help="CSV file (default: standard output)")
+    r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_predict)
 
 
 def cmd_train(args, command: str) -> int:
-    from cloudvox.runs import load_config, train_run
+    from cloudvox.config import load_run_config
+    from cloudvox.runs import train_run
     from cloudvox.train import keep_freed_memory
     from .distributed import make_distributed
     from .logs import setup_logging
+    cfg = load_run_config(args.config, args.set, model=args.model)  # a typo fails here, on every rank alike
     keep_freed_memory()  # reuse the large activation blocks of every step instead of page-faulting them in
     dist = make_distributed(args.backend)
     setup_logging(dist.rank, args.verbose)
     log_launch()
-    cfg = load_config(args.config, args.set)
-    cfg["model"] = args.model
 
     def install(trainer):  # every rank checkpoints at one common step and leaves cleanly
         on_stop_signals(lambda: setattr(trainer, "stop_requested", True))
@@ -243,11 +234,7 @@ def cmd_evaluate(args, command: str) -> int:
     from cloudvox.runs import evaluate
     from .logs import setup_logging
     setup_logging(0)
-    try:
-        result = evaluate(args.checkpoint, args.data, rotations=args.rotations, out_dir=args.out)
-    except (ValueError, FileNotFoundError) as e:
-        log.error("evaluate: %s", e)
-        return 2
+    result = evaluate(args.checkpoint, args.data, rotations=args.rotations, out_dir=args.out)
     print(json.dumps(result))
     return 0
 
@@ -265,11 +252,7 @@ def cmd_predict(args, command: str) -> int:
     for r in records:
         if not r.ok:
             log.warning("skipping %s", r.describe())
-    try:
-        pred = predict_structures(args.checkpoint, good)
-    except (ValueError, FileNotFoundError) as e:
-        log.error("predict: %s", e)
-        return 2
+    pred = predict_structures(args.checkpoint, good)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     import csv
     w = csv.writer(out)
@@ -301,6 +284,7 @@ def _show_parser(sub) -> None:
     p.add_argument("--vary", help="small multiples of the voxel panel: PARAM=v1,v2,... (sigma, length or n)")
     p.add_argument("--compare", help="original next to a transformed copy: translate:x,y,z | supercell:a,b,c | rotate:AXIS:DEG")
     p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_show)
 
 
@@ -389,11 +373,19 @@ def cmd_show(args, command: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad invocation is one line on stderr (what is wrong and where to look), exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cloudvox import __version__
-    ap = argparse.ArgumentParser(prog="cloudvox", description="3D learning representations of atomic structures.")
+    ap = OneLineParser(prog="cloudvox", description="3D learning representations of atomic structures.")
     ap.add_argument("--version", action="version", version=f"cloudvox {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _featurize_parser(sub)
     _info_parser(sub)
     _fetch_parser(sub)
@@ -402,10 +394,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def user_errors() -> tuple:
+    """Errors a user can fix (bad config, flag, input path, data mismatch): reported in one line."""
+    from cloudvox.config import ConfigError
+    from cloudvox.io.records import InputError
+    from .featurize import JobError
+    return ConfigError, JobError, InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return args.func(args, "cloudvox " + " ".join(shlex.quote(a) for a in argv))
+    try:
+        return args.func(args, "cloudvox " + " ".join(shlex.quote(a) for a in argv))
+    except user_errors() as e:
+        from .launcher import launch_env
+        if launch_env().rank == 0:  # every rank meets the same user error: one report
+            if getattr(args, "verbose", False):
+                import traceback
+                traceback.print_exc()
+            sys.stderr.write(f"cloudvox {args.command}: {e}" + ("" if getattr(args, "verbose", False) else
+                                                                  " (-v shows the traceback)") + "\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cloudvox.config import ConfigError, validate_featurize
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.features import (CHUNK_BYTES, COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile,
                                featurize_block, prop_unit, root_attributes, write_features)
@@ -48,19 +49,31 @@ class JobError(RuntimeError):
 
 @dataclass
 class FeaturizeJob:
-    """What to featurize and how (the resolved YAML config and command-line flags)."""
+    """What to featurize and how: a featurize config validated by :mod:`cloudvox.config` (where the defaults
+    are), see :meth:`from_config`."""
     inputs: List[str]
     format: str
     output: str
-    descriptor: Dict[str, object] = field(default_factory=lambda: dict(sigma=0.1, length=12.8, n=32, mode="cartesian",
-                                                                       species=None, channels="element"))
-    store: Tuple[str, ...] = STORE_DEFAULT
-    block_size: int = 256
-    limit: Optional[int] = None
-    overwrite: bool = False
-    strict: bool = False
-    parallel_hdf5: str = "auto"  # auto | on | off
+    descriptor: Dict[str, object]  # ReciprocalVoxelizer keyword arguments
+    store: Tuple[str, ...]
+    block_size: int
+    limit: Optional[int]
+    overwrite: bool
+    strict: bool
+    parallel_hdf5: str  # auto | on | off
     command: str = ""
+
+    @classmethod
+    def from_config(cls, raw: Dict[str, object], command: str = "") -> "FeaturizeJob":
+        """From a featurize config (YAML keys, see cloudvox.config.FeaturizeConfig); raises ConfigError."""
+        cfg = validate_featurize(raw)
+        if not cfg["output"] or not cfg["format"]:
+            raise ConfigError("featurize needs an output file and an input format: --output OUT.h5 --format FORMAT "
+                              "(or output: / format: in the config)")
+        return cls(inputs=[str(p) for p in cfg["input"]], format=cfg["format"], output=str(cfg["output"]),
+                   descriptor=cfg["descriptor"], store=tuple(cfg["store"]), block_size=int(cfg["block_size"]),
+                   limit=cfg["limit"], overwrite=bool(cfg["overwrite"]), strict=bool(cfg["strict"]),
+                   parallel_hdf5=cfg["parallel_hdf5"], command=command)
 
     def voxelizer(self) -> ReciprocalVoxelizer:
         d = dict(self.descriptor)
@@ -153,8 +166,10 @@ def _agree(comm, fn):
 def _prepare(job: FeaturizeJob, output: Path, parts: Path, identity: Dict) -> str:
     """Rank 0: check the output path and any earlier run; set up the shard folder. Returns a verdict."""
     folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise JobError(f"output folder {folder} does not exist")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JobError(f"cannot create the output folder {folder}: {e.strerror}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise JobError(f"output folder {folder} is not writable")
     if output.exists() and not job.overwrite:

@@ -11,7 +11,9 @@ from cloudvox.data import Normalizer, VoxelDataset, split_indices
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.features import FeatureFile, featurize_block, root_attributes, write_features
 from cloudvox.io.sources import Source
-from cloudvox.runs import VoxelTask, evaluate, load_config, predict_structures, train_run
+from cloudvox.config import load_run_config as load_config
+from cloudvox.runs import evaluate, predict_structures, train_run
+from cloudvox.tasks import VoxelTask
 from cloudvox.train import load_checkpoint, random_rotations, step_generator
 
 
