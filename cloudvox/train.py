@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import properties as K
+from .partition import blockdist
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
@@ -130,10 +131,9 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
 
 
 def shard(batch: np.ndarray, rank: int, size: int) -> np.ndarray:
-    """This rank's part of a global batch (contiguous, near-equal)."""
-    q, r = divmod(len(batch), size)
-    a = rank * q + min(rank, r)
-    return batch[a:a + q + (1 if rank < r else 0)]
+    """This rank's part of a global batch (contiguous, near-equal: :func:`cloudvox.partition.blockdist`)."""
+    a, b = blockdist(len(batch), size, rank)
+    return batch[a:b]
 
 
 def step_generator(seed: int, epoch: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:

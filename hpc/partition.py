@@ -3,16 +3,9 @@ from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-Range = Tuple[int, int]
+from cloudvox.partition import Range, blockdist
 
-
-def blockdist(n: int, parts: int, index: int) -> Range:
-    """The index-th of ``parts`` contiguous, near-equal ranges of n items (sizes differ by at most one)."""
-    if parts < 1 or not 0 <= index < parts:
-        raise ValueError(f"bad partition index {index} of {parts}")
-    q, r = divmod(n, parts)
-    start = index * q + min(index, r)
-    return start, start + q + (1 if index < r else 0)
+__all__ = ["Range", "blockdist", "weighted_split", "pending_blocks", "round_robin"]
 
 
 def weighted_split(weights: Sequence[float], parts: int) -> List[Range]:

@@ -28,12 +28,14 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
+from ..structure import StructureError
+from .aflow import structure_from_aflow
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "https://aflow.org/API/aflux/"
 KEYWORDS = ("auid", "aurl", "compound", "composition", "species", "natoms", "geometry", "positions_fractional",
             "spacegroup_orig", "Pearson_symbol_orig", "enthalpy_atom", "enthalpy_formation_atom")
-REQUIRED = ("auid", "species", "composition", "natoms", "geometry", "positions_fractional")
 
 
 class FetchError(RuntimeError):
@@ -47,23 +49,14 @@ class _Retry(Exception):
 
 
 def validate_entry(entry) -> Optional[str]:
-    """None for a well-formed AFLOW entry, else the reason it is rejected."""
-    if not isinstance(entry, dict):
-        return f"entry is a {type(entry).__name__}, not an object"
-    missing = [k for k in REQUIRED if entry.get(k) is None]
-    if missing:
-        return f"missing keyword(s) {missing}"
-    species, comp, geom, pos = entry["species"], entry["composition"], entry["geometry"], entry["positions_fractional"]
-    if not (isinstance(species, list) and isinstance(comp, list) and len(species) == len(comp) and species):
-        return f"species {species!r} and composition {comp!r} do not match"
-    if not all(isinstance(c, int) and c > 0 for c in comp):
-        return f"composition {comp!r} is not a list of positive integers"
-    if not (isinstance(geom, list) and len(geom) == 6 and all(isinstance(g, (int, float)) for g in geom)):
-        return f"geometry {geom!r} is not [a, b, c, alpha, beta, gamma]"
-    if not (isinstance(pos, list) and all(isinstance(p, list) and len(p) == 3 for p in pos)):
-        return "positions_fractional is not an (n, 3) array"
-    if not (len(pos) == sum(comp) == entry["natoms"]):
-        return f"natoms {entry['natoms']}, composition sum {sum(comp)} and {len(pos)} positions disagree"
+    """None for an entry that makes a valid structure, else the reason it is rejected: the same checks as
+    featurize's reader (:func:`cloudvox.io.aflow.structure_from_aflow`), so nothing fetched is refused later."""
+    if isinstance(entry, dict) and not entry.get("auid"):
+        return "missing keyword 'auid' (entries are deduplicated by it)"
+    try:
+        structure_from_aflow(entry)
+    except StructureError as e:
+        return str(e)
     return None
 
 

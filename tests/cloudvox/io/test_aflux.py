@@ -173,9 +173,11 @@ def test_validation_and_url():
     good = {"auid": "a", "species": ["O", "Ti"], "composition": [2, 1], "natoms": 3, "geometry": [3, 3, 3, 90, 90, 90],
             "positions_fractional": [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]]}
     assert validate_entry(good) is None
-    assert "disagree" in validate_entry(dict(good, natoms=4))
-    assert "do not match" in validate_entry(dict(good, species=["O"]))
-    assert "geometry" in validate_entry(dict(good, geometry=[3, 3]))
-    assert "not an object" in validate_entry([1, 2])
+    assert "natoms=4 but composition sums to 3" in validate_entry(dict(good, natoms=4))
+    assert "does not match species" in validate_entry(dict(good, species=["O"]))
+    assert "geometry must be 6 finite numbers" in validate_entry(dict(good, geometry=[3, 3]))
+    assert "not a JSON object" in validate_entry([1, 2])
+    assert "auid" in validate_entry({k: v for k, v in good.items() if k != "auid"})
+    assert "apart" in validate_entry(dict(good, positions_fractional=[[0, 0, 0], [0, 0, 0.01], [0.5, 0, 0.5]]))
     url = aflux_url("https://aflow.org/API/aflux/", "species(O),nspecies(3)", ["auid", "geometry"], 2, 1000)
     assert url.endswith("species(O),nspecies(3),auid,geometry,paging(2,1000),format(json)")
