@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit  # noqa: E402
+from common import ROOT, emit, features  # noqa: E402
 
 
 def main():
@@ -20,9 +20,7 @@ def main():
     args = ap.parse_args()
     from cloudvox.config import load_run_config as load_config
     from cloudvox.runs import train_run
-    data = ROOT / "out" / "perovskites.h5"
-    if not data.exists():
-        raise SystemExit("featurize first: mpirun -n 2 cloudvox featurize --config jobs/configs/perovskites.yaml")
+    data = features("jobs/configs/perovskites.yaml")
     cfg = load_config(None, [f"data.path={data}", "data.target=enthalpy_atom", "data.split.by=compound",
                              "data.normalize=composition", f"train.epochs={args.epochs}", "train.lr=0.002",
                              f"run_dir={ROOT / 'runs' / 'atomcloud_perovskites'}", "network.cutoff=4.5",

@@ -7,15 +7,13 @@ Usage: python bench/atomcloud_qm9.py [--train-size 10000] [--curve 1000 10000] [
        python bench/atomcloud_qm9.py --profile-only   # step rate and operator profile only
 """
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit  # noqa: E402
+from common import ROOT, emit, features  # noqa: E402
 
 
 def main():
@@ -27,12 +25,7 @@ def main():
     ap.add_argument("--profile", action="store_true", help="print where the time of a training step goes")
     ap.add_argument("--profile-only", action="store_true", help="only the profile and training step rate")
     args = ap.parse_args()
-    data = ROOT / "out" / "qm9.h5"
-    if not data.exists():
-        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
-        subprocess.run(["mpirun", "-n", str(args.ranks), str(Path(sys.executable).parent / "cloudvox"), "featurize",
-                        "--config", "jobs/configs/qm9.yaml"], cwd=ROOT, env=env, check=True, capture_output=True)
+    data = features("jobs/configs/qm9.yaml", args.ranks)
     from cloudvox.config import load_run_config as load_config
     from cloudvox.runs import train_run
     sizes = [] if args.profile_only else sorted(set(args.curve + [args.train_size]))

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit  # noqa: E402
+from common import ROOT, emit, features  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -44,14 +44,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
     args = ap.parse_args()
-    data = ROOT / "out" / "perovskites_demo.h5"
-    if not data.exists():
-        subprocess.run([str(Path(sys.executable).parent / "cloudvox"), "featurize", "--config",
-                        "jobs/configs/perovskites_demo.yaml"], cwd=ROOT, check=True, capture_output=True)
-    qm9 = ROOT / "out" / "qm9_sample.h5"
-    if not qm9.exists():
-        subprocess.run([str(Path(sys.executable).parent / "cloudvox"), "featurize", "--config",
-                        "jobs/configs/qm9_sample.yaml"], cwd=ROOT, check=True, capture_output=True)
+    data = features("jobs/configs/perovskites_demo.yaml")
+    qm9 = features("jobs/configs/qm9_demo.yaml")
     vox = yaml.safe_load((ROOT / "jobs" / "configs" / "voxelnet_demo.yaml").read_text())
     vox["data"]["path"] = str(data)
     cloud = yaml.safe_load((ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml").read_text())

@@ -13,23 +13,14 @@ Usage: python bench/voxelnet_aflow.py [--epochs 60] [--element-epochs 20] [--pro
 (an epoch count of 0 skips that run).
 """
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit  # noqa: E402
+from common import ROOT, emit, features  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-
-def featurize(config: str, ranks: int) -> None:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE")
-    cmd = ["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "featurize", "--config", config]
-    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
 
 
 def ridge_composition(data: str, run_dir: Path) -> float:
@@ -86,7 +77,6 @@ def main():
     ap.add_argument("--ranks", type=int, default=2, help="MPI ranks for featurization")
     args = ap.parse_args()
     import logging
-    import yaml
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
     epochs = {"cross": args.epochs, "elements": args.element_epochs, "properties": args.property_epochs}
@@ -94,10 +84,7 @@ def main():
     for name, (feat, config, sets, label) in RUNS.items():
         if not epochs[name]:
             continue
-        with open(ROOT / feat) as fh:
-            output = yaml.safe_load(fh)["output"]
-        if not (ROOT / output).exists():
-            featurize(feat, args.ranks)
+        features(feat, args.ranks)
         cfg = train(config, sets + [f"train.epochs={epochs[name]}"], label)
         if not ridge_done:  # the same split for every run (compound-grouped, seed 0): the baseline once
             emit("voxelnet_aflow", "ridge_composition_test_mae",

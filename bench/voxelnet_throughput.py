@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, load_reference, shared_dir  # noqa: E402
+from common import emit, features, load_reference, shared_dir  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -52,13 +52,14 @@ def time_rounds(steps, counts, rounds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT / "out" / "perovskites.h5"))
+    ap.add_argument("--data", default=None, help="default: jobs/configs/perovskites.yaml's output, made if absent")
     ap.add_argument("--steps", type=int, default=8, help="cloudvox steps per round")
     ap.add_argument("--reference-steps", type=int, default=2, help="reference steps per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false")
     args = ap.parse_args()
+    args.data = args.data or str(features("jobs/configs/perovskites.yaml"))
     kept = keep_freed_memory() if args.keep_freed_memory else False
     torch.manual_seed(0)
     ds = VoxelDataset(args.data, np.arange(len(VoxelDataset(args.data, [], None).ff.ids)), None, "reciprocal")

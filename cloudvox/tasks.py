@@ -7,7 +7,7 @@ in-memory structures. Workflows (:mod:`cloudvox.runs`) and the config schema (:m
 ever ask :func:`get_model`; adding a model is one :func:`register` call.
 """
 import inspect
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch

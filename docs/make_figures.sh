@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$ROOT/docs/figures}
 CLOUDVOX=${CLOUDVOX:-$ROOT/.venv/bin/cloudvox}
-DATA=${CLOUDVOX_SHARED_DATA:-$ROOT/../shared/data}/aflow/O-Sr-Ti.jsonl
+DATA=$ROOT/tests/data/aflow/O-Sr-Ti.jsonl   # the 135 AFLOW O-Sr-Ti entries committed with the tests
 N=32; [ "${FAST:-0}" = 1 ] && N=16
 mkdir -p "$OUT"
 show() { "$CLOUDVOX" show "$@" --n "$N" > /dev/null; }

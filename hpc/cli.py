@@ -13,8 +13,7 @@ import logging
 import os
 import shlex
 import sys
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from cloudvox.io.sources import FORMATS
 

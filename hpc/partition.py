@@ -1,5 +1,5 @@
 """Work partitioning as pure functions (no MPI): tested on their own, used by every parallel job."""
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Sequence
 
 import numpy as np
 

@@ -6,7 +6,6 @@ site variables of jobs/common.sh (CLOUDVOX_ROOT, CLOUDVOX_VENV).
 """
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -16,7 +16,6 @@ HERE = Path(__file__).resolve().parent
 def main():
     import ase
     import ase.io
-    from pymatgen.io.ase import AseAtomsAdaptor
     from cloudvox.io import structure_from_aflow, to_pymatgen
     entries = [json.loads(line) for line in (HERE.parent / "aflow" / "oxide_perovskites_cP5_300.jsonl").open()]
 
