@@ -25,7 +25,7 @@ from .tasks import DESCRIPTOR_KEYS, get_model
 from .train import SingleProcess, TrainConfig, Trainer, load_checkpoint
 
 log = logging.getLogger(__name__)
-__all__ = ["load_run_config", "prepare", "train_run", "evaluate", "predict_structures", "load_model"]
+__all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "predict_structures", "load_model"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -74,11 +74,10 @@ def model_channels(ff: FeatureFile, species: Optional[Sequence[str]]) -> List[st
     return ff.model_channels(species or None)
 
 
-def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Dict:
-    """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots.
-
-    dist: the distributed interface (default one process); on_trainer: called with the Trainer before
-    training (e.g. to install signal handlers that request a checkpointed stop)."""
+def build_trainer(cfg: Dict, dist=None, resume: bool = False):
+    """The run's data, splits, normaliser, model and :class:`Trainer`, ready to train (rank 0 writes the
+    resolved config and the splits of a new run). Returns (trainer, feature file, the checkpoint to resume
+    from or None)."""
     dist = dist or SingleProcess()
     run_dir = Path(cfg["run_dir"])
     if dist.is_main:
@@ -109,6 +108,17 @@ def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Di
     val_set = spec.dataset(meta, ff.path, splits["val"], targets["val"], False)
     task = spec.task(meta, cfg["augment"], tcfg.channels_last)
     trainer = Trainer(model, task, train_set, val_set, tcfg, run_dir, meta, dist, target_scale=norm.std)
+    return trainer, ff, resume_from
+
+
+def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Dict:
+    """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots.
+
+    dist: the distributed interface (default one process); on_trainer: called with the Trainer before
+    training (e.g. to install signal handlers that request a checkpointed stop)."""
+    dist = dist or SingleProcess()
+    trainer, ff, resume_from = build_trainer(cfg, dist, resume)
+    tcfg, run_dir = trainer.cfg, trainer.run_dir
     if on_trainer is not None:
         on_trainer(trainer)
     summary = trainer.fit(resume_from)
@@ -116,7 +126,7 @@ def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Di
     if summary["stopped"] or trainer.epoch < tcfg.epochs and not tcfg.patience:
         return summary  # interrupted: resume later; evaluation comes at the end
     if dist.is_main:
-        plot_learning_curve(trainer.history, run_dir / "learning_curve.png", meta["unit"])
+        plot_learning_curve(trainer.history, run_dir / "learning_curve.png", trainer.meta["unit"])
     result = evaluate(run_dir / "checkpoint_best.pt", ff.path, run_dir=run_dir, dist=dist, trainer_cfg=tcfg)
     summary.update(result)
     return summary

@@ -58,10 +58,23 @@ def pytest_configure(config):
                                     "(put the shared folder beside the project or set CLOUDVOX_SHARED_DATA)")
 
 
+def devices():
+    """Where the device-parametrized tests run: the CPU always, CUDA where a device is present."""
+    import torch
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", devices())
+
+
 def pytest_report_header(config):
-    if config.getoption("--shared"):
-        return f"shared-data checks: ON (full files in {shared_data_dir()})"
-    return "shared-data checks: off (opt in with: bash scripts/test.sh --shared)"
+    lines = [f"shared-data checks: ON (full files in {shared_data_dir()})" if config.getoption("--shared")
+             else "shared-data checks: off (opt in with: bash scripts/test.sh --shared)"]
+    lines.append(f"devices: {', '.join(devices())}" + ("" if "cuda" in devices() else
+                                                        " (no CUDA device: the CUDA variants are not collected)"))
+    return lines
 
 
 def pytest_collection_modifyitems(config, items):
@@ -76,6 +89,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if "cuda" not in devices():
+        terminalreporter.write_line("device-parametrized tests ran on the CPU only: no CUDA device here "
+                                    "(bench/gpu_check.sh runs them on a GPU node)")
     n = getattr(config, "_cloudvox_shared_deselected", 0)
     if n:
         terminalreporter.write_line(f"{n} check(s) over the full shared data deselected (exactness on every AFLOW "

@@ -146,7 +146,7 @@ class SparseChannelConv3d(nn.Conv3d):
         n_rows = B * Do * Ho * Wo
         rows = torch.where(inside, rows, torch.full_like(rows, n_rows)).view(kd * kh * kw, -1)  # outside: spare row
         k3 = kd * kh * kw
-        y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts.tolist(), n_rows)
+        y = _ScatterConv.apply(values, w, rows, inside.view(k3, -1), counts, n_rows)
         return y.view(out_shape).permute(0, 4, 1, 2, 3), False  # (B, O, D', H', W'), channels-last memory order
 
 
@@ -175,46 +175,61 @@ class _NativeSparseConv(torch.autograd.Function):
 
 
 class _ScatterConv(torch.autograd.Function):
-    """Sparse convolution by scatter: out[rows[d, m]] += values[m] @ w[sample(m), d] for every offset d
-    -> (n_rows, O). values (M, c) are the occupied voxels sorted by sample (``counts`` per sample), w
-    (B, k^3, c, O), rows (k^3, M) with n_rows for targets outside the output (a spare row that is dropped),
-    inside (k^3, M) those that are not. Offset-major, so each offset's targets are visited in order. The
-    backward gathers the output gradient at the same rows (no zero-filled scratch output, no sliced copies)
-    and applies ``inside`` on the c-channel side (values and input gradients), c / O of the work of masking
-    the gathered O-channel gradients."""
+    """Sparse convolution by scatter, the whole batch at once: out[rows[d, m]] += values[m] @ w[sample(m), d] for
+    every offset d -> (n_rows, O). values (M, c) are the occupied voxels sorted by sample (``counts`` per sample),
+    w (B, k^3, c, O), rows (k^3, M) with n_rows for targets outside the output (a spare row that is dropped),
+    inside (k^3, M) those that are not.
+
+    The per-sample products are one batched matmul over the samples' voxels padded to the largest count (a
+    segment matmul: no Python loop over samples, a fixed number of kernel launches per step whatever the batch,
+    which is what a GPU needs), then one index_add. The backward gathers the output gradient at the same rows
+    and applies ``inside`` on the c-channel side (c / O of the work of masking the O-channel gradients)."""
+
+    @staticmethod
+    def _segments(counts: torch.Tensor, M: int):
+        """(sample, slot) of each of the M rows, and the padded length: rows of sample i fill slots 0..n_i-1."""
+        starts = torch.cumsum(counts, 0) - counts
+        sample = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts, output_size=M)
+        return sample, torch.arange(M, device=counts.device) - starts[sample], int(counts.max()) if M else 0
 
     @staticmethod
     def forward(ctx, values, w, rows, inside, counts, n_rows):
-        O = w.shape[-1]
+        B, k3, c, O = w.shape
+        M = values.shape[0]
+        sample, slot, width = _ScatterConv._segments(counts, M)
+        ctx.w_dtype = w.dtype
+        w = w.to(values.dtype)
+        with torch.autocast(values.device.type, enabled=False):  # sums of many products: in the inputs' precision
+            padded = values.new_zeros(B, width, c)
+            padded[sample, slot] = values
+            T = torch.bmm(padded, w.permute(0, 2, 1, 3).reshape(B, c, k3 * O))  # (B, width, k^3 O)
+        T = T[sample, slot].view(M, k3, O)
         out = torch.zeros(n_rows + 1, O, dtype=values.dtype, device=values.device)
-        start = 0
-        for i, n in enumerate(counts):
-            if n:
-                T = torch.matmul(values[start:start + n], w[i])  # (k^3, n, O)
-                out.index_add_(0, rows[:, start:start + n].reshape(-1), T.view(-1, O))
-                start += n
-        ctx.counts, ctx.n_rows = counts, n_rows
-        ctx.save_for_backward(values, w, rows, inside)
+        out.index_add_(0, rows.t().reshape(-1), T.view(-1, O))
+        ctx.n_rows, ctx.width = n_rows, width
+        ctx.save_for_backward(values, w, rows, inside, sample, slot)
         return out[:n_rows]
 
     @staticmethod
     def backward(ctx, grad):
-        values, w, rows, inside = ctx.saved_tensors
-        grad = grad.contiguous()
-        gw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        gv = torch.zeros_like(values) if ctx.needs_input_grad[0] else None
-        k3, start = rows.shape[0], 0
-        for i, n in enumerate(ctx.counts):
-            if n:
-                r = rows[:, start:start + n].clamp(max=ctx.n_rows - 1)  # the spare row's entries are masked below
-                g = grad.index_select(0, r.reshape(-1)).view(k3, n, -1)  # (k^3, n, O)
-                mask = inside[:, start:start + n, None].to(g.dtype)  # (k^3, n, 1)
-                v = values[start:start + n]
-                if gw is not None:
-                    gw[i] = torch.matmul((v * mask).transpose(1, 2), g)  # (k^3, c, O)
-                if gv is not None:
-                    gv[start:start + n] = (torch.matmul(g, w[i].transpose(1, 2)) * mask).sum(0)
-                start += n
+        values, w, rows, inside, sample, slot = ctx.saved_tensors
+        B, k3, c, O = w.shape
+        M = values.shape[0]
+        r = rows.clamp(max=ctx.n_rows - 1).t()  # (M, k^3); the spare row's entries are masked below
+        g = grad.to(values.dtype).contiguous().index_select(0, r.reshape(-1)).view(M, k3, O)
+        mask = inside.t().to(values.dtype)  # (M, k^3)
+        gw = gv = None
+        if ctx.needs_input_grad[1]:
+            vm = values.new_zeros(B, ctx.width, k3, c)
+            vm[sample, slot] = mask[:, :, None] * values[:, None, :]  # (M, k^3, c)
+            gp = g.new_zeros(B, ctx.width, k3, O)
+            gp[sample, slot] = g
+            gw = torch.einsum("bmdc,bmdo->bdco", vm, gp).to(ctx.w_dtype)  # (B, k^3, c, O)
+        if ctx.needs_input_grad[0]:
+            gp = g.new_zeros(B, ctx.width, k3 * O)
+            gp[sample, slot] = (g * mask[:, :, None]).view(M, k3 * O)
+            wt = w.permute(0, 1, 3, 2).reshape(B, k3 * O, c)
+            gv = torch.bmm(gp, wt)[sample, slot]  # (M, c)
         return gv, gw, None, None, None, None
 
 
