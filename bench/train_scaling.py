@@ -61,9 +61,17 @@ def main():
                     path.write_text(yaml.safe_dump(cfg))
                     run(ranks, backend if ranks > 1 else "none", path, model)
                     hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
-                    rates[kind] = statistics.median(r["samples_per_s"] for r in hist[len(hist) // 2:])  # warm caches
+                    warm = hist[len(hist) // 2:]  # warm caches
+                    rates[kind] = statistics.median(r["samples_per_s"] for r in warm)
                     emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[kind], "samples/s", model=model,
-                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs)
+                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs,
+                         spread=[round(min(r["samples_per_s"] for r in warm), 1),
+                                 round(max(r["samples_per_s"] for r in warm), 1)])
+                    breakdown = {k[len("step_ms_"):]: round(statistics.median(r[k] for r in warm), 3)
+                                 for k in warm[0] if k.startswith("step_ms_")}  # rank 0's step split
+                    emit("train_scaling", f"step_ms_{ranks}_ranks", sum(breakdown.values()), "ms/step", model=model,
+                         backend=backend, scaling=kind, split=breakdown,
+                         outside_compute=round(breakdown.get("data", 0) + breakdown.get("sync", 0), 3))
                 for kind in ("weak", "strong"):
                     emit("train_scaling", f"parallel_efficiency_2_ranks_{kind}", rates[kind] / (2 * rates["base"]),
                          "fraction", model=model, backend=backend)
