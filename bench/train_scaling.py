@@ -43,6 +43,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
+    ap.add_argument("--models", nargs="+", default=["voxelnet", "atomcloud"])
     args = ap.parse_args()
     data = features("jobs/configs/perovskites_demo.yaml")
     qm9 = features("jobs/configs/qm9_demo.yaml")
@@ -52,6 +53,8 @@ def main():
     cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[800, 100, 100], seed=0))
     with tempfile.TemporaryDirectory() as tmp:
         for model, base in (("voxelnet", vox), ("atomcloud", cloud)):
+            if model not in args.models:
+                continue
             for backend in args.backends:
                 rates = {}
                 for ranks, batch, kind in ((1, 32, "base"), (2, 64, "weak"), (2, 32, "strong")):

@@ -47,7 +47,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, on CUDA only
     channels_last: bool = True  # on CUDA only
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (persistent): > 0 overlaps reading and collation with steps
     lr_scaling: str = "none"  # none | linear | sqrt: scale lr with the number of ranks
     tensorboard: bool = False
     eval_every: int = 1
@@ -273,10 +273,21 @@ class Trainer:
 
     # --- loops -------------------------------------------------------------------------------------------
     def _loader(self, dataset, batches: Sequence[np.ndarray]):
-        mine = [shard(b, self.dist.rank, self.dist.size) for b in batches]
-        return torch.utils.data.DataLoader(dataset, batch_sampler=[m.tolist() for m in mine],
-                                           collate_fn=dataset.collate, num_workers=self.cfg.num_workers,
-                                           persistent_workers=False)
+        """This rank's batches of ``dataset``. With ``num_workers`` > 0 the loader and its worker processes
+        persist across epochs (one per dataset): reading and collation overlap the step, and the workers'
+        item caches stay warm. Only the batch list changes between epochs."""
+        mine = [shard(b, self.dist.rank, self.dist.size).tolist() for b in batches]
+        if not self.cfg.num_workers:
+            return torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=dataset.collate)
+        loaders = self.__dict__.setdefault("_loaders", {})
+        if id(dataset) not in loaders:
+            sampler = _EpochBatches()
+            loaders[id(dataset)] = (sampler, torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=self.cfg.num_workers,
+                persistent_workers=True, prefetch_factor=2))
+        sampler, loader = loaders[id(dataset)]
+        sampler.batches = mine
+        return loader
 
     def train_epoch(self, start_step: int = 0) -> Dict[str, float]:
         cfg = self.cfg
@@ -451,6 +462,19 @@ class Trainer:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     self._writer.add_scalar(k, v, row["epoch"])
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are set before each pass (the loader that iterates it persists)."""
+
+    def __init__(self):
+        self.batches: List[List[int]] = []
+
+    def __iter__(self):
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class StepTimer:

@@ -25,7 +25,16 @@ class HorovodBackend(SingleProcess):
     """Horovod: DistributedOptimizer (averaged gradients), parameter/optimizer broadcast, allreduce."""
     backend = "horovod"
 
+    # Measured on 2 ranks x 1 core (bench/train_scaling.py, docs/scaling.md): Horovod's background thread negotiates
+    # through MPI every cycle (default 1 ms) and Open MPI busy-polls while it waits, on the core the rank computes
+    # on; forward and backward ran 30-50% slower at 2 ranks than at 1. A 2 ms cycle with MPI yielding when idle
+    # gives the compute its core back (AtomCloudNet 2-rank efficiency 0.69 -> 0.90); a 10 ms cycle delays every
+    # allreduce by up to a cycle (0.80). The environment wins: set them to override.
+    DEFAULT_ENV = {"HOROVOD_CYCLE_TIME": "2", "OMPI_MCA_mpi_yield_when_idle": "1"}
+
     def __init__(self):
+        for key, value in self.DEFAULT_ENV.items():  # before MPI_Init (the mpi4py import) and hvd.init()
+            os.environ.setdefault(key, value)
         try:  # let mpi4py own MPI: it finalises MPI last at exit, after HDF5 (parallel h5py) has closed;
             from mpi4py import MPI  # noqa: F401   Horovod finalising first made h5py crash at shutdown
         except ImportError:
@@ -79,7 +88,12 @@ class DDPBackend(SingleProcess):
     def wrap(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel as DDP
         dev = next(model.parameters()).device
-        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # DDP broadcasts every buffer from rank 0 before each forward by default: a collective and a wait for
+        # the slowest rank on every step. Our buffers are constants (Clebsch-Gordan tables, radial
+        # frequencies), equal on every rank; only BatchNorm's running statistics would need it.
+        running_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=running_stats,
+                  gradient_as_bucket_view=True)
         self._model = ddp
         return ddp, optimizer
 

@@ -180,3 +180,17 @@ def test_cross_spectrum_radial_run_round_trip_and_rotation_spread(tiny, tmp_path
     moduli_only = make_file(tmp_path / "moduli.h5", src, 10, n=16, length=12.8, mode="spherical")
     with pytest.raises(ValueError, match="cross: checkpoint True, data False"):
         evaluate(run, moduli_only)
+
+
+def test_persistent_loader_workers_train_exactly_as_in_process_loading(tiny, tmp_path):
+    """num_workers > 0: one loader and worker process per dataset for the whole run (batches set per epoch),
+    the same batches in the same order as in-process loading: equal parameters, and the step split recorded."""
+    a = train_run(config(tiny, tmp_path / "inline", epochs=2))
+    b = train_run(config(tiny, tmp_path / "workers", epochs=2, num_workers=1))
+    pa = load_checkpoint(tmp_path / "inline" / "checkpoint_last.pt")["model"]
+    pb = load_checkpoint(tmp_path / "workers" / "checkpoint_last.pt")["model"]
+    for k in pa:
+        torch.testing.assert_close(pb[k], pa[k], rtol=0, atol=0)
+    assert a["history"][-1]["train_mae"] == b["history"][-1]["train_mae"]
+    assert {"step_ms_data", "step_ms_forward", "step_ms_backward", "step_ms_optimizer", "step_ms_sync"} <= set(
+        b["history"][-1])
