@@ -106,9 +106,10 @@ def _signature_defaults(fn: Callable, skip: Sequence[str] = ("self",)) -> Dict[s
             if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def _nearest(key: str, valid: Sequence[str]) -> str:
+def nearest(key: str, valid: Sequence[str], what: str = "keys") -> str:
+    """'did you mean X?' for the closest valid name, else the list of valid ``what``."""
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+    return f"did you mean {close[0]!r}?" if close else f"valid {what}: {', '.join(sorted(valid))}"
 
 
 def _check_value(where: str, value: Any, default: Any, choices: Optional[Sequence] = None) -> Any:
@@ -162,7 +163,7 @@ def check_keys(where: str, values: Any, defaults: Dict[str, Any],
     for k, v in values.items():
         name = f"{where}.{k}" if where else str(k)
         if k not in defaults:
-            raise ConfigError(f"unknown key {name!r}: {_nearest(str(k), list(defaults))}")
+            raise ConfigError(f"unknown key {name!r}: {nearest(str(k), list(defaults))}")
         out[k] = _check_value(name, v, defaults[k], (choices or {}).get(k))
     return out
 

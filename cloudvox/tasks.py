@@ -121,8 +121,8 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def get_model(name: str) -> ModelSpec:
     if name not in MODELS:
-        from .config import ConfigError, _nearest
-        raise ConfigError(f"unknown model {name!r}: {_nearest(str(name), list(MODELS)).replace('valid keys', 'models')}")
+        from .config import ConfigError, nearest
+        raise ConfigError(f"unknown model {name!r}: {nearest(str(name), list(MODELS), 'models')}")
     return MODELS[name]
 
 
