@@ -23,6 +23,7 @@ def quickstart_commands():
     return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.startswith("cloudvox ")]
 
 
+@pytest.mark.slow
 def test_the_readme_quickstart_runs_end_to_end(tmp_path):
     commands = quickstart_commands()
     assert [c[1] for c in commands] == ["featurize", "info", "train", "predict"]

@@ -65,6 +65,7 @@ def test_feature_file_input(tmp_path, osrti_path):
     assert '"n": 12' in proc.stdout  # the file's descriptor parameters are the default
 
 
+@pytest.mark.slow
 def test_tutorial_figures_are_generated_and_referenced(tmp_path, osrti_path):
     env = dict(os.environ, FAST="1", CLOUDVOX=CLI)
     subprocess.run(["bash", str(ROOT / "docs" / "make_figures.sh"), str(tmp_path)], check=True, env=env,

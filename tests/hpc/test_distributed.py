@@ -92,6 +92,7 @@ def test_resume_mid_epoch_continues_identically(tiny, single, tmp_path, backend)
     assert "stopped at epoch 0 step 3" in first.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["horovod", "ddp"])
 def test_atomcloud_two_ranks_equal_one(tiny, tmp_path, backend):
     def cfg(run):
@@ -110,6 +111,7 @@ def test_atomcloud_two_ranks_equal_one(tiny, tmp_path, backend):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigusr1_checkpoints_every_rank_at_the_same_step_and_exits_cleanly(tiny, tmp_path):
     import signal
     import time

@@ -65,6 +65,7 @@ def test_without_parallel_hdf5_the_same_command_works(serial_osrti, tmp_path):
     assert_same_datasets(out, reference)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
     args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--block-size", "1"]
     reference = tmp_path / "uninterrupted.h5"

@@ -20,6 +20,7 @@ def test_h5py_has_parallel_hdf5():
     assert h5py.get_config().mpi, "h5py was built without MPI: run scripts/setup.sh"
 
 
+@pytest.mark.mpi
 def test_horovod_allreduce_under_mpirun_2():
     if os.environ.get("CLOUDVOX_SKIP_HOROVOD") == "1":
         pytest.skip("CLOUDVOX_SKIP_HOROVOD=1: the set-up did not build Horovod")

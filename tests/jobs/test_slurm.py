@@ -145,6 +145,7 @@ def train_config(path: Path, data: Path, run_dir: Path, model: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,backend", [("voxelnet", "horovod"), ("voxelnet", "ddp"), ("atomcloud", "ddp")])
 def test_training_job_checkpoints_on_the_signal_requeues_and_resumes_to_the_uninterrupted_result(
         slurm, job_env, tiny_features, tmp_path, model, backend):
