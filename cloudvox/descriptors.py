@@ -58,6 +58,9 @@ def with_cross(names: Sequence[str]) -> Tuple[str, ...]:
     return tuple(names) + tuple(n + CROSS_SUFFIX for n in names)
 
 
+MAX_BOX_BYTES = 1 << 30  # per structure: a larger reciprocal box is refused before it is allocated
+
+
 def without_cross(names: Sequence[str]) -> Tuple[str, ...]:
     """The base channels of a channel list (cross-spectrum channels dropped)."""
     return tuple(n for n in names if not n.endswith(CROSS_SUFFIX))
@@ -381,6 +384,21 @@ class ReciprocalVoxelizer:
         if not s.is_periodic:
             return (-1, -1, -1, len(s), c)
         return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
+
+    def check_cost(self, s: Structure) -> None:
+        """Refuse (StructureError) a structure whose reciprocal box would need more than MAX_BOX_BYTES: the
+        box of integer m holds prod(2 e_k + 1) points, e_k ~ h |a_k| / (2 pi), so it grows with the cell's volume
+        (a 3000 Angstrom cell would need terabytes). Checked per structure before anything is allocated."""
+        if not s.is_periodic:
+            return
+        c = {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties)) * (2 if self.cross else 1)
+        e = self._extent(s.lattice, True).astype(np.float64)  # the larger (ball) box of the stored sets
+        points = float(np.prod(2 * e + 1))
+        need = points * (24 + 24 * c)  # G (float64 x 3) and the complex / modulus amplitudes per channel
+        if need > MAX_BOX_BYTES:
+            raise StructureError(f"structure {s.id}: its reciprocal box ({points:.3g} points for a cell of "
+                                 f"{s.volume:.4g} A^3 at N={self.n}, L={self.length} A) needs {need / 2 ** 30:.3g} GiB, "
+                                 f"over the limit of {MAX_BOX_BYTES / 2 ** 30:g} GiB (cloudvox.descriptors.MAX_BOX_BYTES)")
 
     def _extent(self, lattice: np.ndarray, ball: bool) -> np.ndarray:
         if ball or self.mode == "spherical":

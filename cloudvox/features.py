@@ -52,7 +52,7 @@ from .descriptors import ReciprocalSet, ReciprocalVoxelizer, reciprocal_lattice,
 from .elements import SYMBOLS
 from .io.records import Record
 from .properties import UNITS
-from .structure import Structure
+from .structure import Structure, StructureError
 
 FORMAT = "cloudvox-features"
 FORMAT_VERSION = 1
@@ -137,6 +137,12 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
             extra = [] if s is None else [e for e in s.elements if e not in names]
             if extra:
                 structures[k], reasons[k] = None, f"structure {s.id}: element(s) {extra} not in the species list {list(names)}"
+    for k, s in enumerate(structures):  # resource limits, before anything of that size is allocated
+        if s is not None:
+            try:
+                voxelizer.check_cost(s)
+            except StructureError as e:
+                structures[k], reasons[k] = None, str(e)
     good = [k for k, s in enumerate(structures) if s is not None]
     todo = [structures[k] for k in good]
     sparse = voxelizer.compact(todo, names=names) if "voxels" in store else [None] * len(todo)

@@ -20,6 +20,7 @@ import numpy as np
 from .elements import SYMBOLS, UnknownElementError, atomic_numbers, MAX_Z
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
+MAX_ATOMS = 2000  # atoms per structure: larger ones are refused before any pairwise work (AFLOW cells: <= ~400)
 MIN_VOLUME = 1e-3  # Angstrom^3: smaller |det(lattice)| is a singular cell
 
 
@@ -142,6 +143,8 @@ class Structure:
             raise self._error(f"bad atomic numbers: {e}") from None
         if len(nums) == 0:
             raise self._error("empty structure (no atoms)")
+        if len(nums) > MAX_ATOMS:
+            raise self._error(f"{len(nums)} atoms exceed the limit of {MAX_ATOMS} (cloudvox.structure.MAX_ATOMS)")
         bad = (nums < 1) | (nums > MAX_Z)
         if bad.any():
             raise self._error(f"unknown element Z={int(nums[bad][0])} at atom {int(np.argmax(bad))}")

@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional, Union
 import numpy as np
 
 from ..elements import UnknownElementError, atomic_numbers
-from ..structure import Structure, StructureError, lattice_from_parameters
+from ..structure import MAX_ATOMS, Structure, StructureError, lattice_from_parameters
 from .records import Record, collect
 
 REQUIRED = ("geometry", "species", "composition", "positions_fractional")
@@ -42,6 +42,9 @@ def structure_from_aflow(entry: dict, id: Optional[str] = None) -> Structure:
     if len(counts) != len(species) or any(c < 0 for c in counts):
         raise StructureError(f"structure {sid}: composition {counts} does not match species {species}")
     natoms = sum(counts)
+    if natoms > MAX_ATOMS:  # before any array of that size is built
+        raise StructureError(f"structure {sid}: {natoms} atoms exceed the limit of {MAX_ATOMS} "
+                             "(cloudvox.structure.MAX_ATOMS)")
     if "natoms" in entry and entry["natoms"] is not None and int(entry["natoms"]) != natoms:
         raise StructureError(f"structure {sid}: natoms={entry['natoms']} but composition sums to {natoms}")
     if np.any(geometry[:3] <= 0):

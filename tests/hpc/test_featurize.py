@@ -157,3 +157,27 @@ def test_a_failing_rank_brings_the_job_down(serial_osrti, tmp_path):
     proc = run_cloudvox(2, "featurize", "--input", str(src), "--output", str(out), *AFLOW, check=False, timeout=120)
     assert proc.returncode != 0 and time.time() - t < 60
     assert "rank 0 failed" in proc.stderr and not out.exists()
+
+
+def test_absurd_structures_are_refused_by_resource_limits_and_the_job_goes_on(serial_osrti, tmp_path):
+    """A parseable but absurd entry (a 3000 A cell: a reciprocal box of terabytes; more atoms than
+    cloudvox.structure.MAX_ATOMS) is recorded as a failure with its reason before anything of that size is
+    allocated; the other structures are written (mpirun -n 2)."""
+    from cloudvox.structure import MAX_ATOMS
+    src, _ = serial_osrti
+    good = [json.loads(line) for line in open(src)][:20]
+    huge_cell = dict(good[0], auid="aflow:huge_cell", geometry=[3000.0, 3000.0, 3000.0, 90, 90, 90],
+                     species=["O"], composition=[1], natoms=1, positions_fractional=[[0, 0, 0]])
+    rng = np.random.default_rng(0)
+    n = MAX_ATOMS + 1
+    many = dict(good[0], auid="aflow:too_many_atoms", geometry=[80.0, 80.0, 80.0, 90, 90, 90], species=["O"],
+                composition=[n], natoms=n, positions_fractional=rng.uniform(0, 1, (n, 3)).round(6).tolist())
+    path = tmp_path / "absurd.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in good[:10] + [huge_cell] + good[10:] + [many]) + "\n")
+    out = tmp_path / "absurd.h5"
+    run_cloudvox(2, "featurize", "--input", str(path), "--output", str(out), *AFLOW)
+    ff = FeatureFile(out)
+    assert ff.n == 22 and int((ff.status == FAILED).sum()) == 2
+    reasons = {f["id"]: f["reason"] for f in ff.failures()}
+    assert "reciprocal box" in reasons["aflow:huge_cell"] and "MAX_BOX_BYTES" in reasons["aflow:huge_cell"]
+    assert f"{n} atoms exceed the limit of {MAX_ATOMS}" in reasons["aflow:too_many_atoms"]
