@@ -42,12 +42,17 @@ class FeaturizeConfig:
     format: Optional[str] = _choices("aflow", "files", "ase", "qm9", "prototypes", None, default=None)
     output: Optional[str] = None  # the .h5 file (its folder is created)
     descriptor: Dict[str, Any] = field(default_factory=dict)  # ReciprocalVoxelizer keyword arguments
-    store: List[str] = field(default_factory=lambda: ["voxels", "reciprocal", "cloud"])
+    store: List[str] = field(default_factory=lambda: list(_store_items()))  # what the feature file holds
     block_size: int = 256  # records per work block and shard
     limit: Optional[int] = None  # only the first N records
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
     parallel_hdf5: str = _choices("auto", "on", "off", default="auto")
+
+
+def _store_items():
+    from .features import STORE_DEFAULT  # the feature file's layout defines them
+    return STORE_DEFAULT
 
 
 def descriptor_defaults() -> Dict[str, Any]:
@@ -258,7 +263,7 @@ def validate_featurize(raw: Dict[str, Any]) -> Dict[str, Any]:
         raw["input"] = [raw["input"]]
     cfg = validate(FeaturizeConfig, raw)
     cfg["descriptor"] = check_keys("descriptor", raw.get("descriptor"), descriptor_defaults(), DESCRIPTOR_CHOICES)
-    unknown = set(cfg["store"]) - {"voxels", "reciprocal", "cloud"}
+    unknown = set(cfg["store"]) - set(_store_items())
     if unknown:
-        raise ConfigError(f"store: unknown item(s) {sorted(unknown)}; choose from voxels, reciprocal, cloud")
+        raise ConfigError(f"store: unknown item(s) {sorted(unknown)}; choose from {', '.join(_store_items())}")
     return cfg

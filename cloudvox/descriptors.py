@@ -380,7 +380,7 @@ class ReciprocalVoxelizer:
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure, ball: bool) -> Tuple:
         """Structures with equal keys are evaluated as one vectorised batch."""
-        c = {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties)) * (2 if self.cross else 1)
+        c = self._channel_count(s)
         if not s.is_periodic:
             return (-1, -1, -1, len(s), c)
         return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
@@ -391,7 +391,7 @@ class ReciprocalVoxelizer:
         (a 3000 Angstrom cell would need terabytes). Checked per structure before anything is allocated."""
         if not s.is_periodic:
             return
-        c = {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties)) * (2 if self.cross else 1)
+        c = self._channel_count(s)
         e = self._extent(s.lattice, True).astype(np.float64)  # the larger (ball) box of the stored sets
         points = float(np.prod(2 * e + 1))
         need = points * (24 + 24 * c)  # G (float64 x 3) and the complex / modulus amplitudes per channel
@@ -399,6 +399,10 @@ class ReciprocalVoxelizer:
             raise StructureError(f"structure {s.id}: its reciprocal box ({points:.3g} points for a cell of "
                                  f"{s.volume:.4g} A^3 at N={self.n}, L={self.length} A) needs {need / 2 ** 30:.3g} GiB, "
                                  f"over the limit of {MAX_BOX_BYTES / 2 ** 30:g} GiB (cloudvox.descriptors.MAX_BOX_BYTES)")
+
+    def _channel_count(self, s: Structure) -> int:
+        """Channels the descriptor computes for s (its own elements, or the fixed channels; cross doubles)."""
+        return {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties)) * (2 if self.cross else 1)
 
     def _extent(self, lattice: np.ndarray, ball: bool) -> np.ndarray:
         if ball or self.mode == "spherical":

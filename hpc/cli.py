@@ -339,7 +339,9 @@ def cmd_show(args, command: str) -> int:
     from cloudvox.descriptors import ReciprocalVoxelizer
     from cloudvox import show
     structure, params = load_one(args.input, args.format, args.index, args.id)
-    d = dict(sigma=0.1, length=12.8, n=32, mode="cartesian", channels="element")
+    from cloudvox.config import descriptor_defaults
+    defaults = descriptor_defaults()  # the voxelizer's own defaults: one place
+    d = {k: defaults[k] for k in ("sigma", "length", "n", "mode", "channels")}
     d.update({k: params[k] for k in ("sigma", "length", "n", "mode", "channels") if k in params})
     for flag, key in (("descriptor", "mode"), ("n", "n"), ("length", "length"), ("sigma", "sigma"), ("channels", "channels")):
         if getattr(args, flag) is not None:
