@@ -42,17 +42,18 @@ class FeaturizeConfig:
     format: Optional[str] = _choices("aflow", "files", "ase", "qm9", "prototypes", None, default=None)
     output: Optional[str] = None  # the .h5 file (its folder is created)
     descriptor: Dict[str, Any] = field(default_factory=dict)  # ReciprocalVoxelizer keyword arguments
-    store: List[str] = field(default_factory=lambda: list(_store_items()))  # what the feature file holds
+    store: List[str] = field(default_factory=lambda: list(_store_items(default=True)))  # what the file holds
     block_size: int = 256  # records per work block and shard
     limit: Optional[int] = None  # only the first N records
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
     parallel_hdf5: str = _choices("auto", "on", "off", default="auto")
+    merge_buffer_mb: float = 256.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
 
 
-def _store_items():
-    from .features import STORE_DEFAULT  # the feature file's layout defines them
-    return STORE_DEFAULT
+def _store_items(default: bool = False):
+    from .features import STORE_DEFAULT, STORE_ITEMS  # the feature file's layout defines them
+    return STORE_DEFAULT if default else STORE_ITEMS
 
 
 def descriptor_defaults() -> Dict[str, Any]:

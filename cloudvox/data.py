@@ -215,10 +215,8 @@ class VoxelDataset(_FeatureDataset):
         ch = self.ff.channel_index(i, self.species)
         item = {K.INDEX: i, "channels": ch}
         if self.source == "voxels":
-            n = int(self.ff.params["n"])
-            index = self.ff.ragged("voxels/index", i)
-            values = self.ff.ragged("voxels/values", i).reshape(len(ch), len(index))
-            item.update(voxel_index=index, voxel_values=values, n=n)
+            sv = self.ff.sparse_voxels(i, self.species)
+            item.update(voxel_index=sv.index, voxel_values=sv.values, n=int(self.ff.params["n"]))
         else:
             rs = self.ff.reciprocal(i, self.species)
             item.update(G=rs.G, amp=rs.amp)

@@ -36,6 +36,8 @@ Exactness: G is computed in float64; like the original code, G is rounded to flo
 Molecules (no lattice) have a continuous transform; it is sampled at the voxel centres (cartesian or
 spherical), without the 1/|det A| factor. |h| is translation invariant and rotates with the structure.
 """
+import functools
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -119,8 +121,8 @@ def voxel_index(G, n: int, length: float, mode: str = "cartesian"):
         inside = (i0 >= 0) & (i0 < n) & (i1 >= 0) & (i1 < n) & (i2 >= 0) & (i2 < n)
         flat = (i0 * n + i1) * n + i2
     elif mode == "spherical":
-        x, y, z = G[..., 0], G[..., 1], G[..., 2]
-        r = xp.sqrt(x * x + y * y + z * z)
+        x, y, z = G[..., 0] + 0.0, G[..., 1] + 0.0, G[..., 2]  # -0.0 + 0.0 = +0.0: phi on the z axis
+        r = xp.sqrt(x * x + y * y + z * z)                      # independent of how G's zeros were signed
         safe = xp.where(r > 0, r, xp.ones_like(r))
         cos_t = xp.clip(z / safe, -1.0, 1.0)
         theta = xp.where(r > 0, xp.arccos(cos_t), xp.zeros_like(r))
@@ -166,6 +168,77 @@ def structure_factors(coords: np.ndarray, weights: np.ndarray, axes: Sequence[np
     weighted = weights[:, :, :, None] * p2[:, None, :, :]  # (S, C, J, n2)
     F = np.matmul(np.swapaxes(outer, 1, 2)[:, None], weighted)  # (S, C, n0 n1, n2)
     return F.reshape(S, weights.shape[1], n0, n1, n2)
+
+
+def half_ball(lattice: np.ndarray, radius: float) -> np.ndarray:
+    """(P, 3) int32 Miller indices m of the reciprocal vectors ``G = m @ recip`` with |G| <= radius
+    (1/Angstrom; 1e-12 relative slack), one of each Friedel pair (m, -m) and m = 0: the m lexicographically
+    <= 0, in lexicographic order (m0, then m1, then m2 ascending).
+
+    A function of the lattice (3, 3) (rows, Angstrom) and the radius only: the feature file stores values in
+    this order and its reader regenerates the indices. Enumerated row by row: for each (m0, m1) the m2 with
+    |u + m2 b2| <= radius form an interval (a quadratic in m2); candidates one wider on each side are then
+    tested exactly, so only about P points are ever formed.
+    """
+    recip = reciprocal_lattice(np.asarray(lattice, dtype=np.float64))
+    e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius, "ball"))
+    r2 = radius * radius * (1 + 1e-12)
+    m0, m1 = np.meshgrid(np.arange(-e0, 1), np.arange(-e1, e1 + 1), indexing="ij")
+    m0, m1 = m0.ravel(), m1.ravel()
+    rows = (m0 < 0) | (m1 <= 0)  # the half: m0 < 0, or m0 = 0 and m1 <= 0
+    m0, m1 = m0[rows], m1[rows]
+    u = m0[:, None] * recip[0] + m1[:, None] * recip[1]  # (rows, 3)
+    b = recip[2]
+    bb = float(b @ b)
+    ub = u @ b
+    disc = ub * ub - bb * (_sqnorm(u) - r2)
+    ok = disc >= 0
+    root = np.sqrt(np.where(ok, disc, 0.0))
+    lo = np.where(ok, np.floor((-ub - root) / bb) - 1, 1).astype(np.int64)
+    hi = np.where(ok, np.ceil((-ub + root) / bb) + 1, 0).astype(np.int64)
+    lo, hi = np.maximum(lo, -e2), np.minimum(hi, e2)
+    hi = np.where((m0 == 0) & (m1 == 0), np.minimum(hi, 0), hi)  # the row through 0 stops at m = 0
+    n = np.maximum(hi - lo + 1, 0)
+    row = np.repeat(np.arange(len(n)), n)
+    m2 = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + lo[row]
+    m = np.stack([m0[row], m1[row], m2], -1)
+    keep = _sqnorm(m @ recip) <= r2
+    return np.ascontiguousarray(m[keep], dtype=np.int32)
+
+
+def structure_factors_at(m: np.ndarray, frac: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """(C, P) complex128 ``F[c, p] = sum_j W[c, j] exp(-2 pi i m_p . f_j)`` of one crystal.
+
+    m: (P, 3) int Miller indices; frac: (J, 3) fractional coordinates; W: (C, J) channel weights. The
+    compiled kernel (``cloudvox._structure_factors``, built by setup.py) when present, else numpy in chunks
+    (several times slower).
+    """
+    m = np.ascontiguousarray(m, dtype=np.int32)
+    frac = np.array(frac, dtype=np.float64, order="C")  # own, writable copies (torch.from_numpy)
+    W = np.array(W, dtype=np.float64, order="C")
+    kernel = _native()
+    if kernel is not None:
+        import torch
+        return kernel.at(torch.from_numpy(m), torch.from_numpy(frac), torch.from_numpy(W)).numpy()
+    out = np.empty((W.shape[0], len(m)), dtype=np.complex128)
+    step = max(1, _CHUNK_COMPLEX // max(len(frac), 1))
+    for a in range(0, len(m), step):
+        phase = np.exp(-2j * np.pi * (frac @ m[a:a + step].T.astype(np.float64)))  # (J, p)
+        out[:, a:a + step] = W @ phase
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _native():
+    try:
+        import torch  # noqa: F401  (loads the libraries the extension links against)
+        from . import _structure_factors
+    except ImportError as err:
+        logging.getLogger(__name__).warning(
+            "cloudvox's C++ structure-factor kernel is not built (%s); featurizing crystals uses numpy (several "
+            "times slower). Reinstall with a C++ compiler: pip install -e .", err)
+        return None
+    return _structure_factors
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -354,28 +427,46 @@ class ReciprocalVoxelizer:
 
     def reciprocal_batch(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None,
                          dtype=np.float32, half: bool = False) -> List[ReciprocalSet]:
-        """:meth:`reciprocal` of many structures, vectorised over structures of one shape."""
+        """:meth:`reciprocal` of many structures. Crystals: the points of :func:`half_ball` (one of each
+        Friedel pair), structure factors by the compiled kernel (:func:`structure_factors_at`), mirrored
+        for ``half=False``; molecules: vectorised over molecules of one shape."""
         names = tuple(names) if names is not None else self.channel_names(structures)
-        weights = [self._weights(s, names) for s in structures]
         out: List = [None] * len(structures)
-        cutoff = (np.sqrt(3) * self.half_width) ** 2 * (1 + 1e-12)
-        for key, members in _groups(structures, lambda s: self._group_key(s, True)).items():
+        molecules = [i for i, s in enumerate(structures) if not s.is_periodic]
+        for i, s in enumerate(structures):
+            if s.is_periodic:
+                W, channels = self._weights(s, names)
+                m = half_ball(s.lattice, self.ball_radius)
+                amp = self.amplitudes_at(s, W, m).astype(dtype)
+                rs = ReciprocalSet(G=m @ reciprocal_lattice(s.lattice), amp=amp, channels=channels, m=m, half=True)
+                out[i] = rs if half else rs.full()
+        weights = {i: self._weights(structures[i], names) for i in molecules}
+        mols = [structures[i] for i in molecules]
+        for key, members in _groups(mols, lambda s: self._group_key(s, True)).items():
             for chunk in _chunks(members, key):
-                group = [structures[i] for i in chunk]
-                periodic = group[0].is_periodic
-                G, amp = self._group_amplitudes(group, [weights[i][0] for i in chunk], None, ball=True,
-                                                half=half and periodic)
-                m = None
-                if periodic:
-                    ticks = [np.arange(-e, e + 1) for e in self._extent(group[0].lattice, True)]
-                    m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)[:G.shape[1]].astype(np.int16)
-                    inside = _sqnorm(G) <= cutoff  # (S, P): the ball that covers every rotation of the grid
+                G, amp = self._group_amplitudes([mols[k] for k in chunk], [weights[molecules[k]][0] for k in chunk], None)
                 amp = amp.astype(dtype)
-                for k, i in enumerate(chunk):
-                    keep = inside[k] if periodic else slice(None)
-                    out[i] = ReciprocalSet(G=G[k, keep], amp=amp[k][:, keep], channels=weights[i][1],
-                                           m=None if m is None else m[keep], half=half and periodic)
+                for k, c in enumerate(chunk):
+                    out[molecules[c]] = ReciprocalSet(G=G[k], amp=amp[k], channels=weights[molecules[c]][1])
         return out
+
+    @property
+    def ball_radius(self) -> float:
+        """sqrt(3) pi N / L in 1/Angstrom: the ball of the stored reciprocal sets, which holds every rotation
+        of the cartesian grid's cube [-h, h)^3."""
+        return float(np.sqrt(3) * self.half_width)
+
+    def amplitudes_at(self, s: Structure, W: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """(C, P) float64 channel values (|h_c|, then the cross-spectra with ``cross``; 1/Angstrom^3) of a
+        crystal at Miller indices m (P, 3), for channel weights W (c, natoms) (:meth:`_weights`)."""
+        if self.cross:
+            W = np.concatenate([W, np.ones((1, W.shape[1]))])
+        F = structure_factors_at(m, s.frac_coords, W)  # (C', P)
+        G = m @ reciprocal_lattice(s.lattice)
+        env = np.exp(-self.sigma ** 2 / 2 * _sqnorm(G))
+        amp = self._channel_values(F[None], env[None], W[None])[0]
+        amp *= env / s.volume
+        return amp
 
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure, ball: bool) -> Tuple:
@@ -487,6 +578,18 @@ class ReciprocalVoxelizer:
         else:  # spherical voxels near the origin are much smaller than a lattice spacing
             distinct = self.mode == "cartesian" and _coarser_than_voxels(np.stack([s.lattice for s in group]), self.length)
         return sparse_bin(idx, amp.astype(np.float32), self.n ** 3, distinct)  # float32 |h|, as the original
+
+
+def bin_sets(sets: Sequence[ReciprocalSet], n: int, length: float, mode: str = "cartesian"
+             ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Voxels of crystals' reciprocal sets binned as the descriptor bins them (G rounded to float32, values
+    float32, sums in float64): per set, occupied voxels (K,) int32 and values (C, K) float32."""
+    out = []
+    for rs in sets:
+        full = rs.full()
+        idx = voxel_index(full.G.astype(np.float32).astype(np.float64), n, length, mode)
+        out.extend(sparse_bin(idx[None], full.amp.astype(np.float32)[None], n ** 3))
+    return out
 
 
 def _coarser_than_voxels(lattice: np.ndarray, length: float) -> bool:

@@ -1,6 +1,6 @@
 """The feature file: one documented HDF5 layout for featurized structures, its writer and its reader.
 
-Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures in input order::
+Layout (``format = "cloudvox-features"``, ``format_version = 2``); S structures in input order::
 
     /                          attrs: format, format_version, cloudvox_version, created (ISO 8601 UTC),
                                       command, input (JSON list of paths), input_format, species (JSON list:
@@ -27,16 +27,34 @@ Layout (``format = "cloudvox-features"``, ``format_version = 1``); S structures 
                                                                                  ragged: index_offsets
     /voxels/index              (K,) int32      occupied flat voxels (i0 N + i1) N + i2, axis order (x, y, z)
     /voxels/values             (sum c_i K_i,) float32  per structure a (c_i, K_i) block, 1/Angstrom^3
-    /reciprocal/m              (P, 3) int16    Miller indices of one of each Friedel pair (|h(-G)| = |h(G)|),
-                                               |G| <= sqrt(3) pi N / L; G = m @ recip(lattice)
-    /reciprocal/values         (sum c_i P_i,) float32  per structure a (c_i, P_i) block of |h|
+    /reciprocal/values         (sum c_i P_i,) float16  per crystal a (c_i, P_i) block of |h| / scale (and the
+                                               cross-spectra / scale), at the P_i Miller indices m of
+                                               cloudvox.descriptors.half_ball(lattice, sqrt(3) pi N / L), in its
+                                               order: one of each Friedel pair (|h(-G)| = |h(G)|), G = m @ recip
+    /reciprocal/scale          (S,) float32    per structure: the largest |value| of its block, 1/Angstrom^3
+                                               (values = float16 * scale; NaN without a reciprocal set)
     /failures/{index, id, source, line, reason}   one row per bad record
 
 Every ragged dataset ``<group>/<name>`` has ``<group>/<name>_offsets`` (S + 1,) int64: structure i owns
 rows ``offsets[i]:offsets[i + 1]``. Descriptor data are stored compactly (each structure's own elements,
-occupied voxels only, gzip-compressed); :class:`FeatureFile` returns dense tensors for any species list.
+occupied voxels only); :class:`FeatureFile` returns dense tensors for any species list.
 A file is written as ``NAME.part`` and renamed when complete. The same layout serves the per-block shard
 files of a parallel job (:func:`write_features`), which are concatenated into the final file.
+
+What is stored (``store``, default ``reciprocal`` + ``cloud``): a crystal's descriptor is its reciprocal
+set; its voxels are binned from it when read (:meth:`FeatureFile.sparse_voxels`, or on the training device
+under random rotations), so they are stored only when ``voxels`` is asked for. A molecule's reciprocal set
+is its transform sampled at the voxel centres, i.e. its voxels: with ``reciprocal`` a molecule's voxels are
+stored. Bytes, measured on the AFLOW-like mix (bench/featurize_scale.py, docs/scaling.md): the Miller
+indices are regenerated from the lattice instead of stored (they were 17% of a version-1 file); amplitudes
+are float16 relative to the per-structure scale (relative error <= 2^-11 down to 6e-5 of the scale, then
+absolute 6e-8 of the scale; tested against float64 |h|): half the bytes of float32 and they compress better
+(shuffle + gzip level 1: 10.6-11.2 kB per structure against 29 kB for float32). gzip level 1 instead of 4:
++4% bytes, 1.3x faster writes. Chunks of 256 kB (uncompressed): random access to one structure decompresses
+at most a few chunks. Shards use lzf (fast, 1.3x larger) and are recompressed once by the merge.
+
+Version 1 files (float32 values, stored ``/reciprocal/m``, no scale) are still read; a file newer than the
+reader is refused with a message to upgrade.
 """
 import json
 import os
@@ -48,17 +66,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import __version__
-from .descriptors import ReciprocalSet, ReciprocalVoxelizer, reciprocal_lattice, with_cross
+from .descriptors import (ReciprocalSet, ReciprocalVoxelizer, SparseVoxels, bin_sets, half_ball, reciprocal_lattice,
+                          with_cross)
 from .elements import SYMBOLS
 from .io.records import Record
 from .properties import UNITS
 from .structure import Structure, StructureError
 
 FORMAT = "cloudvox-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DONE, FAILED = 1, 2
 ALL_ELEMENTS = SYMBOLS[1:]  # channel index + 1 = Z
-STORE_DEFAULT = ("voxels", "reciprocal", "cloud")
+STORE_ITEMS = ("voxels", "reciprocal", "cloud")
+STORE_DEFAULT = ("reciprocal", "cloud")  # a crystal's voxels are binned from its reciprocal set when read
 
 # ragged datasets: name -> (dtype, trailing shape, what it belongs to)
 RAGGED: Dict[str, Tuple[np.dtype, Tuple[int, ...]]] = {
@@ -67,8 +87,7 @@ RAGGED: Dict[str, Tuple[np.dtype, Tuple[int, ...]]] = {
     "channels/index": (np.dtype(np.int16), ()),
     "voxels/index": (np.dtype(np.int32), ()),
     "voxels/values": (np.dtype(np.float32), ()),
-    "reciprocal/m": (np.dtype(np.int16), (3,)),
-    "reciprocal/values": (np.dtype(np.float32), ()),
+    "reciprocal/values": (np.dtype(np.float16), ()),
 }
 # one row per structure: name -> (dtype or "str", trailing shape)
 FIXED: Dict[str, Tuple[object, Tuple[int, ...]]] = {
@@ -79,6 +98,7 @@ FIXED: Dict[str, Tuple[object, Tuple[int, ...]]] = {
     "structures/lattice": (np.dtype(np.float64), (3, 3)),
     "structures/source": (np.dtype(np.int16), ()),
     "structures/line": (np.dtype(np.int64), ()),
+    "reciprocal/scale": (np.dtype(np.float32), ()),
 }
 FAILURES: Dict[str, Tuple[object, Tuple[int, ...]]] = {
     "failures/index": (np.dtype(np.int64), ()),
@@ -89,7 +109,8 @@ FAILURES: Dict[str, Tuple[object, Tuple[int, ...]]] = {
 }
 CHUNK_CACHE_BYTES = 256 << 20  # per open file (per process): decompressed chunks kept for random access
 CHUNK_BYTES = 256 << 10  # target uncompressed chunk size of the final file's datasets
-COMPRESSED = ("cloud/positions", "voxels/index", "voxels/values", "reciprocal/m", "reciprocal/values")
+COMPRESSED = ("cloud/positions", "voxels/index", "voxels/values", "reciprocal/values")
+GZIP_LEVEL = 1  # the final file (docstring: level 4 saves 4% of the bytes at 1.3x the time)
 
 
 def encode(strings: Sequence[str]) -> np.ndarray:
@@ -126,7 +147,7 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
     """Compute everything the feature file holds for a run of records (bad ones recorded as failures).
 
     records: S records in dataset order, the first being dataset record ``start``; sources: the input
-    paths (``Record.source`` is looked up there); store: any of "voxels", "reciprocal", "cloud".
+    paths (``Record.source`` is looked up there); store: any of :data:`STORE_ITEMS` (a molecule's "reciprocal" set is its voxels, see the module docstring).
     """
     S = len(records)
     structures: List[Optional[Structure]] = [r.structure for r in records]
@@ -145,11 +166,16 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
                 structures[k], reasons[k] = None, str(e)
     good = [k for k, s in enumerate(structures) if s is not None]
     todo = [structures[k] for k in good]
-    sparse = voxelizer.compact(todo, names=names) if "voxels" in store else [None] * len(todo)
+    binned = [k for k, s in enumerate(todo) if "voxels" in store or ("reciprocal" in store and not s.is_periodic)]
+    sparse = [None] * len(todo)
+    for k, sv in zip(binned, voxelizer.compact([todo[k] for k in binned], names=names)):
+        sparse[k] = sv
     recip = [None] * len(todo)
+    scale = np.full(S, np.nan, dtype=np.float32)
     if "reciprocal" in store:
         periodic = [k for k, s in enumerate(todo) if s.is_periodic]
-        for k, rs in zip(periodic, voxelizer.reciprocal_batch([todo[k] for k in periodic], names, half=True)):
+        for k, rs in zip(periodic, voxelizer.reciprocal_batch([todo[k] for k in periodic], names, dtype=np.float64,
+                                                              half=True)):
             recip[k] = rs
 
     parts: Dict[str, List[np.ndarray]] = {name: [np.empty((0,) + RAGGED[name][1], RAGGED[name][0])] * S
@@ -165,8 +191,9 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
             parts["voxels/index"][k] = sv.index
             parts["voxels/values"][k] = sv.values.reshape(-1)
         if rs is not None:
-            parts["reciprocal/m"][k] = rs.m
-            parts["reciprocal/values"][k] = rs.amp.reshape(-1)
+            top = float(np.abs(rs.amp).max()) if rs.amp.size else 0.0
+            scale[k] = top
+            parts["reciprocal/values"][k] = (rs.amp.reshape(-1) / (top or 1.0)).astype(np.float16)
     ragged = {name: (np.array([len(p) for p in ps], dtype=np.int64),
                      np.concatenate(ps) if S else np.empty((0,) + RAGGED[name][1], RAGGED[name][0]))
               for name, ps in parts.items()}
@@ -182,6 +209,7 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
                                         for s in structures]) if S else np.empty((0, 3, 3)),
         "structures/source": np.array([source_index.get(r.source, -1) for r in records], dtype=np.int16),
         "structures/line": np.array([r.line for r in records], dtype=np.int64),
+        "reciprocal/scale": scale,
     }
     prop_names = sorted({p for s in structures if s is not None for p in s.props})
     props = {p: np.array([s.props.get(p, np.nan) if s is not None else np.nan for s in structures]) for p in prop_names}
@@ -216,7 +244,8 @@ def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
         for name, value in block.meta.items():
             f.create_dataset(f"structures/meta/{name}", data=encode(value))
         for name, (counts, data) in block.ragged.items():
-            f.create_dataset(name, data=data)
+            opts = dict(compression="lzf", shuffle=True) if name in COMPRESSED and len(data) else {}
+            f.create_dataset(name, data=data, **opts)
             f.create_dataset(f"{name}_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     os.replace(part, path)
 
@@ -274,6 +303,7 @@ class FeatureFile:
         self.species: List[str] = json.loads(f.attrs["species"])
         self.channel_names: List[str] = json.loads(f.attrs["channel_names"])
         self.n = int(f["structures/status"].shape[0])
+        self.version = int(f.attrs["format_version"])
 
     @property
     def h5(self):
@@ -383,16 +413,24 @@ class FeatureFile:
             return len(self.channel_names)
         return len(channels if channels is not None else self.model_channels())
 
-    def voxels(self, i: int, channels: Optional[Sequence[str]] = None) -> np.ndarray:
-        """(C, N, N, N) float32 dense voxels of structure i for a channel list (default :meth:`model_channels`)."""
+    def sparse_voxels(self, i: int, channels: Optional[Sequence[str]] = None) -> SparseVoxels:
+        """Structure i's occupied voxels and values (c, K) float32 with its channels' indices in the channel
+        list (default :meth:`model_channels`): the stored voxels, or binned from the reciprocal set (a crystal
+        featurized without ``voxels``), as the descriptor bins it."""
         i = self._check(i)
-        n = int(self.params["n"])
         ch = self.channel_index(i, channels)
         index = self.ragged("voxels/index", i)
+        if len(index) == 0 and self.has_reciprocal(i):
+            rs = self.reciprocal(i, channels)
+            p = self.params
+            (index, values), = bin_sets([rs], int(p["n"]), float(p["length"]), str(p["mode"]))
+            return SparseVoxels(index, values, rs.channels)
         values = self.ragged("voxels/values", i).reshape(len(ch), len(index))
-        out = np.zeros((self.n_channels(channels), n ** 3), dtype=np.float32)
-        out[ch[:, None], index[None, :]] = values
-        return out.reshape(-1, n, n, n)
+        return SparseVoxels(index, values, ch)
+
+    def voxels(self, i: int, channels: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(C, N, N, N) float32 dense voxels of structure i for a channel list (default :meth:`model_channels`)."""
+        return self.sparse_voxels(i, channels).dense(self.n_channels(channels), int(self.params["n"]))
 
     def voxels_batch(self, indices: Sequence[int], channels: Optional[Sequence[str]] = None) -> np.ndarray:
         """(B, C, N, N, N) float32 dense voxels of several structures (the model's input)."""
@@ -402,15 +440,31 @@ class FeatureFile:
             out[k] = self.voxels(i, channels)
         return out
 
-    def reciprocal(self, i: int, channels: Optional[Sequence[str]] = None) -> ReciprocalSet:
-        """The full reciprocal set of structure i (both halves), channels indexed in ``channels`` (default :meth:`model_channels`)."""
+    def has_reciprocal(self, i: int) -> bool:
+        o = self.offsets("reciprocal/values")
+        return bool(o[i + 1] > o[i])
+
+    def reciprocal(self, i: int, channels: Optional[Sequence[str]] = None, half: bool = False) -> ReciprocalSet:
+        """The reciprocal set of crystal i (both halves unless ``half``), channels indexed in ``channels``
+        (default :meth:`model_channels`), amplitudes float32 in 1/Angstrom^3."""
         i = self._check(i)
-        m = self.ragged("reciprocal/m", i).astype(np.int64)
-        ch = self.channel_index(i, channels)
-        values = self.ragged("reciprocal/values", i).reshape(len(ch), len(m))
         lattice = self.h5["structures/lattice"][i]
-        G = m.astype(np.float64) @ reciprocal_lattice(lattice)
-        return ReciprocalSet(G, values, ch, m, half=True).full()
+        if np.isnan(lattice).any() or not self.has_reciprocal(i):
+            raise ValueError(f"structure {i} ({self.ids[i]}) of {self.path} has no reciprocal set (a molecule, or "
+                             "featurized without store: reciprocal)")
+        if self.version >= 2:
+            p = self.params
+            m = half_ball(lattice, float(np.sqrt(3) * np.pi * int(p["n"]) / float(p["length"])))
+            scale = np.float32(self.h5["reciprocal/scale"][i])
+            raw = self.ragged("reciprocal/values", i).astype(np.float32) * scale
+        else:  # version 1: stored indices, float32 values
+            m = self.ragged("reciprocal/m", i).astype(np.int32)
+            raw = self.ragged("reciprocal/values", i)
+        ch = self.channel_index(i, channels)
+        values = raw.reshape(len(ch), len(m))
+        G = m @ reciprocal_lattice(lattice)
+        rs = ReciprocalSet(G, values, ch, m, half=True)
+        return rs if half else rs.full()
 
     def cloud(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """(natoms, 3) Cartesian positions (Angstrom) and (natoms,) atomic numbers of structure i."""

@@ -22,6 +22,7 @@ from .elements import SYMBOLS, UnknownElementError, atomic_numbers, MAX_Z
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
 MAX_ATOMS = 2000  # atoms per structure: larger ones are refused before any pairwise work (AFLOW cells: <= ~400)
 MIN_VOLUME = 1e-3  # Angstrom^3: smaller |det(lattice)| is a singular cell
+MAX_CELLS = 100  # a crystal's atoms lie within this many cells of the origin (|fractional coordinate| <= 100)
 
 
 class StructureError(ValueError):
@@ -101,9 +102,14 @@ def find_overlap(cart: np.ndarray, lattice: Optional[np.ndarray] = None, cutoff:
     return None
 
 
-@functools.lru_cache(maxsize=512)
 def _pairs(n: int, with_self: bool) -> Tuple[np.ndarray, np.ndarray]:
-    """Index pairs i < j (i <= j with_self), read-only and cached."""
+    """Index pairs i < j (i <= j with_self); cached for small n only (memory flat over a stream of large
+    cells: the pairs of every n up to 400 atoms would hold ~300 MB)."""
+    return _small_pairs(n, with_self) if n <= 64 else np.triu_indices(n, k=0 if with_self else 1)
+
+
+@functools.lru_cache(maxsize=130)
+def _small_pairs(n: int, with_self: bool) -> Tuple[np.ndarray, np.ndarray]:
     ij = np.triu_indices(n, k=0 if with_self else 1)
     for a in ij:
         a.setflags(write=False)
@@ -172,6 +178,11 @@ class Structure:
                 cart, frac = xyz, xyz @ np.linalg.inv(lat)
             else:
                 frac, cart = xyz, xyz @ lat
+            far = np.abs(frac) > MAX_CELLS
+            if far.any():
+                k = int(np.argmax(far.any(1)))
+                raise self._error(f"atom {k} lies far outside the cell (fractional coordinates {frac[k].tolist()}; "
+                                  f"the limit is {MAX_CELLS} cells, cloudvox.structure.MAX_CELLS)")
             self._lattice, self._frac = _readonly(lat), _readonly(frac)
         else:
             cart = xyz

@@ -152,14 +152,14 @@ def input_scale(ff: FeatureFile, indices: np.ndarray, sample: int = 256):
     fixed channel list (property channels differ in scale), else one factor: inputs of order one."""
     idx = np.random.default_rng(0).choice(indices, size=min(sample, len(indices)), replace=False)
     if ff.per_element:
-        values = np.concatenate([ff.ragged("voxels/values", int(i)) for i in idx]).astype(np.float64)
+        values = np.concatenate([ff.sparse_voxels(int(i)).values.ravel() for i in idx]).astype(np.float64)
         rms = float(np.sqrt(np.mean(values ** 2))) if len(values) else 1.0
         return 1.0 / rms if rms > 0 else 1.0
     C = ff.n_channels()
     sq, count = np.zeros(C), np.zeros(C)
     for i in idx:
-        ch = ff.channel_index(int(i))
-        v = ff.ragged("voxels/values", int(i)).astype(np.float64).reshape(len(ch), -1)
+        sv = ff.sparse_voxels(int(i))
+        ch, v = sv.channels, sv.values.astype(np.float64)
         sq[ch] += (v ** 2).sum(1)
         count[ch] += v.shape[1]
     rms = np.sqrt(sq / np.maximum(count, 1))

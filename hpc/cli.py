@@ -15,6 +15,7 @@ import shlex
 import sys
 from typing import List, Optional
 
+from cloudvox.features import STORE_DEFAULT, STORE_ITEMS
 from cloudvox.io.sources import FORMATS
 
 log = logging.getLogger("cloudvox")
@@ -38,10 +39,13 @@ def _featurize_parser(sub) -> None:
     p.add_argument("--properties", nargs="+", help="element properties for --channels properties")
     p.add_argument("--cross", action="store_true", default=None,
                    help="add each channel's cross-spectrum with the whole structure, Re(h_c h*) / h(0)")
-    p.add_argument("--store", nargs="+", choices=["voxels", "reciprocal", "cloud"], help="what to store (default all)")
+    p.add_argument("--store", nargs="+", choices=list(STORE_ITEMS),
+                   help=f"what to store (default {' '.join(STORE_DEFAULT)}: a crystal's voxels are binned from its "
+                        "reciprocal set when read)")
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--parallel-hdf5", choices=["auto", "on", "off"], help="mpio writes (auto: when h5py has MPI)")
+    p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 256 MB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output or unfinished run")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is bad")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -51,6 +55,7 @@ def _featurize_parser(sub) -> None:
 FEATURIZE_FLAGS = {  # flag -> (section, key) of the featurize config
     "input": (None, "input"), "format": (None, "format"), "output": (None, "output"), "store": (None, "store"),
     "block_size": (None, "block_size"), "limit": (None, "limit"), "parallel_hdf5": (None, "parallel_hdf5"),
+    "merge_buffer_mb": (None, "merge_buffer_mb"),
     "overwrite": (None, "overwrite"), "strict": (None, "strict"), "descriptor": ("descriptor", "mode"),
     "n": ("descriptor", "n"), "length": ("descriptor", "length"), "sigma": ("descriptor", "sigma"),
     "species": ("descriptor", "species"), "channels": ("descriptor", "channels"),

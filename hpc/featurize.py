@@ -18,6 +18,7 @@ and logged by rank 0; they never stop the job. A stop request (``stop()`` true o
 SIGTERM from SLURM) lets every rank finish its current block and leave before the merge; the summary then
 says ``interrupted`` and the same command continues from the finished blocks.
 """
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +32,9 @@ import numpy as np
 
 from cloudvox.config import ConfigError, validate_featurize
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import (CHUNK_BYTES, COMPRESSED, FAILURES, FIXED, RAGGED, STORE_DEFAULT, FeatureFile,
-                               featurize_block, prop_unit, root_attributes, write_features)
+from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,
+                               STORE_ITEMS, FeatureFile, featurize_block, prop_unit, root_attributes,
+                               write_features)
 from cloudvox.io.sources import Source
 
 from .comm import WorkCounter, is_mpi
@@ -61,6 +63,7 @@ class FeaturizeJob:
     overwrite: bool
     strict: bool
     parallel_hdf5: str  # auto | on | off
+    merge_buffer: int = 256 << 20  # bytes of shards (uncompressed) a merging rank holds at once
     command: str = ""
 
     @classmethod
@@ -73,7 +76,8 @@ class FeaturizeJob:
         return cls(inputs=[str(p) for p in cfg["input"]], format=cfg["format"], output=str(cfg["output"]),
                    descriptor=cfg["descriptor"], store=tuple(cfg["store"]), block_size=int(cfg["block_size"]),
                    limit=cfg["limit"], overwrite=bool(cfg["overwrite"]), strict=bool(cfg["strict"]),
-                   parallel_hdf5=cfg["parallel_hdf5"], command=command)
+                   parallel_hdf5=cfg["parallel_hdf5"], merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20),
+                   command=command)
 
     def voxelizer(self) -> ReciprocalVoxelizer:
         d = dict(self.descriptor)
@@ -87,7 +91,7 @@ class FeaturizeJob:
     def identity(self, source: Source) -> Dict[str, object]:
         """Everything that must match for existing shards or an existing output to be reused."""
         return dict(descriptor=self.voxelizer().params, store=sorted(self.store), format=self.format,
-                    records=len(source), limit=self.limit, input=source.fingerprint())
+                    records=len(source), limit=self.limit, input=source.fingerprint(), layout=FORMAT_VERSION)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -98,9 +102,9 @@ def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: Fa
     the merge is skipped and the summary has ``interrupted: True`` (the finished blocks are kept)."""
     t0 = time.perf_counter()
     rank, size = comm.Get_rank(), comm.Get_size()
-    unknown = set(job.store) - set(STORE_DEFAULT)
+    unknown = set(job.store) - set(STORE_ITEMS)
     if unknown:
-        raise JobError(f"unknown store item(s) {sorted(unknown)}; choose from {list(STORE_DEFAULT)}")
+        raise JobError(f"unknown store item(s) {sorted(unknown)}; choose from {list(STORE_ITEMS)}")
     if job.block_size < 1:
         raise JobError(f"block_size must be >= 1, got {job.block_size}")
     try:
@@ -262,14 +266,54 @@ def _shard_header(path: Path) -> Dict[str, object]:
                  props=sorted(f["structures/props"].keys()) if "structures/props" in f else [],
                  meta={k: int(v.dtype.itemsize) for k, v in f["structures/meta"].items()} if "structures/meta" in f else {},
                  elements=json.loads(f.attrs["elements"]))
-        h["bytes"] = sum(f[n].id.get_storage_size() for n in RAGGED) + 1
+        h["bytes"] = sum(int(f[n].shape[0]) * int(np.prod(f[n].shape[1:], dtype=np.int64)) * f[n].dtype.itemsize
+                         for n in RAGGED) + 1  # uncompressed: what the merge holds in memory
+        done = f["structures/status"][...] == DONE
+        h["ids"] = _id_hashes(f["structures/id"][...])[done]  # (done,) uint64, for the duplicate check
+        h["id_rows"] = np.flatnonzero(done).astype(np.int64)
     return h
+
+
+def _id_hashes(ids: np.ndarray) -> np.ndarray:
+    """(S,) uint64 hashes of fixed-length id strings (8 bytes per structure for the duplicate check)."""
+    return np.array([int.from_bytes(hashlib.blake2b(x, digest_size=8).digest(), "little") for x in ids.tolist()],
+                    dtype=np.uint64)
+
+
+def _duplicates(headers: List[Dict]) -> List[Tuple[int, int]]:
+    """(row, first row) of every good structure whose id an earlier good structure already has, in file order.
+
+    Hash matches are confirmed against the stored ids (no false positives from hash collisions)."""
+    import h5py
+    rows = np.concatenate([h["start"] + h["id_rows"] for h in headers]) if headers else np.zeros(0, np.int64)
+    keys = np.concatenate([h["ids"] for h in headers]) if headers else np.zeros(0, np.uint64)
+    order = np.lexsort((rows, keys))
+    same = np.flatnonzero(keys[order][1:] == keys[order][:-1]) + 1
+    if not len(same):
+        return []
+    runs = np.split(order, np.flatnonzero(np.diff(keys[order]) != 0) + 1)  # equal keys, rows ascending
+    candidates = [(int(r), int(run[0])) for run in runs if len(run) > 1 for r in rows[run[1:]]]
+    starts = np.array([h["start"] for h in headers])
+
+    def read_id(row: int) -> bytes:
+        h = headers[int(np.searchsorted(starts, row, side="right")) - 1]
+        with h5py.File(h["path"], "r") as f:
+            return bytes(f["structures/id"][row - h["start"]])
+    out = []
+    for row, first_index in candidates:
+        first_row = int(rows[first_index])
+        if read_id(row) == read_id(first_row):
+            out.append((row, first_row))
+    return sorted(out)
 
 
 def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, identity: Dict) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     shards = sorted(parts.glob("block-*.h5"), key=_range_of)
     headers = _agree(comm, lambda: [_shard_header(p) for p in shards])
+    duplicates = _agree(comm, lambda: _duplicates(headers))
+    for h in headers:
+        h.pop("ids"), h.pop("id_rows")
     parallel = is_mpi(comm) and size > 1 and job.parallel_hdf5 != "off" and has_parallel_hdf5()
     if job.parallel_hdf5 == "on" and is_mpi(comm) and size > 1 and not parallel:
         raise JobError("parallel_hdf5: on, but h5py was built without MPI support")
@@ -283,13 +327,20 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
     species = sorted({e for h in headers for e in h["elements"]})
     root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
     spans = weighted_split([h["bytes"] for h in headers], writers)
-    mine = headers[spans[rank][0]:spans[rank][1]] if rank < writers else []
+    # each writer's run of shards in groups of at most merge_buffer bytes; the writers loop over as many groups
+    # as the largest count (collective writes: every rank takes part in every write)
+    groups = [_buffer_groups(headers, a, b, job.merge_buffer) for a, b in spans]
+    rounds = max(len(g) for g in groups) if groups else 0
     with open_file(part_path, "w", comm if parallel else None) as f:
         for k, v in root.items():
             f.attrs[k] = v
-        _create_layout(f, headers, n)
-        data = _load_shards(mine)
-        _write_rows(f, headers, spans[rank] if rank < writers else (0, 0), data, parallel)
+        ids = _create_layout(f, headers, n, extra_failures=len(duplicates))
+        mine = groups[rank] if rank < writers else []
+        for g in range(rounds):
+            span = mine[g] if g < len(mine) else (0, 0)
+            _write_rows(f, headers, span, _load_shards(headers[span[0]:span[1]]), parallel,
+                        failed_rows=[row for row, _ in duplicates])
+        _record_duplicates(f, duplicates, ids, sum(h["failures"] for h in headers), rank == 0, parallel)
     if parallel:
         comm.Barrier()  # every rank has closed the file
     if rank == 0:
@@ -299,6 +350,42 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
         comm.Barrier()  # the others wait for rank 0 above
 
 
+def _buffer_groups(headers: List[Dict], a: int, b: int, limit: int) -> List[Tuple[int, int]]:
+    """Shards a..b cut into contiguous groups of at most ``limit`` uncompressed bytes (at least one shard)."""
+    out, start, held = [], a, 0
+    for k in range(a, b):
+        if k > start and held + headers[k]["bytes"] > limit:
+            out.append((start, k))
+            start, held = k, 0
+        held += headers[k]["bytes"]
+    if b > start:
+        out.append((start, b))
+    return out
+
+
+def _record_duplicates(f, duplicates: List[Tuple[int, int]], ids: Dict, fail0: int, writer: bool,
+                       collective: bool) -> None:
+    """A failure row for each later structure with an id seen before (its status is written failed by
+    :func:`_write_rows`); collective: every rank calls, the writer with the rows."""
+    if not duplicates:
+        return
+    sources = json.loads(f.attrs["input"])
+    for k, (row, first) in enumerate(duplicates):
+        data = None
+        if writer:
+            sid, src, line = ids["id"](row), ids["source"](row), ids["line"](row)
+            first_src, first_line = ids["source"](first), ids["line"](first)
+            where = f"{sources[first_src] if 0 <= first_src < len(sources) else '?'}:{first_line}"
+            reason = f"structure {sid}: duplicate id, already featurized from {where} (record {first}); not used"
+            data = dict(index=np.array([row], np.int64),
+                        id=np.array([sid.encode()], f["failures/id"].dtype), source=np.array([src], np.int16),
+                        line=np.array([line], np.int64),
+                        reason=np.array([reason.encode()[:f["failures/reason"].dtype.itemsize]],
+                                        f["failures/reason"].dtype))
+        for name in ("index", "id", "source", "line", "reason"):
+            write_rows(f[f"failures/{name}"], fail0 + k, data and data[name], collective)
+
+
 def _chunked(shape, dtype, name: str) -> Dict[str, object]:
     if shape[0] == 0:
         return {}
@@ -306,17 +393,24 @@ def _chunked(shape, dtype, name: str) -> Dict[str, object]:
     rows = int(max(1, min(shape[0], CHUNK_BYTES // max(row, 1))))
     opts: Dict[str, object] = dict(chunks=(rows,) + tuple(shape[1:]))
     if name in COMPRESSED:
-        opts.update(compression="gzip", compression_opts=4, shuffle=True)
+        opts.update(compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
     return opts
 
 
-def _create_layout(f, headers: List[Dict], n: int) -> None:
-    """Create every dataset with its final shape (collective: same calls on every rank)."""
+DUPLICATE_REASON_BYTES = 200  # room in /failures/reason for the duplicate-id message
+
+
+def _create_layout(f, headers: List[Dict], n: int, extra_failures: int = 0) -> Dict:
+    """Create every dataset with its final shape (collective: same calls on every rank). Returns readers of
+    single rows of id, source and line from the shards (for the duplicate records)."""
     strings = {}
     for h in headers:
         for name, width in h["strings"].items():
             strings[name] = max(strings.get(name, 1), width)
-    n_fail = sum(h["failures"] for h in headers)
+    if extra_failures:
+        strings["failures/reason"] = max(strings.get("failures/reason", 1), DUPLICATE_REASON_BYTES)
+        strings["failures/id"] = max(strings.get("failures/id", 1), strings.get("structures/id", 1))
+    n_fail = sum(h["failures"] for h in headers) + extra_failures
     for table, rows in ((FIXED, n), (FAILURES, n_fail)):
         for name, (dtype, tail) in table.items():
             dt = np.dtype(f"S{strings.get(name, 1)}") if dtype == "str" else dtype
@@ -335,6 +429,17 @@ def _create_layout(f, headers: List[Dict], n: int) -> None:
         total = sum(h["ragged"][name] for h in headers)
         f.create_dataset(name, shape=(total,) + tail, dtype=dtype, **_chunked((total,) + tail, dtype, name))
         f.create_dataset(f"{name}_offsets", shape=(n + 1,), dtype=np.int64, **_chunked((n + 1,), np.int64, name))
+    starts = np.array([h["start"] for h in headers])
+
+    def shard_value(name):
+        def read(row: int):
+            import h5py
+            h = headers[int(np.searchsorted(starts, row, side="right")) - 1]
+            with h5py.File(h["path"], "r") as g:
+                v = g[name][row - h["start"]]
+            return v.decode() if isinstance(v, bytes) else int(v)
+        return read
+    return {k: shard_value(f"structures/{k}") for k in ("id", "source", "line")}
 
 
 def _load_shards(headers: Sequence[Dict]) -> Dict[str, List[np.ndarray]]:
@@ -351,8 +456,10 @@ def _load_shards(headers: Sequence[Dict]) -> Dict[str, List[np.ndarray]]:
     return out
 
 
-def _write_rows(f, headers: List[Dict], span: Tuple[int, int], data: Dict, collective: bool) -> None:
-    """Write this rank's contiguous run of shards into every dataset (every rank calls for every dataset)."""
+def _write_rows(f, headers: List[Dict], span: Tuple[int, int], data: Dict, collective: bool,
+                failed_rows: Sequence[int] = ()) -> None:
+    """Write the contiguous run of shards ``span`` into every dataset (every rank calls for every dataset);
+    ``failed_rows``: dataset rows whose status is written as failed (duplicate ids)."""
     row0 = sum(h["size"] for h in headers[:span[0]])
     fail0 = sum(h["failures"] for h in headers[:span[0]])
     mine = headers[span[0]:span[1]]
@@ -368,7 +475,11 @@ def _write_rows(f, headers: List[Dict], span: Tuple[int, int], data: Dict, colle
         return np.concatenate(parts) if parts else None
 
     for name in FIXED:
-        write_rows(f[name], row0, rows_of(name, f[name].dtype), collective)
+        rows = rows_of(name, f[name].dtype, FIXED[name][1])
+        if name == "structures/status" and rows is not None:
+            hit = [r - row0 for r in failed_rows if row0 <= r < row0 + len(rows)]
+            rows[hit] = FAILED
+        write_rows(f[name], row0, rows, collective)
     for name in FAILURES:
         write_rows(f[name], fail0, rows_of(name, f[name].dtype), collective)
     for group in ("structures/props", "structures/meta"):

@@ -85,10 +85,10 @@ if [ "${CLOUDVOX_SKIP_HOROVOD:-0}" != 1 ] && ! "$PY" -c 'import horovod.torch' 2
   step horovod "building Horovod 0.28.1 with PyTorch, MPI and Gloo (about 4 minutes)" build_horovod
 fi
 
-# 6. cloudvox itself (editable), with its C++ kernel (cloudvox/models/csrc, compiled against the pinned torch) ----
+# 6. cloudvox itself (editable), with its C++ kernels (cloudvox/models/csrc, cloudvox/csrc, compiled against the pinned torch) ----
 installed="$VENV/.cloudvox-installed"
-if ! "$PY" -c 'import torch, cloudvox, hpc, cloudvox.models._sparse_conv' 2>/dev/null || [ setup.py -nt "$installed" ] \
-    || [ pyproject.toml -nt "$installed" ] || [ -n "$(find cloudvox/models/csrc -newer "$installed" 2>/dev/null | head -1)" ]; then
+if ! "$PY" -c 'import torch, cloudvox, hpc, cloudvox.models._sparse_conv, cloudvox._structure_factors' 2>/dev/null || [ setup.py -nt "$installed" ] \
+    || [ pyproject.toml -nt "$installed" ] || [ -n "$(find cloudvox/models/csrc cloudvox/csrc -newer "$installed" 2>/dev/null | head -1)" ]; then
   # setuptools' note on editable installs is information, not a warning
   step cloudvox "pip install -e . (compiles the C++ kernel against the pinned torch, about a minute)" \
     env PYTHONWARNINGS="ignore:Editable installation" "$PY" -m pip install --quiet -c "$CONSTRAINTS" \

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import FeatureFile, featurize_block, root_attributes, write_features
+from cloudvox.features import STORE_ITEMS, FeatureFile, featurize_block, root_attributes, write_features
 from cloudvox.io.sources import Source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def test_layout_doc_is_current():
 def test_block_roundtrip_and_reader_errors(tmp_path, osrti_path):
     src = Source("aflow", [osrti_path])
     vox = ReciprocalVoxelizer()
-    block = featurize_block(src.records(0, 10), 0, vox, src.sources)
+    block = featurize_block(src.records(0, 10), 0, vox, src.sources, STORE_ITEMS)  # voxels stored: exact
     path = tmp_path / "b.h5"
     write_features(path, block, dict(root_attributes(vox, src.sources, "aflow", "test"), species='["O", "Sr", "Ti"]'))
     ff = FeatureFile(path)
@@ -38,3 +38,69 @@ def test_block_roundtrip_and_reader_errors(tmp_path, osrti_path):
         import h5py
         h5py.File(tmp_path / "other.h5", "w").close()
         FeatureFile(tmp_path / "other.h5")
+
+
+F16 = 2.0 ** -11  # float16: relative rounding of a normal value
+F16_FLOOR = 2.0 ** -24  # float16: the subnormal step, relative to the per-structure scale
+
+
+def test_reduced_dtypes_keep_float64_amplitudes_to_the_documented_tolerance(tmp_path, osrti_path):
+    """Stored reciprocal sets (float16 relative to a per-structure scale, Miller indices regenerated from the
+    lattice) against float64 |h| and cross-spectra; voxels binned from them against the exact voxels."""
+    src = Source("aflow", [osrti_path])
+    structures = [r.structure for r in src.records(0, 40)]
+    for cross in (False, True):
+        vox = ReciprocalVoxelizer(cross=cross)
+        block = featurize_block(src.records(0, 40), 0, vox, src.sources)  # the default store: no voxels
+        path = tmp_path / f"r{cross}.h5"
+        write_features(path, block, dict(root_attributes(vox, src.sources, "aflow", "test"), species='["O", "Sr", "Ti"]'))
+        ff = FeatureFile(path)
+        assert ff.version == 2 and "reciprocal/m" not in ff.h5 and ff.h5["reciprocal/values"].dtype == np.float16
+        names = ff.model_channels()
+        worst = 0.0
+        for i, s in enumerate(structures):
+            exact = vox.reciprocal(s, names, dtype=np.float64, half=True)
+            got = ff.reciprocal(i, half=True)
+            np.testing.assert_array_equal(got.m, exact.m)  # the regenerated indices, in the stored order
+            np.testing.assert_array_equal(got.channels, exact.channels)
+            scale = np.abs(exact.amp).max()
+            err = np.abs(got.amp - exact.amp)
+            bound = F16 * np.abs(exact.amp) + F16_FLOOR * scale
+            assert (err <= bound * 1.001).all(), (i, float((err / bound).max()))
+            worst = max(worst, float((err / (np.abs(exact.amp) + 1e-30))[np.abs(exact.amp) > 1e-3 * scale].max()))
+        assert 0 < worst <= F16 * 1.001  # really float16: not exact, and no worse than its rounding
+        if not cross:  # voxels binned from the stored set: the exact voxels to float16's rounding
+            expected = ReciprocalVoxelizer(species=tuple(names)).batch(structures)
+            for i in range(0, 40, 3):
+                got = ff.voxels(i)
+                np.testing.assert_allclose(got, expected[i], rtol=F16, atol=F16_FLOOR * 60 * expected[i].max())
+                assert not (got[expected[i] == 0] != 0).any()  # no voxel appears (some below 6e-8 scale vanish)
+
+
+def test_version_1_files_are_still_read(tmp_path, osrti_path):
+    """A version-1 file (float32 values, stored Miller indices, no scale) reads as before."""
+    import h5py
+    src = Source("aflow", [osrti_path])
+    vox = ReciprocalVoxelizer()
+    block = featurize_block(src.records(0, 5), 0, vox, src.sources)
+    path = tmp_path / "v1.h5"
+    write_features(path, block, dict(root_attributes(vox, src.sources, "aflow", "test"), species='["O", "Sr", "Ti"]'))
+    structures = [r.structure for r in src.records(0, 5)]
+    names = ["O", "Sr", "Ti"]
+    sets = vox.reciprocal_batch(structures, names, dtype=np.float32, half=True)
+    with h5py.File(path, "r+") as f:  # rewrite as version 1
+        f.attrs["format_version"] = 1
+        del f["reciprocal/values"], f["reciprocal/scale"]
+        f["reciprocal/m"] = np.concatenate([rs.m for rs in sets]).astype(np.int16)
+        f["reciprocal/m_offsets"] = np.concatenate([[0], np.cumsum([len(rs.m) for rs in sets])])
+        f["reciprocal/values"] = np.concatenate([rs.amp.ravel() for rs in sets])
+    ff = FeatureFile(path)
+    for i, rs in enumerate(sets):
+        got = ff.reciprocal(i, names, half=True)
+        np.testing.assert_array_equal(got.amp, rs.amp)
+        np.testing.assert_array_equal(got.m, rs.m)
+    ff.close()
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(ValueError, match="upgrade cloudvox"):
+        FeatureFile(path)

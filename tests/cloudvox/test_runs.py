@@ -96,7 +96,7 @@ def test_augmentation_binning_equals_the_descriptor_of_the_rotated_structure(tin
     for b in range(6):
         s = ff.structure(b)
         expected = vox(s.rotated(R[b]))[ids[b].numpy()]
-        np.testing.assert_allclose(x[b].numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(x[b].numpy(), expected, rtol=1e-3, atol=1e-6)  # float16 stored values
     # and without rotation the stored voxels come back exactly
     plain = VoxelDataset(tiny, range(6), np.zeros(6), "voxels")
     xb = plain.collate([plain[k] for k in range(6)])[K.VOXELS]
