@@ -48,7 +48,7 @@ class FeaturizeConfig:
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
     parallel_hdf5: str = _choices("auto", "on", "off", default="auto")
-    merge_buffer_mb: float = 256.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
+    merge_buffer_mb: float = 64.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
 
 
 def _store_items(default: bool = False):

@@ -183,27 +183,30 @@ def half_ball(lattice: np.ndarray, radius: float) -> np.ndarray:
     recip = reciprocal_lattice(np.asarray(lattice, dtype=np.float64))
     e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius, "ball"))
     r2 = radius * radius * (1 + 1e-12)
-    m0, m1 = np.meshgrid(np.arange(-e0, 1), np.arange(-e1, e1 + 1), indexing="ij")
-    m0, m1 = m0.ravel(), m1.ravel()
+    m0 = np.repeat(np.arange(-e0, 1, dtype=np.int32), 2 * e1 + 1)
+    m1 = np.tile(np.arange(-e1, e1 + 1, dtype=np.int32), e0 + 1)
     rows = (m0 < 0) | (m1 <= 0)  # the half: m0 < 0, or m0 = 0 and m1 <= 0
     m0, m1 = m0[rows], m1[rows]
-    u = m0[:, None] * recip[0] + m1[:, None] * recip[1]  # (rows, 3)
+    u = np.outer(m0, recip[0]) + np.outer(m1, recip[1])  # (rows, 3)
     b = recip[2]
     bb = float(b @ b)
     ub = u @ b
-    disc = ub * ub - bb * (_sqnorm(u) - r2)
-    ok = disc >= 0
-    root = np.sqrt(np.where(ok, disc, 0.0))
-    lo = np.where(ok, np.floor((-ub - root) / bb) - 1, 1).astype(np.int64)
-    hi = np.where(ok, np.ceil((-ub + root) / bb) + 1, 0).astype(np.int64)
-    lo, hi = np.maximum(lo, -e2), np.minimum(hi, e2)
-    hi = np.where((m0 == 0) & (m1 == 0), np.minimum(hi, 0), hi)  # the row through 0 stops at m = 0
+    uu = _sqnorm(u)
+    disc = ub * ub - bb * (uu - r2)
+    root = np.sqrt(np.maximum(disc, 0.0))
+    lo = np.maximum(np.floor((-ub - root) / bb) - 1, -e2).astype(np.int64)
+    hi = np.minimum(np.ceil((-ub + root) / bb) + 1, e2).astype(np.int64)
+    hi[disc < 0] = lo[disc < 0] - 1
+    if len(hi) and m0[-1] == 0 and m1[-1] == 0:
+        hi[-1] = min(hi[-1], 0)  # the row through 0 stops at m = 0
     n = np.maximum(hi - lo + 1, 0)
     row = np.repeat(np.arange(len(n)), n)
-    m2 = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + lo[row]
-    m = np.stack([m0[row], m1[row], m2], -1)
-    keep = _sqnorm(m @ recip) <= r2
-    return np.ascontiguousarray(m[keep], dtype=np.int32)
+    m2 = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n - lo, n)).astype(np.int32)
+    # |u + m2 b|^2 <= r2: the exact test (expanded: no (P, 3) products)
+    keep = uu[row] + m2 * (2 * ub[row] + m2 * bb) <= r2
+    out = np.empty((int(keep.sum()), 3), dtype=np.int32)
+    out[:, 0], out[:, 1], out[:, 2] = m0[row[keep]], m1[row[keep]], m2[keep]
+    return out
 
 
 def structure_factors_at(m: np.ndarray, frac: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -437,7 +440,7 @@ class ReciprocalVoxelizer:
             if s.is_periodic:
                 W, channels = self._weights(s, names)
                 m = half_ball(s.lattice, self.ball_radius)
-                amp = self.amplitudes_at(s, W, m).astype(dtype)
+                amp = self.amplitudes_at(s, W, m).astype(dtype, copy=False)
                 rs = ReciprocalSet(G=m @ reciprocal_lattice(s.lattice), amp=amp, channels=channels, m=m, half=True)
                 out[i] = rs if half else rs.full()
         weights = {i: self._weights(structures[i], names) for i in molecules}
@@ -476,16 +479,24 @@ class ReciprocalVoxelizer:
             return (-1, -1, -1, len(s), c)
         return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
 
-    def check_cost(self, s: Structure) -> None:
-        """Refuse (StructureError) a structure whose reciprocal box would need more than MAX_BOX_BYTES: the
-        box of integer m holds prod(2 e_k + 1) points, e_k ~ h |a_k| / (2 pi), so it grows with the cell's volume
-        (a 3000 Angstrom cell would need terabytes). Checked per structure before anything is allocated."""
+    def check_cost(self, s: Structure, voxels: bool = True) -> None:
+        """Refuse (StructureError) a structure whose descriptor would need more than MAX_BOX_BYTES, before
+        anything is allocated (a 3000 Angstrom cell would need terabytes).
+
+        The reciprocal set holds P ~ (4/3 pi r^3) V / (2 pi)^3 / 2 points (r the ball radius, V the cell
+        volume) and its enumeration (e0 + 1)(2 e1 + 1) rows; the voxels (``voxels``: :meth:`compact`) are
+        computed over the box of integer m, prod(2 e_k + 1) points with e_k ~ h |a_k|_1 / (2 pi), which also
+        grows with how skewed the cell is."""
         if not s.is_periodic:
             return
         c = self._channel_count(s)
-        e = self._extent(s.lattice, True).astype(np.float64)  # the larger (ball) box of the stored sets
-        points = float(np.prod(2 * e + 1))
-        need = points * (24 + 24 * c)  # G (float64 x 3) and the complex / modulus amplitudes per channel
+        e = self._extent(s.lattice, True).astype(np.float64)
+        ball = 4 / 3 * np.pi * self.ball_radius ** 3 * s.volume / (2 * np.pi) ** 3 / 2
+        points = ball + 2 * (e[0] + 1) * (2 * e[1] + 1)
+        need = points * (40 + 40 * c)  # m, G, |G|^2 and the complex / float64 values per channel
+        if voxels:
+            box = float(np.prod(2 * self._extent(s.lattice, False).astype(np.float64) + 1))
+            points, need = max(points, box), max(need, box * (24 + 24 * c))
         if need > MAX_BOX_BYTES:
             raise StructureError(f"structure {s.id}: its reciprocal box ({points:.3g} points for a cell of "
                                  f"{s.volume:.4g} A^3 at N={self.n}, L={self.length} A) needs {need / 2 ** 30:.3g} GiB, "

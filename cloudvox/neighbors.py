@@ -1,8 +1,9 @@
-"""Neighbour lists within a cutoff, for molecules and periodic crystals, vectorised (no per-atom loops).
+"""Neighbour lists within a cutoff, for molecules and periodic crystals, delegated to vesin (a kept C++
+library with cell lists: time and memory linear in the atoms, however skewed or small the cell).
 
 An edge (i, j, shift) means atom j seen from atom i at ``x_j + shift - x_i`` with ``shift = n @ lattice``
 for an integer image n; every image within the cutoff is listed, so small cells get several images of the
-same neighbour (and of the atom itself, n != 0).
+same neighbour (and of the atom itself, n != 0). Atoms need not lie inside the cell.
 """
 from typing import Optional, Tuple
 
@@ -17,31 +18,20 @@ def neighbor_list(cart: np.ndarray, cutoff: float, lattice: Optional[np.ndarray]
         cart: (n, 3) Cartesian positions, Angstrom. lattice: (3, 3) rows a, b, c in Angstrom, or None.
     Returns:
         src (E,) int64 centre atoms i, dst (E,) int64 neighbours j, shift (E, 3) float64 Cartesian image
-        offsets (zeros for molecules); edges sorted by (src, dst).
+        offsets (zeros for molecules); edges sorted by (src, dst), then by image.
     """
+    from vesin import NeighborList
+    cart = np.ascontiguousarray(cart, dtype=np.float64)
+    nl = NeighborList(cutoff=float(cutoff), full_list=True)
     if lattice is None:
-        d = cart[None, :, :] - cart[:, None, :]  # (n, n, 3): x_j - x_i
-        r2 = np.einsum("ijx,ijx->ij", d, d)
-        mask = r2 < cutoff * cutoff
-        np.fill_diagonal(mask, False)
-        src, dst = np.nonzero(mask)
-        return src.astype(np.int64), dst.astype(np.int64), np.zeros((len(src), 3))
-    inv = np.linalg.inv(lattice)
-    frac = cart @ inv
-    wrapped = frac - np.floor(frac)  # atoms moved into the cell: image offsets account for the move
-    base = (frac - wrapped) @ lattice  # (n, 3) what each atom was shifted by
-    x = wrapped @ lattice
-    # images n with a chance: |n_k| <= cutoff |b_k| / (2 pi) + 1 (wrapped differences are within one cell)
-    ext = np.ceil(cutoff * np.linalg.norm(inv, axis=0)).astype(int) + 1
-    grid = np.stack(np.meshgrid(*[np.arange(-e, e + 1) for e in ext], indexing="ij"), -1).reshape(-1, 3)
-    shifts = grid @ lattice  # (k, 3)
-    d = x[None, :, None, :] + shifts[None, None, :, :] - x[:, None, None, :]  # (n, n, k, 3)
-    r2 = np.einsum("ijkx,ijkx->ijk", d, d)
-    mask = (r2 < cutoff * cutoff) & (r2 > 1e-12)  # not an atom with itself at n = 0
-    src, dst, img = np.nonzero(mask)
-    # shifts in terms of the original (unwrapped) positions: x_j + s - x_i = (cart_j - base_j) + shift - (cart_i - base_i)
-    shift = shifts[img] - base[dst] + base[src]
-    return src.astype(np.int64), dst.astype(np.int64), shift
+        src, dst = nl.compute(cart, np.zeros((3, 3)), False, "ij")
+        shifts = np.zeros((len(src), 3), dtype=np.int64)
+    else:
+        src, dst, shifts = nl.compute(cart, np.ascontiguousarray(lattice, dtype=np.float64), True, "ijS")
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], dst, src))
+    src, dst, shifts = src[order].astype(np.int64), dst[order].astype(np.int64), shifts[order]
+    shift = np.zeros((len(src), 3)) if lattice is None else shifts.astype(np.float64) @ np.asarray(lattice, np.float64)
+    return src, dst, shift
 
 
 def edge_vectors(cart: np.ndarray, src: np.ndarray, dst: np.ndarray, shift: np.ndarray) -> np.ndarray:

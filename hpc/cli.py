@@ -45,7 +45,7 @@ def _featurize_parser(sub) -> None:
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--parallel-hdf5", choices=["auto", "on", "off"], help="mpio writes (auto: when h5py has MPI)")
-    p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 256 MB)")
+    p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 64 MB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output or unfinished run")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is bad")
     p.add_argument("-v", "--verbose", action="store_true")

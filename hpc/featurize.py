@@ -2,7 +2,8 @@
 
 The job (every rank runs :func:`run_featurize` with the same arguments):
 
-1. Every rank indexes the input (:class:`cloudvox.io.sources.Source`: byte offsets, no parsing).
+1. Rank 0 indexes the input (:class:`cloudvox.io.sources.Source`: byte offsets, streamed, no parsing) and
+   broadcasts the index (32 bytes per record); item-based inputs are listed by every rank.
 2. The records are cut into fixed blocks (:func:`hpc.partition.pending_blocks`); ranks take the next
    unfinished block from a job-wide counter (:class:`hpc.comm.WorkCounter`), so cheap and expensive
    structures balance themselves. Each finished block is written as a shard file
@@ -63,7 +64,7 @@ class FeaturizeJob:
     overwrite: bool
     strict: bool
     parallel_hdf5: str  # auto | on | off
-    merge_buffer: int = 256 << 20  # bytes of shards (uncompressed) a merging rank holds at once
+    merge_buffer: int = 64 << 20  # bytes of shards (uncompressed) a merging rank holds at once
     command: str = ""
 
     @classmethod
@@ -111,10 +112,19 @@ def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: Fa
         vox = job.voxelizer()
     except ValueError as e:
         raise JobError(f"invalid descriptor parameters: {e}") from None
-    try:
-        source = Source(job.format, job.inputs, job.limit)
-    except (FileNotFoundError, ValueError) as e:
-        raise JobError(str(e)) from None
+    def make_source(index=None) -> Source:
+        try:
+            return Source(job.format, job.inputs, job.limit, index=index)
+        except (FileNotFoundError, ValueError) as e:
+            raise JobError(str(e)) from None
+    # rank 0 indexes line-based input (byte offsets, streamed) and passes the index on: one read of the input
+    made: Dict[str, Source] = {}
+
+    def index_on_root():
+        made["source"] = make_source()
+        return made["source"].line_index()
+    index = _agree(comm, index_on_root)
+    source = made["source"] if rank == 0 else make_source(index)
     output = Path(job.output)
     parts = output.with_name(output.name + ".parts")
     identity = job.identity(source)

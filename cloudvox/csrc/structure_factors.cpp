@@ -5,7 +5,8 @@
 //     F[c, p] = sum_j W[c, j] exp(-2 pi i m_p . f_j)
 // The phase of atom j factorises over the axes, exp(-2 pi i m_k f_jk): one table per axis over the range of
 // m_k present (J sin/cos per integer), and the points come in runs of equal (m0, m1) (a ball enumerated row
-// by row), so each point costs one complex product per atom and C real dot products over atoms.
+// by row), so each point costs one complex product per atom and C dot products over atoms (for element
+// channels, one weight per atom: atoms grouped by channel, one sum over each group).
 // Single-threaded: the featurize job runs one MPI rank per core.
 #include <torch/extension.h>
 
@@ -45,7 +46,40 @@ void structure_factors(const int32_t* m, int64_t P, const double* frac, int64_t 
         ti[k][v * J + j] = std::sin(angle);
       }
   }
-  std::vector<double> ar(J), ai(J), pr(J), pi(J);
+  // One non-zero weight per atom (element channels): atoms grouped by channel, so that each channel's sum runs
+  // over a contiguous range (vectorised); otherwise dense dot products over atoms.
+  bool one_hot = true;
+  std::vector<int64_t> channel_of(J, -1);
+  for (int64_t j = 0; j < J && one_hot; ++j)
+    for (int64_t c = 0; c < C; ++c)
+      if (W[c * J + j] != 0.0) {
+        if (channel_of[j] >= 0) one_hot = false;
+        channel_of[j] = c;
+      }
+  std::vector<int64_t> order(J), bounds(C + 1, 0);
+  std::vector<double> weight(J, 0.0);
+  if (one_hot) {
+    for (int64_t j = 0; j < J; ++j) order[j] = j;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return channel_of[a] < channel_of[b]; });
+    for (int64_t j = 0; j < J; ++j) {
+      if (channel_of[j] >= 0) bounds[channel_of[j] + 1]++;
+    }
+    for (int64_t c = 0; c < C; ++c) bounds[c + 1] += bounds[c];
+    // permute the tables' atom axis and the weights into channel order (atoms with no weight go last, unused)
+    for (int k = 0; k < 3; ++k) {
+      const int64_t n = int64_t(tr[k].size()) / std::max<int64_t>(J, 1);
+      std::vector<double> r(tr[k].size()), i(ti[k].size());
+      for (int64_t v = 0; v < n; ++v)
+        for (int64_t j = 0; j < J; ++j) {
+          r[v * J + j] = tr[k][v * J + order[j]];
+          i[v * J + j] = ti[k][v * J + order[j]];
+        }
+      tr[k].swap(r);
+      ti[k].swap(i);
+    }
+    for (int64_t j = 0; j < J; ++j) weight[j] = channel_of[order[j]] >= 0 ? W[channel_of[order[j]] * J + order[j]] : 0.0;
+  }
+  std::vector<double> ar(J), ai(J), pr(J), pi(J), sr(C), si(C);
   int32_t prev0 = INT32_MIN, prev1 = INT32_MIN;
   for (int64_t p = 0; p < P; ++p) {
     const int32_t m0 = m[3 * p], m1 = m[3 * p + 1], m2 = m[3 * p + 2];
@@ -67,15 +101,31 @@ void structure_factors(const int32_t* m, int64_t P, const double* frac, int64_t 
       pr[j] = ar[j] * r2[j] - ai[j] * i2[j];
       pi[j] = ar[j] * i2[j] + ai[j] * r2[j];
     }
-    for (int64_t c = 0; c < C; ++c) {
-      const double* w = W + c * J;
-      double sr = 0.0, si = 0.0;
-      for (int64_t j = 0; j < J; ++j) {
-        sr += w[j] * pr[j];
-        si += w[j] * pi[j];
+    if (one_hot) {
+      for (int64_t c = 0; c < C; ++c) {
+        double a = 0.0, b = 0.0;
+        for (int64_t j = bounds[c]; j < bounds[c + 1]; ++j) {
+          a += weight[j] * pr[j];
+          b += weight[j] * pi[j];
+        }
+        sr[c] = a;
+        si[c] = b;
       }
-      out[2 * (c * P + p)] = sr;
-      out[2 * (c * P + p) + 1] = si;
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const double* w = W + c * J;
+        double a = 0.0, b = 0.0;
+        for (int64_t j = 0; j < J; ++j) {
+          a += w[j] * pr[j];
+          b += w[j] * pi[j];
+        }
+        sr[c] = a;
+        si[c] = b;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      out[2 * (c * P + p)] = sr[c];
+      out[2 * (c * P + p) + 1] = si[c];
     }
   }
 }

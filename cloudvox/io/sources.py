@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -147,13 +147,16 @@ class Source:
         fmt: one of :data:`FORMATS`.
         inputs: paths (files or folders); empty for the embedded default of "qm9" and "prototypes".
         limit: only the first ``limit`` records (line-based inputs are then indexed only that far).
+        index: the :meth:`line_index` of the same source made elsewhere (a parallel job indexes once, on one
+            rank, and passes it on: every rank reading the whole input would multiply the file system's load).
 
     Line-based inputs (AFLOW JSONL, qm9pack CSV) are indexed by byte offsets, streamed: no file is read
     whole. Item-based inputs (one structure per file, AFLUX JSON lists, ASE files) hold one loader per
     record; frames of an ASE file (not a database) are parsed when the source is made.
     """
 
-    def __init__(self, fmt: str, inputs: Sequence[Union[str, Path]] = (), limit: Optional[int] = None):
+    def __init__(self, fmt: str, inputs: Sequence[Union[str, Path]] = (), limit: Optional[int] = None,
+                 index: Optional[Tuple[np.ndarray, ...]] = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown input format {fmt!r}; expected one of {list(FORMATS)}")
         self.fmt = fmt
@@ -169,7 +172,7 @@ class Source:
             files = expand(inputs)
             jsonl = [f for f in files if not _starts_with_bracket(f)]
             if len(jsonl) == len(files):
-                self._lines = self._index(files, False, _parse_aflow_line, limit)
+                self._lines = self._index(files, False, _parse_aflow_line, limit, index)
             else:  # AFLUX JSON lists are loaded whole
                 self._items = [item for f in files for item in _aflow_items(f)]
         elif fmt == "qm9":
@@ -180,7 +183,7 @@ class Source:
                 csvs = files or qm9pack_files()
                 header = {f: next(csv.reader(open(f, newline="", encoding="utf-8"))) for f in csvs}
                 self._lines = self._index(csvs, True, lambda src, line, text, f: _parse_csv_line(src, line, text, header[f]),
-                                          limit)
+                                          limit, index)
         elif fmt == "files":
             files = expand(inputs)
             self._items = [(str(f), functools.partial(_first, iter_files, f, k)) for k, f in enumerate(files, 1)]
@@ -195,7 +198,12 @@ class Source:
         self.n = total if limit is None else min(total, int(limit))
 
     @staticmethod
-    def _index(files: Sequence[Path], skip_header: bool, parse, limit: Optional[int] = None) -> _Lines:
+    def _index(files: Sequence[Path], skip_header: bool, parse, limit: Optional[int] = None,
+               index: Optional[Tuple[np.ndarray, ...]] = None) -> _Lines:
+        if index is not None:
+            file_of, start, stop, number = index
+            used = int(file_of.max()) + 1 if len(file_of) else 0
+            return _Lines(list(files)[:used], file_of, start, stop, number, parse)
         parts = []
         for f in files:  # files after the one that reaches the limit are not opened
             left = None if limit is None else limit - sum(len(p[0]) for p in parts)
@@ -209,6 +217,14 @@ class Source:
 
     def __len__(self) -> int:
         return self.n
+
+    def line_index(self) -> Optional[Tuple[np.ndarray, ...]]:
+        """(file, start, stop, line number) int64 arrays of a line-based source (32 bytes per record), for
+        ``Source(..., index=...)``; None for item-based sources."""
+        if self._lines is None:
+            return None
+        L = self._lines
+        return L.file_of, L.start, L.stop, L.number
 
     def __iter__(self):
         for a in range(0, self.n, 256):

@@ -291,3 +291,38 @@ def test_cross_spectra_follow_their_definition(rng, mode):
     np.testing.assert_allclose(half.amp[:, order], rs.amp[:, np.lexsort(rs.m.T)], rtol=1e-12, atol=1e-15)
     R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
     np.testing.assert_allclose(vox(s, R), vox(s.rotated(R)), rtol=1e-5, atol=1e-6)
+
+
+def test_half_ball_is_the_lexicographic_half_of_the_ball(rng):
+    """half_ball against its definition (the box filtered by |G| <= radius, the m lexicographically <= 0), on
+    skewed cells and on a cubic cell whose cube corners lie exactly on the ball (a = L / 2)."""
+    from cloudvox.descriptors import half_ball, reciprocal_box, reciprocal_lattice
+    lattices = [np.eye(3) * 6.4, np.array([[3.1, 0, 0], [1.6, 2.9, 0], [-0.8, 0.7, 3.3]]),
+                np.array([[5.0, 0, 0], [14.2, 1.1, 0], [0.3, 9.4, 2.7]])] + \
+        [np.triu(rng.uniform(-3, 3, (3, 3))) + np.diag(rng.uniform(3, 8, 3)) for _ in range(3)]
+    radius = np.sqrt(3) * np.pi * 32 / 12.8
+    for lattice in lattices:
+        e = reciprocal_box(lattice, radius, "ball")
+        box = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in e], indexing="ij"), -1).reshape(-1, 3)
+        half = box[:len(box) // 2 + 1]  # lexicographic order: the first half ends at m = 0
+        G = half @ reciprocal_lattice(lattice)
+        expected = half[(G * G).sum(1) <= radius ** 2 * (1 + 1e-12)]
+        got = half_ball(lattice, radius)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, expected)
+    corner = half_ball(np.eye(3) * 6.4, radius)
+    assert (corner == [-8, -8, -8]).all(1).any()  # exactly on the sphere: kept
+
+
+def test_compiled_structure_factors_equal_numpy(rng, monkeypatch):
+    """The C++ kernel against the numpy fallback (float64, 1e-12), for one-hot and dense channel weights."""
+    import cloudvox.descriptors as d
+    m = d.half_ball(np.array([[4.1, 0, 0], [0.7, 3.9, 0], [0.2, -0.5, 5.2]]), 9.0)
+    frac = rng.uniform(-0.2, 1.2, (7, 3))
+    for W in (np.eye(3)[rng.integers(0, 3, 7)].T.copy(), rng.normal(size=(4, 7))):
+        native = d.structure_factors_at(m, frac, W)
+        assert d._native() is not None
+        monkeypatch.setattr(d, "_native", lambda: None)
+        plain = d.structure_factors_at(m, frac, W)
+        monkeypatch.undo()
+        np.testing.assert_allclose(native, plain, rtol=1e-12, atol=1e-12 * np.abs(plain).max())

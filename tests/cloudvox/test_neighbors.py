@@ -40,3 +40,28 @@ def test_periodic_equals_brute_force_including_images(rng, cutoff):
         got = as_set(cart, src, dst, shift)
         assert len(got) == len(src)  # no duplicates
         assert got == brute_force(cart, cutoff, lattice, reach=6)
+
+
+def test_large_cells_in_memory_linear_in_atoms():
+    """A 2000-atom supercell: every atom keeps the primitive cell's neighbours, and the peak memory stays
+    small (a dense (n, n, images, 3) array would need ~2.6 GB here)."""
+    import subprocess
+    import sys
+    code = """
+import json, resource, numpy as np
+from cloudvox.neighbors import neighbor_list
+from cloudvox.structure import Structure
+prim = Structure(["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]], np.eye(3) * 3.3)
+big = prim.supercell([10, 10, 10])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+src, _, _ = neighbor_list(prim.cart_coords, 6.0, prim.lattice)
+bsrc, _, _ = neighbor_list(big.cart_coords, 6.0, big.lattice)
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+deg = np.bincount(bsrc, minlength=len(big))
+print(json.dumps([len(big), np.bincount(src).tolist(), sorted(set(deg.tolist())), grew]))
+"""
+    import json
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    n, prim_deg, big_deg, grew = json.loads(out)
+    assert n == 2000 and len(set(prim_deg)) == 1 and big_deg == [prim_deg[0]]
+    assert grew < 300, f"neighbour list of 2000 atoms grew the peak memory by {grew:.0f} MB"

@@ -100,3 +100,16 @@ def test_a_limit_indexes_only_what_it_needs(perovskites_path, tmp_path):
     assert len(src) == 7 and src.sources == [str(big)]  # the second file is never opened
     ids = [r.id for r in src]
     assert ids == [json.loads(line)["auid"] for line in perovskites_path.read_text().splitlines()[:7]]
+
+
+def test_a_source_made_from_another_ranks_index_reads_the_same_records(perovskites_path, tmp_path):
+    """The featurize job indexes on rank 0 and passes the index on: the same records without reading the file."""
+    from cloudvox.io.sources import Source
+    full = Source("aflow", [perovskites_path], limit=50)
+    index = full.line_index()
+    assert [a.dtype for a in index] == [np.dtype(np.int64)] * 4 and len(index[1]) == 50
+    again = Source("aflow", [perovskites_path], limit=50, index=index)
+    assert len(again) == 50
+    a, b = full.records(10, 20), again.records(10, 20)
+    assert [r.line for r in a] == [r.line for r in b] and [r.id for r in a] == [r.id for r in b]
+    assert Source("prototypes").line_index() is None
