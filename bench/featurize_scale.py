@@ -10,7 +10,6 @@ for its peak RSS. Prints one JSON line per figure.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time

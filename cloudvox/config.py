@@ -47,7 +47,6 @@ class FeaturizeConfig:
     limit: Optional[int] = None  # only the first N records
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
-    parallel_hdf5: str = _choices("auto", "on", "off", default="auto")
     merge_buffer_mb: float = 64.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
 
 

@@ -511,12 +511,12 @@ class ReciprocalVoxelizer:
             return reciprocal_box(lattice, np.sqrt(3) * self.half_width, "ball")
         return reciprocal_box(lattice, self.half_width, "cube")
 
-    def _group_amplitudes(self, group: Sequence[Structure], W: Sequence[np.ndarray], R: Optional[np.ndarray],
-                          ball: bool = False, half: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-        """G (S, P, 3) float64 in 1/Angstrom and |h| (S, C, P) float64 of a group with one key.
+    def _group_amplitudes(self, group: Sequence[Structure], W: Sequence[np.ndarray], R: Optional[np.ndarray]
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+        """G (S, P, 3) float64 in 1/Angstrom and |h| (S, C, P) float64 of a group with one key (the voxels'
+        path, :meth:`compact`; the stored reciprocal sets of crystals come from :func:`half_ball`).
 
-        Crystals: P runs over the integer box of m in lexicographic order, so -m is m reversed; with
-        ``half`` only the first P // 2 + 1 points (one of each Friedel pair, and m = 0) are returned.
+        Crystals: P runs over the integer box of m in lexicographic order, so -m is m reversed.
 
         For molecules the rotation R is applied to the atoms (sampling points stay at voxel centres) and G
         is returned unrotated; for crystals G is returned unrotated and R is applied at binning.
@@ -527,12 +527,12 @@ class ReciprocalVoxelizer:
             W = np.concatenate([W, np.ones((S, 1, W.shape[2]))], axis=1)
         if group[0].is_periodic:
             lat = np.stack([s.lattice for s in group])  # (S, 3, 3)
-            e0, e1, e2 = self._extent(lat[0], ball or R is not None)
+            e0, e1, e2 = self._extent(lat[0], R is not None)
             ticks = [np.arange(-e, e + 1, dtype=np.float64) for e in (e0, e1, e2)]
             m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # (P, 3), -m is m reversed
             # Friedel symmetry |h(-G)| = |h(G)|: evaluate the half box m0 <= 0 (Q points) and mirror it.
             Q = (e0 + 1) * (2 * e1 + 1) * (2 * e2 + 1)
-            G = np.matmul(m[:Q] if half else m, reciprocal_lattice(lat))  # (S, Q or P, 3)
+            G = np.matmul(m, reciprocal_lattice(lat))  # (S, P, 3)
             frac = np.stack([s.frac_coords for s in group]) * (2 * np.pi)
             F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in (ticks[0][:e0 + 1], ticks[1], ticks[2])])
             gg = _sqnorm(G[:, :Q])
@@ -540,9 +540,6 @@ class ReciprocalVoxelizer:
             env = np.exp(-self.sigma ** 2 / 2 * gg)
             amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W)
             amp *= (scale[:, None] * env)[:, None, :]
-            if half:
-                stop = len(m) // 2 + 1  # the lexicographic first half ends at m = 0, inside the half box
-                return G[:, :stop], amp[:, :, :stop]
             amp = amp.reshape((S, -1) + F.shape[2:])  # (S, C, e0 + 1, n1, n2)
             amp = np.concatenate([amp, amp[:, :, e0 - 1::-1, ::-1, ::-1] if e0 else amp[:, :, :0]], axis=2)
             return G, amp.reshape(S, amp.shape[1], -1)

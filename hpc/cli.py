@@ -44,7 +44,6 @@ def _featurize_parser(sub) -> None:
                         "reciprocal set when read)")
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
-    p.add_argument("--parallel-hdf5", choices=["auto", "on", "off"], help="mpio writes (auto: when h5py has MPI)")
     p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 64 MB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output or unfinished run")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is bad")
@@ -54,7 +53,7 @@ def _featurize_parser(sub) -> None:
 
 FEATURIZE_FLAGS = {  # flag -> (section, key) of the featurize config
     "input": (None, "input"), "format": (None, "format"), "output": (None, "output"), "store": (None, "store"),
-    "block_size": (None, "block_size"), "limit": (None, "limit"), "parallel_hdf5": (None, "parallel_hdf5"),
+    "block_size": (None, "block_size"), "limit": (None, "limit"),
     "merge_buffer_mb": (None, "merge_buffer_mb"),
     "overwrite": (None, "overwrite"), "strict": (None, "strict"), "descriptor": ("descriptor", "mode"),
     "n": ("descriptor", "n"), "length": ("descriptor", "length"), "sigma": ("descriptor", "sigma"),

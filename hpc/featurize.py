@@ -1,4 +1,4 @@
-"""Featurization scattered over MPI ranks into one parallel HDF5 file: resumable and bad-input-safe.
+"""Featurization scattered over MPI ranks into one HDF5 file: resumable and bad-input-safe.
 
 The job (every rank runs :func:`run_featurize` with the same arguments):
 
@@ -9,9 +9,9 @@ The job (every rank runs :func:`run_featurize` with the same arguments):
    structures balance themselves. Each finished block is written as a shard file
    ``OUT.h5.parts/block-<start>-<stop>.h5`` (written as ``.part``, then renamed): a killed job loses at
    most the blocks in flight, and a restarted one skips the shards that exist.
-3. The shards are concatenated into ``OUT.h5.part`` in dataset order: metadata and dataset creation
-   collective (mpio driver), each rank writing the rows of a contiguous, size-balanced run of shards with
-   offsets from an exclusive scan; without parallel HDF5, rank 0 writes alone. The file is renamed to
+3. The shards are concatenated into ``OUT.h5.part`` in dataset order (:func:`_merge`): each rank reads a
+   contiguous, size-balanced run of shards in bounded groups and compresses its whole chunks, rank 0 writes
+   them unchanged (direct chunk writes) with the rows of chunks shared by two ranks. The file is renamed to
    ``OUT.h5`` when complete and the shards are removed.
 
 Bad records (unparsable, invalid structures) are written with status failed and a reason in /failures,
@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -38,8 +39,8 @@ from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, 
                                write_features)
 from cloudvox.io.sources import Source
 
-from .comm import WorkCounter, is_mpi
-from .h5mpi import has_parallel_hdf5, open_file, write_rows
+from .comm import WorkCounter
+from .h5mpi import open_file
 from .partition import pending_blocks, weighted_split
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ class FeaturizeJob:
     limit: Optional[int]
     overwrite: bool
     strict: bool
-    parallel_hdf5: str  # auto | on | off
     merge_buffer: int = 64 << 20  # bytes of shards (uncompressed) a merging rank holds at once
     command: str = ""
 
@@ -77,7 +77,7 @@ class FeaturizeJob:
         return cls(inputs=[str(p) for p in cfg["input"]], format=cfg["format"], output=str(cfg["output"]),
                    descriptor=cfg["descriptor"], store=tuple(cfg["store"]), block_size=int(cfg["block_size"]),
                    limit=cfg["limit"], overwrite=bool(cfg["overwrite"]), strict=bool(cfg["strict"]),
-                   parallel_hdf5=cfg["parallel_hdf5"], merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20),
+                   merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20),
                    command=command)
 
     def voxelizer(self) -> ReciprocalVoxelizer:
@@ -318,46 +318,59 @@ def _duplicates(headers: List[Dict]) -> List[Tuple[int, int]]:
 
 
 def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, identity: Dict) -> None:
+    """Concatenate the shards into OUT.h5.part, renamed OUT.h5: every rank reads and compresses the chunks of a
+    contiguous, size-balanced run of shards (in groups of at most ``merge_buffer`` bytes) and rank 0 writes
+    them as they are (HDF5 direct chunk writes, serial h5py). Parallel HDF5's collective writes of compressed
+    datasets failed at a million structures on this stack (HDF5 1.10.8 and Open MPI 4.1.4: OMPIO "Bad
+    address", a ROMIO segfault in the metadata cache's sync point, and with the 1.8 file format a stall in
+    v1 B-tree inserts); compression, the merge's real cost, stays spread over the ranks."""
     rank, size = comm.Get_rank(), comm.Get_size()
     shards = sorted(parts.glob("block-*.h5"), key=_range_of)
     headers = _agree(comm, lambda: [_shard_header(p) for p in shards])
     duplicates = _agree(comm, lambda: _duplicates(headers))
     for h in headers:
         h.pop("ids"), h.pop("id_rows")
-    parallel = is_mpi(comm) and size > 1 and job.parallel_hdf5 != "off" and has_parallel_hdf5()
-    if job.parallel_hdf5 == "on" and is_mpi(comm) and size > 1 and not parallel:
-        raise JobError("parallel_hdf5: on, but h5py was built without MPI support")
-    writers = size if parallel else 1
     part_path = output.with_name(output.name + ".part")
-    if not parallel and rank != 0:
-        comm.Barrier()
-        return
-    # every writing rank: the same layout decisions from the same headers
     n = sum(h["size"] for h in headers)
-    species = sorted({e for h in headers for e in h["elements"]})
-    root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
-    spans = weighted_split([h["bytes"] for h in headers], writers)
-    # each writer's run of shards in groups of at most merge_buffer bytes; the writers loop over as many groups
-    # as the largest count (collective writes: every rank takes part in every write)
+    plan = _layout_plan(headers, n, extra_failures=len(duplicates))  # the same on every rank
+    spans = weighted_split([h["bytes"] for h in headers], size)
     groups = [_buffer_groups(headers, a, b, job.merge_buffer) for a, b in spans]
     rounds = max(len(g) for g in groups) if groups else 0
-    with open_file(part_path, "w", comm if parallel else None) as f:
+    mine = groups[rank]
+    prep = _ChunkPrep(plan)
+    failed_rows = [row for row, _ in duplicates]
+    f = sink = None
+    if rank == 0:
+        species = sorted({e for h in headers for e in h["elements"]})
+        root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
+        f = open_file(part_path, "w")
         for k, v in root.items():
             f.attrs[k] = v
-        ids = _create_layout(f, headers, n, extra_failures=len(duplicates))
-        mine = groups[rank] if rank < writers else []
-        for g in range(rounds):
-            span = mine[g] if g < len(mine) else (0, 0)
-            _write_rows(f, headers, span, _load_shards(headers[span[0]:span[1]]), parallel,
-                        failed_rows=[row for row, _ in duplicates])
-        _record_duplicates(f, duplicates, ids, sum(h["failures"] for h in headers), rank == 0, parallel)
-    if parallel:
-        comm.Barrier()  # every rank has closed the file
+        _create_layout(f, plan)
+        sink = _ChunkSink(f, plan)
+    try:
+        for g in range(rounds + 1):  # the last round: what waited for the rest of its chunk
+            if g < rounds:
+                span = mine[g] if g < len(mine) else (0, 0)
+                ops = _write_rows(prep, headers, span, _load_shards(headers[span[0]:span[1]]), failed_rows)
+            else:
+                ops = prep.flush()
+            if rank == 0:
+                sink.apply(ops)
+                for r in range(1, size):
+                    sink.apply(comm.recv(source=r, tag=g))
+            else:
+                comm.send(ops, dest=0, tag=g)
+        if rank == 0:
+            sink.finish()
+            _record_duplicates(f, duplicates, _shard_values(headers), sum(h["failures"] for h in headers))
+    finally:
+        if f is not None:
+            f.close()
     if rank == 0:
         os.replace(part_path, output)
         shutil.rmtree(parts, ignore_errors=True)
-    if not parallel:
-        comm.Barrier()  # the others wait for rank 0 above
+    comm.Barrier()
 
 
 def _buffer_groups(headers: List[Dict], a: int, b: int, limit: int) -> List[Tuple[int, int]]:
@@ -373,27 +386,23 @@ def _buffer_groups(headers: List[Dict], a: int, b: int, limit: int) -> List[Tupl
     return out
 
 
-def _record_duplicates(f, duplicates: List[Tuple[int, int]], ids: Dict, fail0: int, writer: bool,
-                       collective: bool) -> None:
+def _record_duplicates(f, duplicates: List[Tuple[int, int]], ids: Dict, fail0: int) -> None:
     """A failure row for each later structure with an id seen before (its status is written failed by
-    :func:`_write_rows`); collective: every rank calls, the writer with the rows."""
+    :func:`_write_rows`); rank 0, after the shards' rows."""
     if not duplicates:
         return
     sources = json.loads(f.attrs["input"])
-    for k, (row, first) in enumerate(duplicates):
-        data = None
-        if writer:
-            sid, src, line = ids["id"](row), ids["source"](row), ids["line"](row)
-            first_src, first_line = ids["source"](first), ids["line"](first)
-            where = f"{sources[first_src] if 0 <= first_src < len(sources) else '?'}:{first_line}"
-            reason = f"structure {sid}: duplicate id, already featurized from {where} (record {first}); not used"
-            data = dict(index=np.array([row], np.int64),
-                        id=np.array([sid.encode()], f["failures/id"].dtype), source=np.array([src], np.int16),
-                        line=np.array([line], np.int64),
-                        reason=np.array([reason.encode()[:f["failures/reason"].dtype.itemsize]],
-                                        f["failures/reason"].dtype))
-        for name in ("index", "id", "source", "line", "reason"):
-            write_rows(f[f"failures/{name}"], fail0 + k, data and data[name], collective)
+    rows = {name: [] for name in ("index", "id", "source", "line", "reason")}
+    for row, first in duplicates:
+        sid, src, line = ids["id"](row), ids["source"](row), ids["line"](row)
+        first_src, first_line = ids["source"](first), ids["line"](first)
+        where = f"{sources[first_src] if 0 <= first_src < len(sources) else '?'}:{first_line}"
+        reason = f"structure {sid}: duplicate id, already featurized from {where} (record {first}); not used"
+        for name, value in (("index", row), ("id", sid.encode()), ("source", src), ("line", line),
+                            ("reason", reason.encode()[:f["failures/reason"].dtype.itemsize])):
+            rows[name].append(value)
+    for name, values in rows.items():  # the duplicates' rows follow the shards' failures
+        f[f"failures/{name}"][fail0:fail0 + len(values)] = np.array(values, dtype=f[f"failures/{name}"].dtype)
 
 
 def _chunked(shape, dtype, name: str) -> Dict[str, object]:
@@ -410,9 +419,8 @@ def _chunked(shape, dtype, name: str) -> Dict[str, object]:
 DUPLICATE_REASON_BYTES = 200  # room in /failures/reason for the duplicate-id message
 
 
-def _create_layout(f, headers: List[Dict], n: int, extra_failures: int = 0) -> Dict:
-    """Create every dataset with its final shape (collective: same calls on every rank). Returns readers of
-    single rows of id, source and line from the shards (for the duplicate records)."""
+def _layout_plan(headers: List[Dict], n: int, extra_failures: int = 0) -> Dict[str, Dict]:
+    """Every dataset of the final file: name -> shape, dtype, creation options (chunks, filters), unit."""
     strings = {}
     for h in headers:
         for name, width in h["strings"].items():
@@ -421,24 +429,36 @@ def _create_layout(f, headers: List[Dict], n: int, extra_failures: int = 0) -> D
         strings["failures/reason"] = max(strings.get("failures/reason", 1), DUPLICATE_REASON_BYTES)
         strings["failures/id"] = max(strings.get("failures/id", 1), strings.get("structures/id", 1))
     n_fail = sum(h["failures"] for h in headers) + extra_failures
+    plan: Dict[str, Dict] = {}
+
+    def add(name, shape, dtype, unit=None):
+        plan[name] = dict(shape=shape, dtype=np.dtype(dtype), opts=_chunked(shape, dtype, name), unit=unit)
     for table, rows in ((FIXED, n), (FAILURES, n_fail)):
         for name, (dtype, tail) in table.items():
-            dt = np.dtype(f"S{strings.get(name, 1)}") if dtype == "str" else dtype
-            f.create_dataset(name, shape=(rows,) + tail, dtype=dt, **_chunked((rows,) + tail, dt, name))
+            add(name, (rows,) + tail, np.dtype(f"S{strings.get(name, 1)}") if dtype == "str" else dtype)
     for p in sorted({p for h in headers for p in h["props"]}):
-        d = f.create_dataset(f"structures/props/{p}", shape=(n,), dtype=np.float64, **_chunked((n,), np.float64, p))
-        d.attrs["unit"] = prop_unit(p)
+        add(f"structures/props/{p}", (n,), np.float64, unit=prop_unit(p))
     meta = {}
     for h in headers:
         for name, width in h["meta"].items():
             meta[name] = max(meta.get(name, 1), width)
     for name in sorted(meta):
-        dt = np.dtype(f"S{meta[name]}")
-        f.create_dataset(f"structures/meta/{name}", shape=(n,), dtype=dt, **_chunked((n,), dt, name))
+        add(f"structures/meta/{name}", (n,), np.dtype(f"S{meta[name]}"))
     for name, (dtype, tail) in RAGGED.items():
-        total = sum(h["ragged"][name] for h in headers)
-        f.create_dataset(name, shape=(total,) + tail, dtype=dtype, **_chunked((total,) + tail, dtype, name))
-        f.create_dataset(f"{name}_offsets", shape=(n + 1,), dtype=np.int64, **_chunked((n + 1,), np.int64, name))
+        add(name, (sum(h["ragged"][name] for h in headers),) + tail, dtype)
+        add(f"{name}_offsets", (n + 1,), np.int64)
+    return plan
+
+
+def _create_layout(f, plan: Dict[str, Dict]) -> None:
+    for name, d in plan.items():
+        ds = f.create_dataset(name, shape=d["shape"], dtype=d["dtype"], **d["opts"])
+        if d["unit"] is not None:
+            ds.attrs["unit"] = d["unit"]
+
+
+def _shard_values(headers: List[Dict]) -> Dict:
+    """Readers of single rows of id, source and line from the shards (for the duplicate records)."""
     starts = np.array([h["start"] for h in headers])
 
     def shard_value(name):
@@ -466,10 +486,109 @@ def _load_shards(headers: Sequence[Dict]) -> Dict[str, List[np.ndarray]]:
     return out
 
 
-def _write_rows(f, headers: List[Dict], span: Tuple[int, int], data: Dict, collective: bool,
-                failed_rows: Sequence[int] = ()) -> None:
-    """Write the contiguous run of shards ``span`` into every dataset (every rank calls for every dataset);
-    ``failed_rows``: dataset rows whose status is written as failed (duplicate ids)."""
+def _deflate(rows: np.ndarray, chunk_rows: int) -> bytes:
+    """One chunk as HDF5 stores it with shuffle + gzip: padded to the chunk's rows with the fill value (0),
+    bytes shuffled by element size, then zlib at GZIP_LEVEL."""
+    full = np.zeros((chunk_rows,) + rows.shape[1:], dtype=rows.dtype)
+    full[:len(rows)] = rows
+    size = rows.dtype.itemsize
+    shuffled = np.frombuffer(full.tobytes(), np.uint8).reshape(-1, size).T.tobytes()
+    return zlib.compress(shuffled, GZIP_LEVEL)
+
+
+class _ChunkPrep:
+    """One rank's side of the merge: its rows of every dataset, in order, turned into write operations for
+    rank 0: ``("rows", name, start, array)`` for uncompressed datasets; for compressed ones each whole chunk
+    compressed here, ``("chunk", name, k, bytes)``, and the rows of a chunk shared with the neighbouring
+    rank's range, ``("piece", name, start, array)``. Rows that do not fill their last chunk wait for the next
+    group (:meth:`flush` passes what is left as pieces)."""
+
+    def __init__(self, plan: Dict[str, Dict]):
+        self.plan = plan
+        self.pending: Dict[str, Tuple[int, List[np.ndarray]]] = {}
+
+    def write(self, name: str, start: int, rows: Optional[np.ndarray], ops: List) -> None:
+        if rows is None or not len(rows):
+            return
+        d = self.plan[name]
+        if "compression" not in d["opts"]:
+            ops.append(("rows", name, start, rows))
+            return
+        c, end_all = d["opts"]["chunks"][0], d["shape"][0]
+        s0, parts = self.pending.get(name, (start, []))
+        parts = parts + [rows]
+        end = s0 + sum(len(p) for p in parts)
+        cut = end if end == end_all else (end // c) * c
+        if cut <= s0:
+            self.pending[name] = (s0, parts)
+            return
+        rows_all = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        pos = s0
+        while pos < cut:
+            k = pos // c
+            stop = min((k + 1) * c, cut)
+            piece = rows_all[pos - s0:stop - s0]
+            if pos % c == 0 and (stop == (k + 1) * c or stop == end_all):
+                ops.append(("chunk", name, k, _deflate(piece, c)))
+            else:
+                ops.append(("piece", name, pos, piece))
+            pos = stop
+        rest = rows_all[cut - s0:]
+        self.pending[name] = (cut, [rest] if len(rest) else [])
+
+    def flush(self) -> List:
+        ops = []
+        for name, (s0, parts) in self.pending.items():
+            if parts:
+                ops.append(("piece", name, s0, np.concatenate(parts)))
+        self.pending = {}
+        return ops
+
+
+class _ChunkSink:
+    """Rank 0's side: applies the operations of every rank to the open file; pieces of a chunk are collected
+    until the chunk is whole, then compressed and written like the others."""
+
+    def __init__(self, f, plan: Dict[str, Dict]):
+        self.f, self.plan = f, plan
+        self.pieces: Dict[Tuple[str, int], List[Tuple[int, np.ndarray]]] = {}
+
+    def apply(self, ops: List) -> None:
+        for kind, name, where, payload in ops:
+            dset = self.f[name]
+            if kind == "rows":
+                dset[where:where + len(payload)] = payload
+            elif kind == "chunk":
+                self._write_chunk(name, where, payload)
+            else:
+                c = self.plan[name]["opts"]["chunks"][0]
+                k = where // c
+                got = self.pieces.setdefault((name, k), [])
+                got.append((where, payload))
+                need = min(c, self.plan[name]["shape"][0] - k * c)
+                if sum(len(p) for _, p in got) == need:
+                    self._assemble(name, k)
+
+    def _write_chunk(self, name: str, k: int, blob: bytes) -> None:
+        c = self.plan[name]["opts"]["chunks"][0]
+        self.f[name].id.write_direct_chunk((k * c,) + (0,) * (len(self.plan[name]["shape"]) - 1), blob)
+
+    def _assemble(self, name: str, k: int) -> None:
+        got = sorted(self.pieces.pop((name, k)), key=lambda x: x[0])
+        c = self.plan[name]["opts"]["chunks"][0]
+        self._write_chunk(name, k, _deflate(np.concatenate([p for _, p in got]), c))
+
+    def finish(self) -> None:
+        if self.pieces:  # every row belongs to some rank: a chunk left incomplete is a bug
+            raise RuntimeError(f"merge: incomplete chunks {sorted(self.pieces)[:5]}")
+
+
+def _write_rows(prep: _ChunkPrep, headers: List[Dict], span: Tuple[int, int], data: Dict,
+                failed_rows: Sequence[int] = ()) -> List:
+    """The write operations of the contiguous run of shards ``span`` for every dataset; ``failed_rows``:
+    dataset rows whose status is written as failed (duplicate ids)."""
+    plan = prep.plan
+    ops: List = []
     row0 = sum(h["size"] for h in headers[:span[0]])
     fail0 = sum(h["failures"] for h in headers[:span[0]])
     mine = headers[span[0]:span[1]]
@@ -485,20 +604,19 @@ def _write_rows(f, headers: List[Dict], span: Tuple[int, int], data: Dict, colle
         return np.concatenate(parts) if parts else None
 
     for name in FIXED:
-        rows = rows_of(name, f[name].dtype, FIXED[name][1])
+        rows = rows_of(name, plan[name]["dtype"], FIXED[name][1])
         if name == "structures/status" and rows is not None:
             hit = [r - row0 for r in failed_rows if row0 <= r < row0 + len(rows)]
             rows[hit] = FAILED
-        write_rows(f[name], row0, rows, collective)
+        prep.write(name, row0, rows, ops)
     for name in FAILURES:
-        write_rows(f[name], fail0, rows_of(name, f[name].dtype), collective)
-    for group in ("structures/props", "structures/meta"):
-        for key in sorted(f[group].keys()) if group in f else []:
-            name = f"{group}/{key}"
-            write_rows(f[name], row0, rows_of(name, f[name].dtype), collective)
+        prep.write(name, fail0, rows_of(name, plan[name]["dtype"]), ops)
+    for name in plan:
+        if name.startswith(("structures/props/", "structures/meta/")):
+            prep.write(name, row0, rows_of(name, plan[name]["dtype"]), ops)
     for name in RAGGED:
         base = sum(h["ragged"][name] for h in headers[:span[0]])
-        write_rows(f[name], base, rows_of(name, f[name].dtype, RAGGED[name][1]), collective)
+        prep.write(name, base, rows_of(name, plan[name]["dtype"], RAGGED[name][1]), ops)
         offsets = []
         running = base
         for h, arr in sorted(data.get(f"{name}_offsets", []), key=lambda x: x[0]["start"]):
@@ -506,7 +624,8 @@ def _write_rows(f, headers: List[Dict], span: Tuple[int, int], data: Dict, colle
             running += int(arr[-1])
         if mine and span[1] == len(headers):
             offsets.append(np.array([running], dtype=np.int64))  # the closing offset
-        write_rows(f[f"{name}_offsets"], row0, np.concatenate(offsets) if offsets else None, collective)
+        prep.write(f"{name}_offsets", row0, np.concatenate(offsets) if offsets else None, ops)
+    return ops
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,13 +1,4 @@
-"""Parallel HDF5 helpers (h5py with the mpio driver), usable serially too.
-
-h5py skips writes of empty selections, which hangs a collective write when some rank has no rows (h5py
-issue #965); :func:`write_rows` goes through the low-level API so that every rank takes part.
-"""
-from typing import Optional
-
-import numpy as np
-
-
+"""HDF5 files as cloudvox writes them (h5py), and whether h5py has parallel HDF5 (the mpio driver)."""
 def has_parallel_hdf5() -> bool:
     """Whether h5py was built against a parallel (MPI) HDF5."""
     try:
@@ -17,39 +8,16 @@ def has_parallel_hdf5() -> bool:
     return bool(h5py.get_config().mpi)
 
 
+LIBVER = ("v110", "latest")  # files written: HDF5 1.10 format, whose chunk index for fixed-size datasets is a
+# fixed array (no B-tree: with the 1.8 format a parallel merge of 1M structures inserted ~100k chunks into
+# v1 B-trees, each insert a metadata sync point between the ranks, and stalled). Read by HDF5 >= 1.10.
+
+
 def open_file(path, mode: str, comm=None):
-    """An h5py File: with the mpio driver on ``comm`` (collective open) or serial when comm is None."""
+    """An h5py File (new files in the :data:`LIBVER` format): with the mpio driver on ``comm`` (collective
+    open), or serial when comm is None."""
     import h5py
+    kw = dict(libver=LIBVER) if mode in ("w", "w-", "x") else {}
     if comm is None:
-        return h5py.File(path, mode)
-    return h5py.File(path, mode, driver="mpio", comm=comm)
-
-
-def write_rows(dset, start: int, data: Optional[np.ndarray], collective: bool) -> None:
-    """Write ``data`` into rows ``start : start + len(data)`` of ``dset`` (first axis).
-
-    collective: every rank of the file's communicator calls this for the dataset, with or without rows
-    (required for filtered/compressed datasets in parallel HDF5).
-    """
-    n = 0 if data is None else len(data)
-    if dset.shape[0] == 0:  # nothing to write on any rank (an empty dataset has no storage)
-        return
-    if not collective:
-        if n:
-            dset[start:start + n] = data
-        return
-    import h5py
-    tail = tuple(dset.shape[1:])
-    fspace = dset.id.get_space()
-    if n == 0:
-        fspace.select_none()
-        mspace = h5py.h5s.create_simple((1,) + tail)
-        mspace.select_none()
-        buf = np.zeros((1,) + tail, dtype=dset.dtype)
-    else:
-        fspace.select_hyperslab((start,) + (0,) * len(tail), (n,) + tail)
-        mspace = h5py.h5s.create_simple((n,) + tail)
-        buf = np.ascontiguousarray(data, dtype=dset.dtype)
-    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
-    dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
-    dset.id.write(mspace, fspace, buf, dxpl=dxpl)
+        return h5py.File(path, mode, **kw)
+    return h5py.File(path, mode, driver="mpio", comm=comm, **kw)

@@ -58,13 +58,6 @@ def test_same_file_whatever_the_rank_count(serial_osrti, tmp_path, ranks):
     assert proc.stdout.count('"path"') == 1  # one rank reports
 
 
-def test_without_parallel_hdf5_the_same_command_works(serial_osrti, tmp_path):
-    src, reference = serial_osrti
-    out = tmp_path / "osrti.h5"
-    run_cloudvox(2, "featurize", "--input", str(src), "--output", str(out), *AFLOW, "--parallel-hdf5", "off")
-    assert_same_datasets(out, reference)
-
-
 @pytest.mark.slow
 def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
     args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--block-size", "1"]
@@ -87,6 +80,31 @@ def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
     assert_same_datasets(out, reference)
     again = run_cloudvox(2, *args, "--output", str(out))  # a requeued job that finds the file complete
     assert "already complete" in again.stderr
+
+
+@pytest.mark.slow
+def test_kill_minus_9_during_the_merge_then_the_same_command(perovskites_path, tmp_path):
+    """Killed while the shards are being merged into OUT.h5.part (a small merge buffer keeps the merge busy
+    for a few seconds): the shards are intact, and the same command ends with the uninterrupted datasets."""
+    args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--block-size", "2",
+            "--merge-buffer-mb", "0.001"]
+    reference = tmp_path / "uninterrupted.h5"
+    run_cloudvox(1, *args, "--output", str(reference))
+    out = tmp_path / "resumed.h5"
+    part = tmp_path / "resumed.h5.part"
+    proc = subprocess.Popen(cloudvox_cmd(2, *args, "--output", str(out)), env=mpi_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not part.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.2)  # inside the merge
+    kill_session(proc.pid)
+    proc.wait()
+    assert part.exists() and not out.exists(), "the merge had not started or had already finished"
+    assert len(list((tmp_path / "resumed.h5.parts").glob("block-*.h5"))) == 150
+    rerun = run_cloudvox(2, *args, "--output", str(out))
+    assert "150 already done" in rerun.stderr
+    assert_same_datasets(out, reference)
 
 
 def test_bad_input_is_recorded_and_the_job_goes_on(tmp_path):
