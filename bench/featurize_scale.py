@@ -21,7 +21,7 @@ from common import ROOT, emit  # noqa: E402
 
 AFLOW_ENTRIES = 3_500_000
 NODE_CORES = 128
-FS_BANDWIDTH = 5e9  # bytes/s: an assumed parallel file system write rate for the merge on a cluster (stated)
+WRITER_BANDWIDTH = 1e9  # bytes/s: assumed rate at which rank 0 receives and writes the merged chunks (stated)
 
 # failure reasons, grouped by the words that name them (the first match wins)
 REASON_KINDS = [("duplicate id", "duplicate id"), ("far outside the cell", "coordinates far outside the cell"),
@@ -100,7 +100,8 @@ def main() -> None:
     emit("featurize_scale", "failures", sum(kinds.values()), "structures", by_reason=dict(sorted(kinds.items())),
          **common)
     # projections: this machine scales linearly in N; a cluster of 128-core nodes runs the compute at the
-    # measured per-rank rate and the merge at the measured per-rank rate, capped by the file system
+    # measured per-rank rate and the merge's compression at the measured per-rank rate, and rank 0 writes
+    # every chunk at WRITER_BANDWIDTH
     per_rank = n / sum(summary["busy_seconds"])  # structures per busy second of one rank
     merge_rate = size / summary["merge_seconds"] / args.ranks  # bytes/s of output per writing rank
     scale = AFLOW_ENTRIES / n
@@ -109,9 +110,9 @@ def main() -> None:
     for nodes in (1, 8, 64):
         ranks = nodes * NODE_CORES
         compute = AFLOW_ENTRIES / (per_rank * ranks)
-        merge = size * scale / min(merge_rate * ranks, FS_BANDWIDTH)
+        merge = max(size * scale / (merge_rate * ranks), size * scale / WRITER_BANDWIDTH)
         emit("featurize_scale", "projection_aflow_cluster", (compute + merge) / 60, "min", nodes=nodes,
-             cores_per_node=NODE_CORES, assumed_fs_bandwidth_GBps=FS_BANDWIDTH / 1e9, **common)
+             cores_per_node=NODE_CORES, assumed_writer_GBps=WRITER_BANDWIDTH / 1e9, **common)
     if not args.keep:
         out.unlink()
 

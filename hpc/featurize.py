@@ -489,10 +489,12 @@ def _load_shards(headers: Sequence[Dict]) -> Dict[str, List[np.ndarray]]:
 def _deflate(rows: np.ndarray, chunk_rows: int) -> bytes:
     """One chunk as HDF5 stores it with shuffle + gzip: padded to the chunk's rows with the fill value (0),
     bytes shuffled by element size, then zlib at GZIP_LEVEL."""
-    full = np.zeros((chunk_rows,) + rows.shape[1:], dtype=rows.dtype)
-    full[:len(rows)] = rows
-    size = rows.dtype.itemsize
-    shuffled = np.frombuffer(full.tobytes(), np.uint8).reshape(-1, size).T.tobytes()
+    if len(rows) == chunk_rows:
+        full = np.ascontiguousarray(rows)
+    else:
+        full = np.zeros((chunk_rows,) + rows.shape[1:], dtype=rows.dtype)
+        full[:len(rows)] = rows
+    shuffled = full.view(np.uint8).reshape(-1, rows.dtype.itemsize).T.tobytes()
     return zlib.compress(shuffled, GZIP_LEVEL)
 
 
