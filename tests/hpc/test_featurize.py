@@ -58,6 +58,19 @@ def test_same_file_whatever_the_rank_count(serial_osrti, tmp_path, ranks):
     assert proc.stdout.count('"path"') == 1  # one rank reports
 
 
+def kill_featurize_when(args, out, ready, poll: float = 0.02, settle: float = 0.0) -> None:
+    """Start ``mpirun -n 2 cloudvox ARGS --output OUT``; once ready() (or after 120 s) and ``settle`` seconds,
+    kill -9 mpirun and every rank at once."""
+    proc = subprocess.Popen(cloudvox_cmd(2, *args, "--output", str(out)), env=mpi_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(poll)
+    time.sleep(settle)
+    kill_session(proc.pid)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
     args = ["featurize", "--input", str(perovskites_path), "--format", "aflow", "--block-size", "1"]
@@ -65,13 +78,7 @@ def test_resume_after_kill_minus_9_of_all_ranks(perovskites_path, tmp_path):
     run_cloudvox(1, *args, "--output", str(reference))
     out = tmp_path / "resumed.h5"
     parts = tmp_path / "resumed.h5.parts"
-    proc = subprocess.Popen(cloudvox_cmd(2, *args, "--output", str(out)), env=mpi_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("block-*.h5"))) < 30:
-        time.sleep(0.02)
-    kill_session(proc.pid)  # kill -9 of mpirun and every rank at once
-    proc.wait()
+    kill_featurize_when(args, out, lambda: len(list(parts.glob("block-*.h5"))) >= 30)
     time.sleep(0.5)
     done_before = len(list(parts.glob("block-*.h5")))
     assert not out.exists() and 30 <= done_before < 300, done_before
@@ -92,14 +99,7 @@ def test_kill_minus_9_during_the_merge_then_the_same_command(perovskites_path, t
     run_cloudvox(1, *args, "--output", str(reference))
     out = tmp_path / "resumed.h5"
     part = tmp_path / "resumed.h5.part"
-    proc = subprocess.Popen(cloudvox_cmd(2, *args, "--output", str(out)), env=mpi_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not part.exists() and proc.poll() is None:
-        time.sleep(0.005)
-    time.sleep(0.2)  # inside the merge
-    kill_session(proc.pid)
-    proc.wait()
+    kill_featurize_when(args, out, part.exists, poll=0.005, settle=0.2)  # killed inside the merge
     assert part.exists() and not out.exists(), "the merge had not started or had already finished"
     assert len(list((tmp_path / "resumed.h5.parts").glob("block-*.h5"))) == 150
     rerun = run_cloudvox(2, *args, "--output", str(out))
