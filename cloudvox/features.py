@@ -53,6 +53,7 @@ absolute 6e-8 of the scale; tested against float64 |h|): half the bytes of float
 +4% bytes, 1.3x faster writes. Chunks of 256 kB (uncompressed): random access to one structure decompresses
 at most a few chunks. Shards use lzf (fast, 1.3x larger) and are recompressed once by the merge.
 
+Files are written in the HDF5 1.10 file format (fixed-array chunk indexes; readers need HDF5 >= 1.10).
 Version 1 files (float32 values, stored ``/reciprocal/m``, no scale) are still read; a file newer than the
 reader is refused with a message to upgrade.
 """
