@@ -440,8 +440,9 @@ class ReciprocalVoxelizer:
             if s.is_periodic:
                 W, channels = self._weights(s, names)
                 m = half_ball(s.lattice, self.ball_radius)
-                amp = self.amplitudes_at(s, W, m).astype(dtype, copy=False)
-                rs = ReciprocalSet(G=m @ reciprocal_lattice(s.lattice), amp=amp, channels=channels, m=m, half=True)
+                G = m @ reciprocal_lattice(s.lattice)
+                amp = self.amplitudes_at(s, W, m, G).astype(dtype, copy=False)
+                rs = ReciprocalSet(G=G, amp=amp, channels=channels, m=m, half=True)
                 out[i] = rs if half else rs.full()
         weights = {i: self._weights(structures[i], names) for i in molecules}
         mols = [structures[i] for i in molecules]
@@ -459,13 +460,13 @@ class ReciprocalVoxelizer:
         of the cartesian grid's cube [-h, h)^3."""
         return float(np.sqrt(3) * self.half_width)
 
-    def amplitudes_at(self, s: Structure, W: np.ndarray, m: np.ndarray) -> np.ndarray:
+    def amplitudes_at(self, s: Structure, W: np.ndarray, m: np.ndarray, G: np.ndarray) -> np.ndarray:
         """(C, P) float64 channel values (|h_c|, then the cross-spectra with ``cross``; 1/Angstrom^3) of a
-        crystal at Miller indices m (P, 3), for channel weights W (c, natoms) (:meth:`_weights`)."""
+        crystal at Miller indices m (P, 3), G = m @ recip (P, 3) in 1/Angstrom, for channel weights W
+        (c, natoms) (:meth:`_weights`)."""
         if self.cross:
             W = np.concatenate([W, np.ones((1, W.shape[1]))])
         F = structure_factors_at(m, s.frac_coords, W)  # (C', P)
-        G = m @ reciprocal_lattice(s.lattice)
         env = np.exp(-self.sigma ** 2 / 2 * _sqnorm(G))
         amp = self._channel_values(F[None], env[None], W[None])[0]
         amp *= env / s.volume

@@ -294,27 +294,17 @@ def _duplicates(headers: List[Dict]) -> List[Tuple[int, int]]:
     """(row, first row) of every good structure whose id an earlier good structure already has, in file order.
 
     Hash matches are confirmed against the stored ids (no false positives from hash collisions)."""
-    import h5py
-    rows = np.concatenate([h["start"] + h["id_rows"] for h in headers]) if headers else np.zeros(0, np.int64)
-    keys = np.concatenate([h["ids"] for h in headers]) if headers else np.zeros(0, np.uint64)
-    order = np.lexsort((rows, keys))
-    same = np.flatnonzero(keys[order][1:] == keys[order][:-1]) + 1
-    if not len(same):
+    if not headers:
         return []
-    runs = np.split(order, np.flatnonzero(np.diff(keys[order]) != 0) + 1)  # equal keys, rows ascending
-    candidates = [(int(r), int(run[0])) for run in runs if len(run) > 1 for r in rows[run[1:]]]
-    starts = np.array([h["start"] for h in headers])
-
-    def read_id(row: int) -> bytes:
-        h = headers[int(np.searchsorted(starts, row, side="right")) - 1]
-        with h5py.File(h["path"], "r") as f:
-            return bytes(f["structures/id"][row - h["start"]])
-    out = []
-    for row, first_index in candidates:
-        first_row = int(rows[first_index])
-        if read_id(row) == read_id(first_row):
-            out.append((row, first_row))
-    return sorted(out)
+    rows = np.concatenate([h["start"] + h["id_rows"] for h in headers])
+    keys = np.concatenate([h["ids"] for h in headers])
+    order = np.lexsort((rows, keys))  # equal keys together, rows ascending
+    k = keys[order]
+    new_run = np.concatenate([[True], k[1:] != k[:-1]])
+    first = order[np.maximum.accumulate(np.where(new_run, np.arange(len(k)), 0))]  # each run's first item
+    later = ~new_run
+    read_id = _shard_values(headers)["id"]
+    return sorted((int(r), int(f)) for r, f in zip(rows[order[later]], rows[first[later]]) if read_id(r) == read_id(f))
 
 
 def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, identity: Dict) -> None:
