@@ -180,17 +180,19 @@ def half_ball(lattice: np.ndarray, radius: float) -> np.ndarray:
     |u + m2 b2| <= radius form an interval (a quadratic in m2); candidates one wider on each side are then
     tested exactly, so only about P points are ever formed.
     """
-    recip = reciprocal_lattice(np.asarray(lattice, dtype=np.float64))
-    e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius, "ball"))
-    r2 = radius * radius * (1 + 1e-12)
+    recip, (e0, e1, e2), r2 = _ball_params(lattice, radius)
+    kernel = _native()
+    if kernel is not None:  # the same operations, compiled
+        import torch
+        return kernel.half_ball(torch.from_numpy(recip), e0, e1, e2, r2).numpy()
     m0 = np.repeat(np.arange(-e0, 1, dtype=np.int32), 2 * e1 + 1)
     m1 = np.tile(np.arange(-e1, e1 + 1, dtype=np.int32), e0 + 1)
     rows = (m0 < 0) | (m1 <= 0)  # the half: m0 < 0, or m0 = 0 and m1 <= 0
     m0, m1 = m0[rows], m1[rows]
     u = np.outer(m0, recip[0]) + np.outer(m1, recip[1])  # (rows, 3)
     b = recip[2]
-    bb = float(b @ b)
-    ub = u @ b
+    bb = float(b[0] * b[0] + b[1] * b[1] + b[2] * b[2])  # elementwise, in this order: the kernel rounds alike
+    ub = u[:, 0] * b[0] + u[:, 1] * b[1] + u[:, 2] * b[2]
     uu = _sqnorm(u)
     disc = ub * ub - bb * (uu - r2)
     root = np.sqrt(np.maximum(disc, 0.0))
@@ -207,6 +209,14 @@ def half_ball(lattice: np.ndarray, radius: float) -> np.ndarray:
     out = np.empty((int(keep.sum()), 3), dtype=np.int32)
     out[:, 0], out[:, 1], out[:, 2] = m0[row[keep]], m1[row[keep]], m2[keep]
     return out
+
+
+def _ball_params(lattice: np.ndarray, radius: float) -> Tuple[np.ndarray, Tuple[int, int, int], float]:
+    """What the half-ball enumeration needs: recip (3, 3) rows (1/Angstrom), the extents e (ints) and the
+    squared radius with its 1e-12 relative slack."""
+    recip = np.ascontiguousarray(reciprocal_lattice(np.asarray(lattice, dtype=np.float64)))
+    e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius, "ball"))
+    return recip, (e0, e1, e2), radius * radius * (1 + 1e-12)
 
 
 def structure_factors_at(m: np.ndarray, frac: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -453,6 +463,28 @@ class ReciprocalVoxelizer:
                 for k, c in enumerate(chunk):
                     out[molecules[c]] = ReciprocalSet(G=G[k], amp=amp[k], channels=weights[molecules[c]][1])
         return out
+
+    def stored_values(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, float]:
+        """What the feature file stores of a crystal: its channels (c,) int64 (indices into ``names``; 2 c with
+        ``cross``), its half set's channel values relative to their largest modulus, (c, P) float16 in
+        :func:`half_ball`'s order, and that largest modulus (the scale, 1/Angstrom^3; 0 for an empty set).
+
+        The compiled kernel does it in one pass (enumeration, structure factors, envelope, float16 rounding);
+        without it, :meth:`reciprocal` in numpy, then the division and ``astype(float16)``."""
+        W, channels = self._weights(s, names)
+        kernel = _native()
+        if kernel is not None:
+            import torch
+            recip, (e0, e1, e2), r2 = _ball_params(s.lattice, self.ball_radius)
+            values, top = kernel.stored_values(torch.from_numpy(recip), e0, e1, e2, r2,
+                                               torch.from_numpy(np.array(s.frac_coords, dtype=np.float64, order="C")),
+                                               torch.from_numpy(np.array(W, dtype=np.float64, order="C")),
+                                               self.sigma, float(s.volume), self.cross)
+            return channels, values.numpy(), float(top)
+        m = half_ball(s.lattice, self.ball_radius)
+        amp = self.amplitudes_at(s, W, m, m @ reciprocal_lattice(s.lattice))
+        top = float(np.abs(amp).max()) if amp.size else 0.0
+        return channels, (amp / (top or 1.0)).astype(np.float16), top
 
     @property
     def ball_radius(self) -> float:

@@ -49,17 +49,22 @@ stored. Bytes, measured on the AFLOW-like mix (bench/featurize_scale.py, docs/sc
 indices are regenerated from the lattice instead of stored (they were 17% of a version-1 file); amplitudes
 are float16 relative to the per-structure scale (relative error <= 2^-11 down to 6e-5 of the scale, then
 absolute 6e-8 of the scale; tested against float64 |h|): half the bytes of float32 and they compress better
-(shuffle + gzip level 1: 10.6-11.2 kB per structure against 29 kB for float32). gzip level 1 instead of 4:
-+4% bytes, 1.3x faster writes. Chunks of 256 kB (uncompressed): random access to one structure decompresses
-at most a few chunks. Shards use lzf (fast, 1.3x larger) and are recompressed once by the merge.
+(shuffle + deflate: 10.6-11.2 kB per structure with zlib level 1 against 29 kB for float32). The chunks are
+HDF5's gzip filter (shuffle + deflate, read by any HDF5), deflated by ISA-L at its level 1 (the isal package;
+zlib level 1 where it is missing): 5-6x zlib's speed for 11% more bytes (13.2 kB per structure), which moved
+the merge off the compression; zlib level 4 would save 4% at 1.3x zlib level 1's time. Chunks of 256 kB
+(uncompressed): random access to one structure decompresses at most a few chunks. Shards use lzf (fast,
+1.3x larger) and are recompressed once by the merge.
 
 Files are written in the HDF5 1.10 file format (fixed-array chunk indexes; readers need HDF5 >= 1.10).
 Version 1 files (float32 values, stored ``/reciprocal/m``, no scale) are still read; a file newer than the
 reader is refused with a message to upgrade.
 """
+import functools
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -111,7 +116,24 @@ FAILURES: Dict[str, Tuple[object, Tuple[int, ...]]] = {
 CHUNK_CACHE_BYTES = 256 << 20  # per open file (per process): decompressed chunks kept for random access
 CHUNK_BYTES = 256 << 10  # target uncompressed chunk size of the final file's datasets
 COMPRESSED = ("cloud/positions", "voxels/index", "voxels/values", "reciprocal/values")
-GZIP_LEVEL = 1  # the final file (docstring: level 4 saves 4% of the bytes at 1.3x the time)
+GZIP_LEVEL = 1  # zlib's level where isal is missing (docstring: level 4 saves 4% of the bytes at 1.3x the time)
+ISAL_LEVEL = 1  # ISA-L's level for the final file's chunks (see deflate)
+
+
+@functools.lru_cache(maxsize=None)
+def _compressor():
+    try:
+        from isal import isal_zlib
+        return functools.partial(isal_zlib.compress, level=ISAL_LEVEL)
+    except ImportError:
+        return functools.partial(zlib.compress, level=GZIP_LEVEL)
+
+
+def deflate(data: bytes) -> bytes:
+    """A zlib stream (what HDF5's gzip filter stores and every HDF5 reader inflates) of ``data``: ISA-L at
+    level 1 (isal: 5-6x zlib's speed on shuffled float16 amplitudes, 11% more bytes than zlib level 1), or
+    zlib at GZIP_LEVEL where the isal package is not installed."""
+    return _compressor()(data)
 
 
 def encode(strings: Sequence[str]) -> np.ndarray:
@@ -171,13 +193,12 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
     sparse = [None] * len(todo)
     for k, sv in zip(binned, voxelizer.compact([todo[k] for k in binned], names=names)):
         sparse[k] = sv
-    recip = [None] * len(todo)
+    recip = [None] * len(todo)  # crystals: (channels, float16 values relative to the scale, scale)
     scale = np.full(S, np.nan, dtype=np.float32)
     if "reciprocal" in store:
-        periodic = [k for k, s in enumerate(todo) if s.is_periodic]
-        for k, rs in zip(periodic, voxelizer.reciprocal_batch([todo[k] for k in periodic], names, dtype=np.float64,
-                                                              half=True)):
-            recip[k] = rs
+        for k, s in enumerate(todo):
+            if s.is_periodic:
+                recip[k] = voxelizer.stored_values(s, names)
 
     parts: Dict[str, List[np.ndarray]] = {name: [np.empty((0,) + RAGGED[name][1], RAGGED[name][0])] * S
                                           for name in RAGGED}
@@ -185,16 +206,15 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
         if "cloud" in store:
             parts["cloud/positions"][k] = s.cart_coords
             parts["cloud/numbers"][k] = s.numbers.astype(np.uint8)
-        channels = sv.channels if sv is not None else (rs.channels if rs is not None else None)
+        channels = sv.channels if sv is not None else (rs[0] if rs is not None else None)
         if channels is not None:
             parts["channels/index"][k] = channels.astype(np.int16)
         if sv is not None:
             parts["voxels/index"][k] = sv.index
             parts["voxels/values"][k] = sv.values.reshape(-1)
         if rs is not None:
-            top = float(np.abs(rs.amp).max()) if rs.amp.size else 0.0
-            scale[k] = top
-            parts["reciprocal/values"][k] = (rs.amp.reshape(-1) / (top or 1.0)).astype(np.float16)
+            scale[k] = rs[2]
+            parts["reciprocal/values"][k] = rs[1].reshape(-1)
     ragged = {name: (np.array([len(p) for p in ps], dtype=np.int64),
                      np.concatenate(ps) if S else np.empty((0,) + RAGGED[name][1], RAGGED[name][0]))
               for name, ps in parts.items()}

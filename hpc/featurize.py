@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -35,7 +34,7 @@ import numpy as np
 from cloudvox.config import ConfigError, validate_featurize
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,
-                               STORE_ITEMS, FeatureFile, featurize_block, prop_unit, root_attributes,
+                               STORE_ITEMS, FeatureFile, deflate, featurize_block, prop_unit, root_attributes,
                                write_features)
 from cloudvox.io.sources import Source
 
@@ -478,14 +477,14 @@ def _load_shards(headers: Sequence[Dict]) -> Dict[str, List[np.ndarray]]:
 
 def _deflate(rows: np.ndarray, chunk_rows: int) -> bytes:
     """One chunk as HDF5 stores it with shuffle + gzip: padded to the chunk's rows with the fill value (0),
-    bytes shuffled by element size, then zlib at GZIP_LEVEL."""
+    bytes shuffled by element size, then deflated (:func:`cloudvox.features.deflate`)."""
     if len(rows) == chunk_rows:
         full = np.ascontiguousarray(rows)
     else:
         full = np.zeros((chunk_rows,) + rows.shape[1:], dtype=rows.dtype)
         full[:len(rows)] = rows
     shuffled = full.view(np.uint8).reshape(-1, rows.dtype.itemsize).T.tobytes()
-    return zlib.compress(shuffled, GZIP_LEVEL)
+    return deflate(shuffled)
 
 
 class _ChunkPrep:

@@ -8,12 +8,23 @@
 // by row), so each point costs one complex product per atom and C dot products over atoms (for element
 // channels, one weight per atom: atoms grouped by channel, one sum over each group).
 // Single-threaded: the featurize job runs one MPI rank per core.
+//
+//   half_ball(recip (3, 3), e0, e1, e2, r2) -> m (P, 3) int32: cloudvox.descriptors.half_ball's enumeration with
+//     the same floating-point operations in the same order (built with -ffp-contract=off: no fused
+//     multiply-adds), so that both select the same points: the feature file stores values in this order.
+//   stored_values(recip, e0, e1, e2, r2, frac (J, 3), W (C, J), sigma, volume, cross) -> (values (C', P) float16,
+//     scale): the featurize job's whole per-crystal descriptor: the half ball enumerated row by row, the
+//     structure factors of each row's points at once (vectorised over the row), |F_c| (and with cross the
+//     cross-spectra with the total) times the Gaussian envelope / volume, divided by the largest |value| and
+//     rounded to float16 (round to nearest even, subnormals included, as numpy's astype(float16)).
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <tuple>
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
@@ -147,8 +158,241 @@ torch::Tensor factors_at(torch::Tensor m, torch::Tensor frac, torch::Tensor W) {
   return out;
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// the half ball, row by row (cloudvox.descriptors.half_ball: keep every operation as written there)
+// ---------------------------------------------------------------------------------------------------------
+struct Row {
+  int32_t m0, m1, a, b;  // kept m2 in [a, b]
+};
+
+std::vector<Row> half_ball_rows(const double* r /* (3, 3) rows b_k */, int64_t e0, int64_t e1, int64_t e2, double r2) {
+  std::vector<Row> rows;
+  const double* b = r + 6;
+  const double bb = b[0] * b[0] + b[1] * b[1] + b[2] * b[2];
+  for (int64_t m0 = -e0; m0 <= 0; ++m0)
+    for (int64_t m1 = -e1; m1 <= e1; ++m1) {
+      if (!(m0 < 0 || m1 <= 0)) continue;
+      double u[3];
+      for (int k = 0; k < 3; ++k) u[k] = double(m0) * r[k] + double(m1) * r[3 + k];
+      const double ub = u[0] * b[0] + u[1] * b[1] + u[2] * b[2];
+      const double uu = u[0] * u[0] + u[1] * u[1] + u[2] * u[2];
+      const double disc = ub * ub - bb * (uu - r2);
+      if (disc < 0) continue;
+      const double root = std::sqrt(std::max(disc, 0.0));
+      int64_t lo = std::max<int64_t>(int64_t(std::floor((-ub - root) / bb) - 1), -e2);
+      int64_t hi = std::min<int64_t>(int64_t(std::ceil((-ub + root) / bb) + 1), e2);
+      if (m0 == 0 && m1 == 0) hi = std::min<int64_t>(hi, 0);
+      int64_t a = INT64_MAX, z = INT64_MIN;
+      for (int64_t m2 = lo; m2 <= hi; ++m2) {
+        const double q = double(m2);
+        if (uu + q * (2 * ub + q * bb) <= r2) {
+          a = std::min(a, m2);
+          z = std::max(z, m2);
+        }
+      }
+      if (a <= z) rows.push_back(Row{int32_t(m0), int32_t(m1), int32_t(a), int32_t(z)});
+    }
+  return rows;
+}
+
+torch::Tensor half_ball(torch::Tensor recip, int64_t e0, int64_t e1, int64_t e2, double r2) {
+  TORCH_CHECK(recip.dim() == 2 && recip.size(0) == 3 && recip.size(1) == 3 && recip.scalar_type() == torch::kFloat64,
+              "recip must be (3, 3) float64");
+  TORCH_CHECK(e0 >= 0 && e1 >= 0 && e2 >= 0, "extents must be >= 0");
+  recip = recip.contiguous();
+  const auto rows = half_ball_rows(recip.data_ptr<double>(), e0, e1, e2, r2);
+  int64_t P = 0;
+  for (const auto& w : rows) P += int64_t(w.b) - w.a + 1;
+  auto out = torch::empty({P, 3}, torch::TensorOptions().dtype(torch::kInt32));
+  int32_t* m = out.data_ptr<int32_t>();
+  for (const auto& w : rows)
+    for (int32_t m2 = w.a; m2 <= w.b; ++m2) {
+      *m++ = w.m0;
+      *m++ = w.m1;
+      *m++ = m2;
+    }
+  return out;
+}
+
+// double -> IEEE half, round to nearest even (subnormals included); |x| < 65504 (values here are in [-1, 1])
+inline uint16_t to_half(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, 8);
+  const uint16_t sign = uint16_t((bits >> 48) & 0x8000u);
+  const int e = int((bits >> 52) & 0x7ff) - 1023;  // x = 1.f * 2^e
+  if (e < -25) return sign;                        // below half the smallest subnormal (2^-24): zero
+  const uint64_t mant = (bits & ((uint64_t(1) << 52) - 1)) | (uint64_t(1) << 52);  // 53 bits
+  const int shift = e >= -14 ? 42 : 28 - e;        // keep 11 bits (normal) or the multiple of 2^-24 (subnormal)
+  uint64_t q = mant >> shift;
+  const uint64_t rest = mant & ((uint64_t(1) << shift) - 1), half = uint64_t(1) << (shift - 1);
+  if (rest > half || (rest == half && (q & 1))) ++q;
+  if (e < -14) return uint16_t(sign | q);  // q = 1024 is the smallest normal, as encoded
+  int E = e + 15;
+  if (q == 2048) {
+    q = 1024;
+    ++E;
+  }
+  return uint16_t(sign | (E << 10) | (q - 1024));
+}
+
+CLOUDVOX_CLONES
+void row_factors(const double* __restrict ar, const double* __restrict ai, const double* __restrict t2r,
+                 const double* __restrict t2i, int64_t J, int64_t n2, int64_t v0, int64_t L, const double* __restrict W,
+                 int64_t C, bool total, double* __restrict accr, double* __restrict acci, double* __restrict pr,
+                 double* __restrict pi) {
+  // acc[c][t] = sum_j W[c, j] (a_j * T2[j][v0 + t]) for t < L; with total, row C sums all atoms
+  const int64_t rows = C + (total ? 1 : 0);
+  std::fill(accr, accr + rows * L, 0.0);
+  std::fill(acci, acci + rows * L, 0.0);
+  for (int64_t j = 0; j < J; ++j) {
+    const double xr = ar[j], xi = ai[j];
+    const double* tr = t2r + j * n2 + v0;
+    const double* ti = t2i + j * n2 + v0;
+    for (int64_t t = 0; t < L; ++t) {
+      pr[t] = xr * tr[t] - xi * ti[t];
+      pi[t] = xr * ti[t] + xi * tr[t];
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const double w = W[c * J + j];
+      if (w == 0.0) continue;
+      double* sr = accr + c * L;
+      double* si = acci + c * L;
+      for (int64_t t = 0; t < L; ++t) {
+        sr[t] += w * pr[t];
+        si[t] += w * pi[t];
+      }
+    }
+    if (total) {
+      double* sr = accr + C * L;
+      double* si = acci + C * L;
+      for (int64_t t = 0; t < L; ++t) {
+        sr[t] += pr[t];
+        si[t] += pi[t];
+      }
+    }
+  }
+}
+
+std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0, int64_t e1, int64_t e2, double r2,
+                                                torch::Tensor frac, torch::Tensor W, double sigma, double volume,
+                                                bool cross) {
+  TORCH_CHECK(recip.dim() == 2 && recip.size(0) == 3 && recip.size(1) == 3 && recip.scalar_type() == torch::kFloat64,
+              "recip must be (3, 3) float64");
+  TORCH_CHECK(frac.dim() == 2 && frac.size(1) == 3 && frac.scalar_type() == torch::kFloat64, "frac must be (J, 3) float64");
+  TORCH_CHECK(W.dim() == 2 && W.size(1) == frac.size(0) && W.scalar_type() == torch::kFloat64, "W must be (C, J) float64");
+  TORCH_CHECK(e0 >= 0 && e1 >= 0 && e2 >= 0, "extents must be >= 0");
+  recip = recip.contiguous();
+  frac = frac.contiguous();
+  W = W.contiguous();
+  const double* r = recip.data_ptr<double>();
+  const double* f = frac.data_ptr<double>();
+  const double* w = W.data_ptr<double>();
+  const int64_t J = frac.size(0), C = W.size(0), Cout = cross ? 2 * C : C;
+  const auto rows = half_ball_rows(r, e0, e1, e2, r2);
+  int64_t P = 0, Lmax = 0;
+  for (const auto& x : rows) {
+    P += int64_t(x.b) - x.a + 1;
+    Lmax = std::max<int64_t>(Lmax, int64_t(x.b) - x.a + 1);
+  }
+  // phase tables exp(-2 pi i v f_jk) for v in [-e_k, e_k]: axes 0, 1 as [v][j], axis 2 as [j][v] (rows run over m2)
+  const int64_t n0 = e0 + 1, n1 = 2 * e1 + 1, n2 = 2 * e2 + 1;
+  std::vector<double> t0r(n0 * J), t0i(n0 * J), t1r(n1 * J), t1i(n1 * J), t2r(J * n2), t2i(J * n2);
+  for (int64_t j = 0; j < J; ++j) {
+    for (int64_t v = 0; v < n0; ++v) {
+      const double angle = -2.0 * M_PI * double(v - e0) * f[3 * j];
+      t0r[v * J + j] = std::cos(angle);
+      t0i[v * J + j] = std::sin(angle);
+    }
+    for (int64_t v = 0; v < n1; ++v) {
+      const double angle = -2.0 * M_PI * double(v - e1) * f[3 * j + 1];
+      t1r[v * J + j] = std::cos(angle);
+      t1i[v * J + j] = std::sin(angle);
+    }
+    for (int64_t v = 0; v < n2; ++v) {
+      const double angle = -2.0 * M_PI * double(v - e2) * f[3 * j + 2];
+      t2r[j * n2 + v] = std::cos(angle);
+      t2i[j * n2 + v] = std::sin(angle);
+    }
+  }
+  const int64_t accrows = C + (cross ? 1 : 0);
+  std::vector<double> ar(J), ai(J), pr(Lmax), pi(Lmax), accr(accrows * Lmax), acci(accrows * Lmax);
+  std::vector<double> vals(Cout * P);
+  const double half_s2 = sigma * sigma / 2, natoms = double(J);
+  const double bb = r[6] * r[6] + r[7] * r[7] + r[8] * r[8], kappa = std::exp(-2 * half_s2 * bb);
+  const bool direct_env = half_s2 * 4 * r2 > 300;  // recurrence factors stay far inside double's range
+  double top = 0.0;
+  int64_t p0 = 0;
+  for (const auto& x : rows) {
+    const int64_t L = int64_t(x.b) - x.a + 1;
+    const double* r0 = &t0r[(x.m0 + e0) * J];
+    const double* i0 = &t0i[(x.m0 + e0) * J];
+    const double* r1 = &t1r[(x.m1 + e1) * J];
+    const double* i1 = &t1i[(x.m1 + e1) * J];
+    for (int64_t j = 0; j < J; ++j) {
+      ar[j] = r0[j] * r1[j] - i0[j] * i1[j];
+      ai[j] = r0[j] * i1[j] + i0[j] * r1[j];
+    }
+    row_factors(ar.data(), ai.data(), t2r.data(), t2i.data(), J, n2, x.a + e2, L, w, C, cross, accr.data(),
+                acci.data(), pr.data(), pi.data());
+    double u[3];
+    for (int k = 0; k < 3; ++k) u[k] = double(x.m0) * r[k] + double(x.m1) * r[3 + k];
+    // the envelope along the row: exp(-s |u + q b|^2) is Gaussian in q, so env(q + 1) = env(q) rho(q) and
+    // rho(q + 1) = rho(q) kappa (three exponentials a row; direct where the exponents could leave double's range)
+    const double ub = u[0] * r[6] + u[1] * r[7] + u[2] * r[8];
+    const double q0 = double(x.a);
+    const double g0 = (u[0] + q0 * r[6]) * (u[0] + q0 * r[6]) + (u[1] + q0 * r[7]) * (u[1] + q0 * r[7]) +
+                      (u[2] + q0 * r[8]) * (u[2] + q0 * r[8]);
+    double env = std::exp(-half_s2 * g0);
+    double rho = std::exp(-half_s2 * (2 * ub + (2 * q0 + 1) * bb));
+    for (int64_t t = 0; t < L; ++t) {
+      if (direct_env) {
+        const double q = double(x.a + t);
+        const double h0 = u[0] + q * r[6], h1 = u[1] + q * r[7], h2 = u[2] + q * r[8];
+        env = std::exp(-half_s2 * (h0 * h0 + h1 * h1 + h2 * h2));
+      } else if (t > 0) {
+        env *= rho;
+        rho *= kappa;
+      }
+      const double factor = env / volume;
+      for (int64_t c = 0; c < C; ++c) {
+        const double re = accr[c * L + t], im = acci[c * L + t];
+        const double v = std::sqrt(re * re + im * im) * factor;
+        vals[c * P + p0 + t] = v;
+        top = std::max(top, v);
+        if (cross) {
+          const double xv = (re * accr[C * L + t] + im * acci[C * L + t]) * (env / natoms) * factor;
+          vals[(C + c) * P + p0 + t] = xv;
+          top = std::max(top, std::abs(xv));
+        }
+      }
+    }
+    p0 += L;
+  }
+  auto out = torch::empty({Cout, P}, torch::TensorOptions().dtype(torch::kHalf));
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const double denom = top > 0 ? top : 1.0;
+  for (int64_t k = 0; k < Cout * P; ++k) o[k] = to_half(vals[k] / denom);
+  return std::make_tuple(out, top);
+}
+
+torch::Tensor half_from_double(torch::Tensor x) {  // exposed for the tests of the rounding
+  TORCH_CHECK(x.scalar_type() == torch::kFloat64, "float64 input");
+  x = x.contiguous();
+  auto out = torch::empty(x.sizes(), torch::TensorOptions().dtype(torch::kHalf));
+  const double* in = x.data_ptr<double>();
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  for (int64_t k = 0; k < x.numel(); ++k) o[k] = to_half(in[k]);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("at", &factors_at, "F[c, p] = sum_j W[c, j] exp(-2 pi i m_p . f_j): m (P, 3) int32, frac (J, 3), W (C, J)");
+  mod.def("half_ball", &half_ball, "m (P, 3) int32 of cloudvox.descriptors.half_ball: recip (3, 3), e0, e1, e2, r2");
+  mod.def("stored_values", &stored_values,
+          "(values (C', P) float16, scale) of a crystal's stored reciprocal set: recip, e0, e1, e2, r2, frac, W, "
+          "sigma, volume, cross");
+  mod.def("half_from_double", &half_from_double, "float64 -> float16, round to nearest even");
 }

@@ -326,3 +326,65 @@ def test_compiled_structure_factors_equal_numpy(rng, monkeypatch):
         plain = d.structure_factors_at(m, frac, W)
         monkeypatch.undo()
         np.testing.assert_allclose(native, plain, rtol=1e-12, atol=1e-12 * np.abs(plain).max())
+
+
+def _lattices(rng):
+    """Cubic cells (one with cube corners exactly on the ball), skewed and supercell-like ones."""
+    return [np.eye(3) * 6.4, np.eye(3) * 3.2, np.array([[3.1, 0, 0], [1.6, 2.9, 0], [-0.8, 0.7, 3.3]]),
+            np.array([[5.0, 0, 0], [14.2, 1.1, 0], [0.3, 9.4, 2.7]])] + \
+        [np.triu(rng.uniform(-3, 3, (3, 3))) + np.diag(rng.uniform(2, 9, 3)) for _ in range(20)] + \
+        [rng.normal(size=(3, 3)) * 2 + np.eye(3) * rng.uniform(3, 12) for _ in range(20)]
+
+
+def test_compiled_half_ball_selects_the_same_points_as_numpy(rng, monkeypatch):
+    """The kernel's enumeration does numpy's floating-point operations in numpy's order (built without fused
+    multiply-adds): the same points, in the same order, also on cells with points exactly on the sphere."""
+    import cloudvox.descriptors as d
+    assert d._native() is not None
+    for lattice in _lattices(rng):
+        for radius in (np.sqrt(3) * np.pi * 32 / 12.8, np.pi * 16 / 12.8, 2 * np.pi / 3.2):
+            compiled = d.half_ball(lattice, radius)
+            monkeypatch.setattr(d, "_native", lambda: None)
+            plain = d.half_ball(lattice, radius)
+            monkeypatch.undo()
+            assert compiled.dtype == plain.dtype == np.int32
+            np.testing.assert_array_equal(compiled, plain)
+
+
+def test_compiled_float16_rounding_equals_numpy(rng):
+    """Round to nearest even from float64, subnormals and ties included: bit for bit numpy's astype(float16)."""
+    import torch
+    import cloudvox.descriptors as d
+    x = rng.normal(size=200_000) * 10.0 ** rng.uniform(-9, 0, 200_000)
+    ties = np.array([2 ** -25, 3 * 2 ** -25, 1.5 * 2 ** -24, 2.5 * 2 ** -24, 2 ** -14, 2 ** -14 * (1 - 2 ** -11),
+                     1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 - 2 ** -12, 0.0, -0.0, 1.0, -1.0, 2 ** -26])
+    x = np.concatenate([x, ties, -ties])
+    got = d._native().half_from_double(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(cross=True), dict(channels="properties"), dict(channels="total"),
+                                    dict(sigma=0.6, n=16, length=6.4)])
+def test_compiled_stored_values_equal_numpy(rng, monkeypatch, kwargs):
+    """What the feature file stores of a crystal, by the one-pass kernel and by numpy: the same channels, the
+    scale to 1e-12 and the float16 values within one float16 rounding (the envelope runs as a recurrence)."""
+    import cloudvox.descriptors as d
+    from cloudvox.features import channel_names
+    vox = ReciprocalVoxelizer(**kwargs)
+    names = channel_names(vox)
+    symbols = ["Sr", "Ti", "O", "O", "O", "Ba", "O"]
+    structures = [perovskite(), triclinic(rng)] + [
+        Structure(symbols[:k], rng.uniform(-0.1, 1.1, (k, 3)), lat, id=f"s{i}")
+        for i, (k, lat) in enumerate(zip(rng.integers(1, 8, 12), _lattices(rng)[2:14]))]
+    for s in structures:
+        ch, values, scale = vox.stored_values(s, names)
+        monkeypatch.setattr(d, "_native", lambda: None)
+        ch_np, values_np, scale_np = vox.stored_values(s, names)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(ch, ch_np)
+        assert values.dtype == values_np.dtype == np.float16 and values.shape == values_np.shape
+        assert abs(scale - scale_np) <= 1e-12 * scale_np
+        a, b = values.astype(np.float64), values_np.astype(np.float64)
+        ulp = np.maximum(np.abs(b), 2 ** -14) * 2 ** -10  # one float16 step (the subnormal one below 2^-14)
+        assert (np.abs(a - b) <= ulp).all(), s.id
+        assert np.abs(values).max() == 1.0  # relative to the largest modulus
