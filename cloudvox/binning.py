@@ -16,45 +16,54 @@ from .descriptors import ReciprocalSet, voxel_index
 
 @dataclass
 class ReciprocalBatch:
-    """Reciprocal sets of S structures, concatenated.
+    """Reciprocal sets of S structures, concatenated point by point.
 
     G: (P, 3) reciprocal vectors, 1/Angstrom, each structure's points contiguous, in structure order;
-    point_structure: (P,) int64 structure of each point; entry_point: (E,) int64 point of each
-    (point, channel) entry; entry_channel: (E,) int64 channel; entry_value: (E,) value of the entry;
-    n_structures: S; point_counts: (S,) points of each structure (host integers; empty: counted from
-    point_structure).
+    values: (P, K) each point's values in its structure's K channel slots (0 past a structure's own
+    channels); slot_channel: (S, K) int64 the channel (index into the model's channel list) of each slot of
+    each structure, -1 for none; point_structure: (P,) int64 structure of each point; point_counts: (S,)
+    points of each structure (host integers); half: the sets are halves (one of each Friedel pair,
+    :func:`cloudvox.descriptors.half_ball`): every point G != 0 is also binned at -G (|h(-G)| = |h(G)|),
+    which halves what the loader collates and sends to the device.
     """
     G: torch.Tensor
+    values: torch.Tensor
+    slot_channel: torch.Tensor
     point_structure: torch.Tensor
-    entry_point: torch.Tensor
-    entry_channel: torch.Tensor
-    entry_value: torch.Tensor
-    n_structures: int
-    point_counts: Tuple[int, ...] = ()
+    point_counts: Tuple[int, ...]
+    half: bool = False
+
+    @property
+    def n_structures(self) -> int:
+        return len(self.point_counts)
 
     def to(self, device=None, dtype=None) -> "ReciprocalBatch":
-        f = dict(device=device)
-        return ReciprocalBatch(self.G.to(dtype=dtype, **f), self.point_structure.to(**f), self.entry_point.to(**f),
-                               self.entry_channel.to(**f), self.entry_value.to(dtype=dtype, **f), self.n_structures,
-                               self.point_counts)
+        f = dict(device=device, non_blocking=True)
+        return ReciprocalBatch(self.G.to(dtype=dtype, **f), self.values.to(dtype=dtype, **f),
+                               self.slot_channel.to(**f), self.point_structure.to(**f), self.point_counts, self.half)
 
 
 def collate_reciprocal(sets: Sequence[ReciprocalSet], dtype=torch.float32) -> ReciprocalBatch:
-    """Concatenate reciprocal sets (channel indices kept as the sets give them) into one batch."""
+    """Concatenate reciprocal sets (channel indices kept as the sets give them) into one batch; half sets
+    (``ReciprocalSet.half``, all or none) stay halves. The host work is two concatenations and one padded copy
+    per set: the index arithmetic of the binning happens on the device."""
+    halves = {bool(s.half) for s in sets}
+    if len(halves) > 1:
+        raise ValueError("a batch mixes half and full reciprocal sets")
     counts = np.array([len(s.G) for s in sets], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    G = np.concatenate([s.G for s in sets]).astype(np.float64)
-    point_structure = np.repeat(np.arange(len(sets)), counts)
-    ep, ec, ev = [], [], []
-    for s, off in zip(sets, offsets):
+    K = max([len(s.channels) for s in sets] + [1])
+    G = np.concatenate([s.G for s in sets]) if len(sets) else np.empty((0, 3))
+    values = np.zeros((int(counts.sum()), K), dtype=np.float32)
+    slot_channel = np.full((len(sets), K), -1, dtype=np.int64)
+    start = 0
+    for b, s in enumerate(sets):
         c, p = s.amp.shape
-        ep.append(np.tile(np.arange(p), c) + off)
-        ec.append(np.repeat(s.channels, p))
-        ev.append(s.amp.reshape(-1))
-    cat = (lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt)))
-    return ReciprocalBatch(torch.from_numpy(G).to(dtype), torch.from_numpy(point_structure),
-                           cat(ep, np.int64), cat(ec, np.int64), cat(ev, np.float32).to(dtype), len(sets),
-                           tuple(int(c) for c in counts))
+        values[start:start + p, :c] = s.amp.T
+        slot_channel[b, :c] = s.channels
+        start += p
+    return ReciprocalBatch(torch.from_numpy(G).to(dtype), torch.from_numpy(values).to(dtype),
+                           torch.from_numpy(slot_channel), torch.from_numpy(np.repeat(np.arange(len(sets)), counts)),
+                           tuple(int(x) for x in counts), bool(halves.pop()) if halves else False)
 
 
 def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: float, mode: str = "cartesian",
@@ -63,24 +72,31 @@ def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: floa
 
     Args:
         batch: the concatenated reciprocal sets (on the target device); G is stored in float32 or float64,
-            and binned in float64 so that vectors on voxel edges fall as in the numpy descriptor.
+            and binned in float64 so that vectors on voxel edges fall as in the numpy descriptor. Half sets
+            are binned at G and, for G != 0, at -G.
         n_channels: C, the channel list's length. n: N. length: L in Angstrom. mode: cartesian|spherical.
         rotations: optional (S, 3, 3) orthogonal matrices R; point G of structure s is binned at R_s G,
             which is the descriptor of structure s rotated by R_s.
     Returns:
-        (S, C, N, N, N) tensor of batch.entry_value's dtype, on its device.
+        (S, C, N, N, N) tensor of batch.values' dtype, on its device.
     """
     G = batch.G.double()  # voxel edges decided in float64, as the numpy descriptor (ties are common)
-    if rotations is not None:
-        R = rotations.to(dtype=G.dtype, device=G.device)
-        counts = list(batch.point_counts) or \
-            torch.bincount(batch.point_structure, minlength=batch.n_structures).tolist()
-        G = torch.cat([g @ r.T for g, r in zip(G.split(counts), R)])  # each structure's points times its R^T
-    vox = voxel_index(G, n, length, mode)[batch.entry_point]  # (E,) voxel of each entry, -1 outside the grid
+    ps = batch.point_structure
+    if rotations is not None:  # each point times its structure's R^T, for the whole batch at once
+        G = torch.einsum("pij,pj->pi", rotations.to(dtype=G.dtype, device=G.device)[ps], G)
     N3 = n ** 3
     size = batch.n_structures * n_channels * N3
-    flat = (batch.point_structure[batch.entry_point] * n_channels + batch.entry_channel) * N3 + vox
-    flat = torch.where(vox >= 0, flat, torch.full_like(flat, size))  # outside the grid: one spare slot
-    out = torch.zeros(size + 1, dtype=batch.entry_value.dtype, device=G.device)
-    out.index_add_(0, flat, batch.entry_value)
+    channel = batch.slot_channel[ps]  # (P, K)
+    base = (ps[:, None] * n_channels + channel) * N3  # (P, K) first flat index of each slot's grid
+    spare = torch.full_like(base, size)  # outside the grid, or no channel: one spare slot
+
+    def flat(vox, keep):  # (P,) voxels, (P,) points to bin -> (P, K) flat indices
+        return torch.where((channel >= 0) & (keep & (vox >= 0))[:, None], base + vox[:, None], spare)
+    every = torch.ones_like(ps, dtype=torch.bool)
+    index, values = flat(voxel_index(G, n, length, mode), every).reshape(-1), batch.values.reshape(-1)
+    if batch.half:  # the other member of each Friedel pair: -G (G = 0, m = 0, is its own)
+        mirrored = flat(voxel_index(-G, n, length, mode), (batch.G != 0).any(1)).reshape(-1)
+        index, values = torch.cat([index, mirrored]), torch.cat([values, values])
+    out = torch.zeros(size + 1, dtype=batch.values.dtype, device=G.device)
+    out.index_add_(0, index, values)
     return out[:size].view(batch.n_structures, n_channels, n, n, n)

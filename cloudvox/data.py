@@ -217,9 +217,10 @@ class VoxelDataset(_FeatureDataset):
         if self.source == "voxels":
             sv = self.ff.sparse_voxels(i, self.species)
             item.update(voxel_index=sv.index, voxel_values=sv.values, n=int(self.ff.params["n"]))
-        else:
-            rs = self.ff.reciprocal(i, self.species)
-            item.update(G=rs.G, amp=rs.amp)
+        else:  # the half set (one of each Friedel pair): half the bytes to cache, collate and send
+            rs = self.ff.reciprocal(i, self.species, half=True)
+            # amp (c, P) in column-major order: the collation copies each point's channel values contiguously
+            item.update(G=rs.G, amp=np.asfortranarray(rs.amp, dtype=np.float32), half=rs.half)
         return item
 
     def collate(self, items: List[Dict]) -> Dict:
@@ -249,14 +250,13 @@ class VoxelDataset(_FeatureDataset):
             local = []
             for it in items:  # element channels: bin into each structure's own slots (compact), ids alongside
                 slots = np.arange(len(it["channels"])) if self.per_element else it["channels"]
-                local.append(ReciprocalSet(it["G"], it["amp"], slots))
+                local.append(ReciprocalSet(it["G"], it["amp"], slots, half=it.get("half", False)))
             batch[K.RECIPROCAL] = collate_reciprocal(local)
             if self.per_element:
-                c = max(len(it["channels"]) for it in items)
-                ids = torch.full((len(items), c), -1, dtype=torch.int64)
+                ids = np.full((len(items), max(len(it["channels"]) for it in items)), -1, dtype=np.int64)
                 for b, it in enumerate(items):
-                    ids[b, :len(it["channels"])] = torch.from_numpy(it["channels"])
-                batch[K.CHANNEL_IDS] = ids
+                    ids[b, :len(it["channels"])] = it["channels"]
+                batch[K.CHANNEL_IDS] = torch.from_numpy(ids)
         return batch
 
 

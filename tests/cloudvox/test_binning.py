@@ -43,3 +43,26 @@ def test_binning_runs_on_the_batch_device_and_matches_structure_rotation(osrti_p
     fixed = ReciprocalVoxelizer(n=16, length=8.0, species=names)
     expected = fixed.batch([s.rotated(R[0].numpy()) for s in structures])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "spherical"])
+@pytest.mark.parametrize("channels", ["element", "properties"])
+def test_half_sets_bin_as_the_full_sets(crystals, mode, channels):
+    """A batch of half sets (one of each Friedel pair, what the loader collates) bins to the full sets' voxels,
+    rotated and not, compact channel slots (element) and fixed channel lists (properties) alike."""
+    vox = ReciprocalVoxelizer(mode=mode, n=16, length=8.0, channels=channels, cross=channels == "element")
+    names = vox.channel_names(crystals)
+    halves = vox.reciprocal_batch(crystals, names, dtype=np.float64, half=True)
+    assert all(h.half and len(h.G) < len(h.full().G) for h in halves)
+    rng = np.random.default_rng(5)
+    R = torch.from_numpy(np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in crystals]))
+    for rotations in (None, R):
+        full = bin_reciprocal(collate_reciprocal([h.full() for h in halves], dtype=torch.float64), len(names),
+                              vox.n, vox.length, mode, rotations)
+        half_batch = collate_reciprocal(halves, dtype=torch.float64)
+        assert half_batch.half and half_batch.values.shape[0] == sum(len(h.G) for h in halves)
+        got = bin_reciprocal(half_batch, len(names), vox.n, vox.length, mode, rotations)
+        assert full.abs().max() > 0
+        torch.testing.assert_close(got, full, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="mixes half and full"):
+        collate_reciprocal([halves[0], halves[1].full()])
