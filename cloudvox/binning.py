@@ -53,7 +53,7 @@ def collate_reciprocal(sets: Sequence[ReciprocalSet], dtype=torch.float32) -> Re
     counts = np.array([len(s.G) for s in sets], dtype=np.int64)
     K = max([len(s.channels) for s in sets] + [1])
     G = np.concatenate([s.G for s in sets]) if len(sets) else np.empty((0, 3))
-    values = np.zeros((int(counts.sum()), K), dtype=np.float32)
+    values = np.zeros((int(counts.sum()), K), dtype=np.float32 if dtype == torch.float32 else np.float64)
     slot_channel = np.full((len(sets), K), -1, dtype=np.int64)
     start = 0
     for b, s in enumerate(sets):

@@ -219,8 +219,9 @@ class VoxelDataset(_FeatureDataset):
             item.update(voxel_index=sv.index, voxel_values=sv.values, n=int(self.ff.params["n"]))
         else:  # the half set (one of each Friedel pair): half the bytes to cache, collate and send
             rs = self.ff.reciprocal(i, self.species, half=True)
-            # amp (c, P) in column-major order: the collation copies each point's channel values contiguously
-            item.update(G=rs.G, amp=np.asfortranarray(rs.amp, dtype=np.float32), half=rs.half)
+            # G in float32 (the batch's dtype: binning decides voxel edges from it in float64); amp (c, P) in
+            # column-major order: the collation copies each point's channel values contiguously
+            item.update(G=rs.G.astype(np.float32), amp=np.asfortranarray(rs.amp, dtype=np.float32), half=rs.half)
         return item
 
     def collate(self, items: List[Dict]) -> Dict:

@@ -10,6 +10,7 @@ The config and its defaults: :mod:`cloudvox.config`; what differs between models
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -25,7 +26,8 @@ from .tasks import DESCRIPTOR_KEYS, get_model
 from .train import SingleProcess, TrainConfig, Trainer, load_checkpoint
 
 log = logging.getLogger(__name__)
-__all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "predict_structures", "load_model"]
+__all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "predict_structures",
+           "predict_report", "domain_flags", "load_model"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -88,10 +90,11 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
     if dist.is_main and not resume_from:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        ff, splits, norm, targets, _ = prepare(cfg, run_dir, reuse_splits=False)
+        ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=False)
     dist.barrier()
     if not (dist.is_main and not resume_from):
-        ff, splits, norm, targets, _ = prepare(cfg, run_dir, reuse_splits=True)
+        ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=True)
+    counts_train = counts["train"]
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     spec = get_model(cfg["model"])
@@ -100,6 +103,7 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
                 channels=channels, target=cfg["data"]["target"], normalizer=norm.to_dict(), data=str(ff.path),
                 unit=cfg["data"].get("unit") or _unit(ff, cfg["data"]["target"]),
                 target_scale=float(cfg["data"].get("scale", 1.0)), input_scale=None)
+    meta["train_elements"] = elements_of(counts_train)  # the domain check of evaluate / predict
     spec.prepare_meta(meta, ff, splits["train"])
     model = spec.build(meta)
     meta["network"] = model.config
@@ -111,12 +115,55 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
     return trainer, ff, resume_from
 
 
+MEMBER = "member-{}"  # an ensemble's members: RUN/member-0, RUN/member-1, ...
+
+
+def ensemble_members(run_dir: Path) -> List[Path]:
+    """The member run directories of an ensemble run (empty for a single model)."""
+    members, k = [], 0
+    while (Path(run_dir) / MEMBER.format(k)).is_dir():
+        members.append(Path(run_dir) / MEMBER.format(k))
+        k += 1
+    return members
+
+
+def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -> Dict:
+    """K members, one after the other (each a complete run: seed + k, the same split), then the ensemble
+    evaluated in the parent run directory (mean and standard deviation of the members' predictions)."""
+    import copy
+    run_dir = Path(cfg["run_dir"])
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    summaries = []
+    for k in range(k_members):
+        member = copy.deepcopy(cfg)
+        member["run_dir"] = str(run_dir / MEMBER.format(k))
+        member["train"] = dict(cfg["train"], seed=int(cfg["train"].get("seed", 0)) + k, ensemble=1)
+        if resume and (Path(member["run_dir"]) / "evaluation.json").exists():
+            continue  # finished before the interruption
+        summary = train_run(member, dist, resume=resume, on_trainer=on_trainer)
+        if summary.get("stopped"):
+            return summary  # interrupted: --resume continues with this member
+        summaries.append(summary)
+    if dist.is_main:
+        for name in ("train", "val", "test"):  # the members' common split
+            shutil.copyfile(run_dir / MEMBER.format(0) / f"split_{name}.txt", run_dir / f"split_{name}.txt")
+    dist.barrier()
+    result = evaluate(run_dir, cfg["data"]["path"], dist=dist)
+    return dict(result, members=k_members, stopped=False, history=[])
+
+
 def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Dict:
     """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots.
+    ``train.ensemble`` K > 1 trains K members (:func:`_train_ensemble`).
 
     dist: the distributed interface (default one process); on_trainer: called with the Trainer before
     training (e.g. to install signal handlers that request a checkpointed stop)."""
     dist = dist or SingleProcess()
+    k_members = int(cfg["train"].get("ensemble", 1) or 1)
+    if k_members > 1:
+        return _train_ensemble(cfg, dist, resume, on_trainer, k_members)
     trainer, ff, resume_from = build_trainer(cfg, dist, resume)
     tcfg, run_dir = trainer.cfg, trainer.run_dir
     if on_trainer is not None:
@@ -150,6 +197,12 @@ def load_model(checkpoint: Path, device: torch.device = torch.device("cpu")):
     return model.to(device).eval(), meta, ck
 
 
+def _checkpoints(run_or_checkpoint) -> List[Path]:
+    """The checkpoint of a run or the checkpoints of an ensemble's members."""
+    members = ensemble_members(Path(run_or_checkpoint)) if Path(run_or_checkpoint).is_dir() else []
+    return [_resolve_checkpoint(m) for m in members] or [_resolve_checkpoint(run_or_checkpoint)]
+
+
 def _resolve_checkpoint(run_or_checkpoint) -> Path:
     p = Path(run_or_checkpoint)
     if p.is_dir():
@@ -166,12 +219,14 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     a predictions CSV and parity plots; optional test-time rotation averaging over ``rotations`` random
     rotations, with the mean spread (std) of the predictions over them."""
     dist = dist or SingleProcess()
-    ckpt = _resolve_checkpoint(run_or_checkpoint)
-    run_dir = Path(run_dir) if run_dir else ckpt.parent
+    ckpts = _checkpoints(run_or_checkpoint)
+    ckpt = ckpts[0]
+    run_dir = Path(run_dir) if run_dir else (Path(run_or_checkpoint) if len(ckpts) > 1 else ckpt.parent)
     out_dir = Path(out_dir) if out_dir else run_dir
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    model, meta, _ = load_model(ckpt)
+    members = [load_model(c)[:2] for c in ckpts]  # (model, meta) of each member
+    meta = members[0][1]
     ff = FeatureFile(data_path)
     spec = get_model(meta["model"])
     spec.check_data(meta, ff)
@@ -186,26 +241,38 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
         splits = {"all": done}
     cfg = trainer_cfg or TrainConfig(batch_size=64)
     task = spec.task(meta, {"rotations": rotations > 0}, cfg.channels_last)
-    trainer = Trainer(model, task, [], [], cfg, out_dir, meta, dist, target_scale=norm.std)
+    trainers = [(Trainer(m, task, [], [], cfg, out_dir, mm, dist, target_scale=norm.std), Normalizer(**mm["normalizer"]))
+                for m, mm in members]
     rows, metrics = [], {}
     ids = ff.ids
     for name, idx in splits.items():
         counts = element_counts(ff, idx)
-        yn = norm.forward(y_all[idx], counts)
-        ds = spec.dataset(meta, ff.path, idx, yn, rotations > 0)
-        pred_n, _, spread_n = trainer.predict(ds, rotations)
-        pred = norm.inverse(pred_n, counts)
+        flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts])
+        pred, spread, std = (np.full(len(idx), np.nan) for _ in range(3))
+        if usable.any():  # structures the model cannot represent are reported, not predicted
+            yn = norm.forward(y_all[idx[usable]], counts[usable])
+            ds = spec.dataset(meta, ff.path, idx[usable], yn, rotations > 0)
+            each, spreads = [], []
+            for trainer, member_norm in trainers:  # one model, or the ensemble's members
+                pred_n, _, spread_n = trainer.predict(ds, rotations)
+                each.append(member_norm.inverse(pred_n, counts[usable]))
+                spreads.append(spread_n * member_norm.std)
+            pred[usable], spread[usable] = np.mean(each, 0), np.mean(spreads, 0)
+            std[usable] = np.std(each, 0)
         y = y_all[idx]
         err = pred - y
-        ok = np.isfinite(y)
-        m = dict(n=int(len(idx)))
+        ok = np.isfinite(y) & np.isfinite(pred)
+        m = dict(n=int(len(idx)), flagged=int(sum(bool(f) for f in flags)), not_predicted=int((~usable).sum()))
         if ok.any():
             m.update(mae=float(np.abs(err[ok]).mean()), rmse=float(np.sqrt((err[ok] ** 2).mean())),
                      r2=float(1 - (err[ok] ** 2).sum() / max(((y[ok] - y[ok].mean()) ** 2).sum(), 1e-300)))
         if rotations:
-            m.update(rotations=rotations, mean_spread=float((spread_n * norm.std).mean()))
+            m.update(rotations=rotations, mean_spread=float(np.nanmean(spread)) if usable.any() else float("nan"))
+        if len(trainers) > 1 and usable.any():
+            m.update(members=len(trainers), mean_ensemble_std=float(np.nanmean(std)))
         metrics[name] = m
-        rows += [(name, ids[i], float(y[k]), float(pred[k]), float(spread_n[k] * norm.std)) for k, i in enumerate(idx)]
+        rows += [(name, ids[i], float(y[k]), float(pred[k]), float(spread[k]), float(std[k]), flags[k])
+                 for k, i in enumerate(idx)]
         if dist.is_main and ok.any():
             plot_parity(y[ok], pred[ok], out_dir / f"parity_{name}.png", f"{name}: MAE {m['mae']:.3f} {meta.get('unit', '')}",
                         meta.get("unit", ""))
@@ -213,7 +280,7 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["split", "id", "target", "prediction", "rotation_spread"])
+            w.writerow(["split", "id", "target", "prediction", "rotation_spread", "ensemble_std", "flag"])
             w.writerows(rows)
         (out_dir / "evaluation.json").write_text(json.dumps(dict(checkpoint=str(ckpt), data=str(data_path),
                                                                  unit=meta.get("unit", ""), metrics=metrics), indent=1))
@@ -228,9 +295,52 @@ def element_count_matrix(structures) -> np.ndarray:
     return counts
 
 
+def elements_of(counts: np.ndarray) -> List[str]:
+    """The sorted element symbols present in (n, MAX_Z + 1) element counts."""
+    from .elements import SYMBOLS
+    return [SYMBOLS[z] for z in np.flatnonzero(np.asarray(counts).sum(0) > 0) if z > 0]
+
+
+def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]]):
+    """Per structure (its element symbols): a flag (empty: none) and whether the model can predict it.
+
+    Flagged: elements the model has no input for (not predicted), and elements absent from the training
+    set (predicted through whatever the model shares across elements: property-based channel weights, the
+    composition baseline's property fit; less reliable). Checkpoints from before ``train_elements`` was
+    recorded flag only the first kind."""
+    seen = set(meta.get("train_elements") or ())
+    flags, usable = [], np.ones(len(elements), dtype=bool)
+    for k, els in enumerate(elements):
+        missing = spec.unrepresentable(meta, els)
+        if missing:
+            usable[k] = False
+            flags.append(f"element(s) {' '.join(missing)} outside the model's channels: not predicted")
+            continue
+        new = sorted(set(els) - seen) if seen else []
+        flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
+    return flags, usable
+
+
+def predict_report(checkpoint, structures, batch_size: int = 64):
+    """For in-memory structures, computed as the checkpoint's model reads them (a run, a checkpoint or an
+    ensemble run): predictions in target units (the members' mean; NaN where the model cannot represent a
+    structure), the members' standard deviation (0 for one model) and one flag per structure
+    (:func:`domain_flags`)."""
+    members = [load_model(c)[:2] for c in _checkpoints(checkpoint)]
+    structures = list(structures)
+    spec = get_model(members[0][1]["model"])
+    flags, usable = domain_flags(spec, members[0][1], [s.elements for s in structures])
+    pred, std = np.full(len(structures), np.nan), np.full(len(structures), np.nan)
+    take = [s for s, u in zip(structures, usable) if u]
+    if take:
+        counts = element_count_matrix(take)
+        each = [Normalizer(**meta["normalizer"]).inverse(spec.predict(model, meta, take, batch_size), counts)
+                for model, meta in members]
+        pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
+    return pred, std, flags
+
+
 def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarray:
-    """Predictions (target units) for in-memory structures, computed as the checkpoint's model reads them."""
-    model, meta, _ = load_model(_resolve_checkpoint(checkpoint))
-    norm = Normalizer(**meta["normalizer"])
-    pred = get_model(meta["model"]).predict(model, meta, list(structures), batch_size)
-    return norm.inverse(pred, element_count_matrix(structures)) if len(structures) else np.zeros(0)
+    """Predictions (target units) for in-memory structures, NaN where the model cannot represent one (see
+    :func:`predict_report` for the reasons)."""
+    return predict_report(checkpoint, structures, batch_size)[0]

@@ -7,7 +7,7 @@ in-memory structures. Workflows (:mod:`cloudvox.runs`) and the config schema (:m
 ever ask :func:`get_model`; adding a model is one :func:`register` call.
 """
 import inspect
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -106,6 +106,11 @@ class ModelSpec:
     def check_data(self, meta: Dict, ff: FeatureFile) -> None:
         """Refuse a feature file the model cannot read (named difference)."""
 
+    def unrepresentable(self, meta: Dict, elements: Sequence[str]) -> List[str]:
+        """The elements of one structure that the model has no input for (it is then not predicted); empty
+        when it can take the structure."""
+        return []
+
     def predict(self, model, meta: Dict, structures: Sequence, batch_size: int) -> np.ndarray:
         """Normalised predictions for in-memory structures."""
         raise NotImplementedError
@@ -139,11 +144,9 @@ def check_descriptor(meta: Dict, ff: FeatureFile) -> None:
     if diff:
         raise ValueError(f"{ff.path} was featurized with other descriptor parameters than the model was trained on: "
                          + "; ".join(diff))
-    if ff.per_element:
-        extra = sorted(set(ff.model_channels()) - set(meta["channels"]))
-        if extra:
-            raise ValueError(f"{ff.path} holds elements {extra} outside the model's species list {meta['channels']}")
-    elif list(ff.channel_names) != list(meta["channels"]):
+    # element channels: structures with elements outside the model's list are reported one by one
+    # (ModelSpec.unrepresentable), the others predicted
+    if not ff.per_element and list(ff.channel_names) != list(meta["channels"]):
         raise ValueError(f"{ff.path} has channels {ff.channel_names}, the model {meta['channels']}")
 
 
@@ -198,6 +201,12 @@ class VoxelNetSpec(ModelSpec):
 
     def check_data(self, meta, ff):
         check_descriptor(meta, ff)
+
+    def unrepresentable(self, meta, elements):
+        if meta["descriptor"]["channels"] != "element":
+            return []  # total and property channels take any element
+        from .descriptors import without_cross
+        return sorted(set(elements) - set(without_cross(meta["channels"])))
 
     def predict(self, model, meta, structures, batch_size):
         from .descriptors import ReciprocalVoxelizer, without_cross

@@ -55,6 +55,8 @@ class TrainConfig:
     stop_after_steps: int = 0  # end this process after N optimiser steps, mid-epoch (checkpointed), 0: never
     stop_check_every: int = 16  # steps between the ranks' agreements on a stop signal (one small allreduce)
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
+    ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
+    #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
 
     @classmethod
     def from_dict(cls, d: Optional[Dict]) -> "TrainConfig":

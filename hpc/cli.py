@@ -244,7 +244,7 @@ def cmd_evaluate(args, command: str) -> int:
 
 def cmd_predict(args, command: str) -> int:
     from cloudvox.io import iter_records
-    from cloudvox.runs import predict_structures
+    from cloudvox.runs import predict_report
     from .logs import setup_logging
     setup_logging(0)
     from cloudvox.io import format_of
@@ -255,13 +255,17 @@ def cmd_predict(args, command: str) -> int:
     for r in records:
         if not r.ok:
             log.warning("skipping %s", r.describe())
-    pred = predict_structures(args.checkpoint, good)
+    import numpy as np
+    pred, std, flags = predict_report(args.checkpoint, good)
+    for s, f in zip(good, flags):
+        if f:
+            log.warning("%s (%s): %s", s.id, s.formula, f)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     import csv
     w = csv.writer(out)
-    w.writerow(["id", "formula", "prediction"])
-    for s, p in zip(good, pred):
-        w.writerow([s.id, s.formula, f"{p:.6f}"])
+    w.writerow(["id", "formula", "prediction", "uncertainty", "flag"])  # uncertainty: the ensemble's std
+    for s, p, u, f in zip(good, pred, std, flags):
+        w.writerow([s.id, s.formula, f"{p:.6f}" if np.isfinite(p) else "", f"{u:.6f}" if np.isfinite(u) else "", f])
     if args.out:
         out.close()
     return 0

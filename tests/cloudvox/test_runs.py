@@ -1,4 +1,5 @@
 """Training runs end to end on a tiny feature file: splits, resume, evaluate/predict, mismatch errors."""
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.features import FeatureFile, featurize_block, root_attributes, write_features
 from cloudvox.io.sources import Source
 from cloudvox.config import load_run_config as load_config
-from cloudvox.runs import evaluate, predict_structures, train_run
+from cloudvox.runs import evaluate, predict_report, predict_structures, train_run
 from cloudvox.tasks import VoxelTask
 from cloudvox.train import load_checkpoint, random_rotations, step_generator
 
@@ -147,9 +148,20 @@ def test_checkpoint_data_mismatch_is_refused(tiny, tmp_path):
         other = make_file(tmp_path / f"other_{word}.h5", src, 10, **kw)
         with pytest.raises(ValueError, match=f"{word}: checkpoint"):
             evaluate(run, other)
+    # a file with elements outside the model's channels: evaluated structure by structure, never refused whole
     wider = make_file(tmp_path / "wider.h5", src, 200, n=16, length=12.8)
-    with pytest.raises(ValueError, match="outside the model's species list"):
-        evaluate(run, wider)
+    ev = evaluate(run, wider, out_dir=tmp_path / "wider")["metrics"]["all"]
+    rows = list(csv.DictReader(open(tmp_path / "wider" / "predictions.csv")))
+    outside = [r for r in rows if "outside the model's channels" in r["flag"]]
+    assert len(rows) == 200 and 0 < len(outside) == ev["not_predicted"] < 200
+    assert all(r["prediction"] == "nan" for r in outside)
+    assert all(np.isfinite(float(r["prediction"])) for r in rows if r not in outside)
+    assert ev["n"] == 200 and np.isfinite(ev["mae"])
+    from cloudvox.io import read_aflow
+    structures = read_aflow(src)[:200]
+    pred, _, flags = predict_report(run, structures)
+    assert [bool(f) and "outside" in f for f in flags] == [r in outside for r in rows]
+    assert np.isnan(pred[[bool(f) and "outside" in f for f in flags]]).all()
 
 
 def test_cross_spectrum_radial_run_round_trip_and_rotation_spread(tiny, tmp_path):
@@ -194,3 +206,32 @@ def test_persistent_loader_workers_train_exactly_as_in_process_loading(tiny, tmp
     assert a["history"][-1]["train_mae"] == b["history"][-1]["train_mae"]
     assert {"step_ms_data", "step_ms_forward", "step_ms_backward", "step_ms_optimizer", "step_ms_sync"} <= set(
         b["history"][-1])
+
+
+def test_ensemble_trains_members_and_reports_their_mean_and_spread(tiny, tmp_path):
+    """train.ensemble = 3: three members (seeds 0, 1, 2; one split) in RUN/member-k; evaluate and predict give
+    the members' mean with their standard deviation next to each prediction."""
+    from cloudvox.io import read_aflow
+    from cloudvox.runs import ensemble_members
+    from tests.conftest import fixture_file
+    run = tmp_path / "ens"
+    summary = train_run(config(tiny, run, epochs=2, ensemble=3))
+    members = ensemble_members(run)
+    assert [m.name for m in members] == ["member-0", "member-1", "member-2"] and summary["members"] == 3
+    assert (run / "split_test.txt").read_text() == (members[2] / "split_test.txt").read_text()
+    a, b = (load_checkpoint(m / "checkpoint_best.pt")["model"] for m in members[:2])
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different members
+    rows = list(csv.DictReader(open(run / "predictions.csv")))
+    std = np.array([float(r["ensemble_std"]) for r in rows])
+    assert len(rows) == 48 and (std > 0).all() and summary["metrics"]["test"]["mean_ensemble_std"] > 0
+    each = []
+    for m in members:
+        evaluate(m, tiny, out_dir=tmp_path / m.name)
+        each.append([float(r["prediction"]) for r in csv.DictReader(open(tmp_path / m.name / "predictions.csv"))])
+    np.testing.assert_allclose([float(r["prediction"]) for r in rows], np.mean(each, 0), rtol=1e-5)
+    np.testing.assert_allclose(std, np.std(each, 0), rtol=1e-4, atol=1e-7)
+    structures = read_aflow(fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"))[:48]
+    pred, spread, flags = predict_report(run, structures)
+    by_id = {r["id"]: (float(r["prediction"]), float(r["ensemble_std"])) for r in rows}
+    np.testing.assert_allclose(pred, [by_id[s.id][0] for s in structures], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(spread, [by_id[s.id][1] for s in structures], rtol=1e-3, atol=1e-6)
