@@ -3,7 +3,7 @@
 The job (every rank runs :func:`run_featurize` with the same arguments):
 
 1. Rank 0 indexes the input (:class:`cloudvox.io.sources.Source`: byte offsets, streamed, no parsing) and
-   broadcasts the index (32 bytes per record); item-based inputs are listed by every rank.
+   broadcasts the index (22 bytes per record); item-based inputs are listed by every rank.
 2. The records are cut into fixed blocks (:func:`hpc.partition.pending_blocks`); ranks take the next
    unfinished block from a job-wide counter (:class:`hpc.comm.WorkCounter`), so cheap and expensive
    structures balance themselves. Each finished block is written as a shard file
@@ -292,18 +292,27 @@ def _id_hashes(ids: np.ndarray) -> np.ndarray:
 def _duplicates(headers: List[Dict]) -> List[Tuple[int, int]]:
     """(row, first row) of every good structure whose id an earlier good structure already has, in file order.
 
-    Hash matches are confirmed against the stored ids (no false positives from hash collisions)."""
+    Memory: the 8-byte hashes of the good structures and one sorted copy (16 bytes per structure, freed on
+    return); only the rows of repeated hashes are formed. Hash matches are confirmed against the stored ids
+    (no false positives from hash collisions)."""
     if not headers:
         return []
-    rows = np.concatenate([h["start"] + h["id_rows"] for h in headers])
-    keys = np.concatenate([h["ids"] for h in headers])
-    order = np.lexsort((rows, keys))  # equal keys together, rows ascending
-    k = keys[order]
-    new_run = np.concatenate([[True], k[1:] != k[:-1]])
-    first = order[np.maximum.accumulate(np.where(new_run, np.arange(len(k)), 0))]  # each run's first item
-    later = ~new_run
+    keys = np.sort(np.concatenate([h["ids"] for h in headers]))
+    repeated = np.unique(keys[1:][keys[1:] == keys[:-1]])
+    del keys
+    if not len(repeated):
+        return []
+    rows = np.concatenate([h["start"] + h["id_rows"][np.isin(h["ids"], repeated)] for h in headers])
     read_id = _shard_values(headers)["id"]
-    return sorted((int(r), int(f)) for r, f in zip(rows[order[later]], rows[first[later]]) if read_id(r) == read_id(f))
+    first: Dict[str, int] = {}
+    out = []
+    for r in np.sort(rows).tolist():  # file order: the first row of each id is met first
+        sid = read_id(r)
+        if sid in first:
+            out.append((r, first[sid]))
+        else:
+            first[sid] = r
+    return out
 
 
 def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, identity: Dict) -> None:
@@ -315,10 +324,14 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
     v1 B-tree inserts); compression, the merge's real cost, stays spread over the ranks."""
     rank, size = comm.Get_rank(), comm.Get_size()
     shards = sorted(parts.glob("block-*.h5"), key=_range_of)
-    headers = _agree(comm, lambda: [_shard_header(p) for p in shards])
-    duplicates = _agree(comm, lambda: _duplicates(headers))
-    for h in headers:
-        h.pop("ids"), h.pop("id_rows")
+
+    def on_root():  # the duplicate check's hashes stay on rank 0: only the headers travel
+        found = [_shard_header(p) for p in shards]
+        dups = _duplicates(found)
+        for h in found:
+            h.pop("ids"), h.pop("id_rows")
+        return found, dups
+    headers, duplicates = _agree(comm, on_root)
     part_path = output.with_name(output.name + ".part")
     n = sum(h["size"] for h in headers)
     plan = _layout_plan(headers, n, extra_failures=len(duplicates))  # the same on every rank

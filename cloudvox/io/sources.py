@@ -211,15 +211,19 @@ class Source:
                 break
             parts.append(_line_index(f, skip_header, left))
         files = list(files)[:len(parts)]
-        return _Lines(list(files), np.concatenate([np.full(len(p[0]), k) for k, p in enumerate(parts)]).astype(np.int64),
+        numbers = np.concatenate([p[2] for p in parts])
+        # 22 bytes per record: the smallest integer types that hold the file and line numbers
+        file_dtype = np.int16 if len(files) < 2 ** 15 else np.int32
+        line_dtype = np.int32 if (numbers.max(initial=0) < 2 ** 31) else np.int64
+        return _Lines(list(files), np.concatenate([np.full(len(p[0]), k, dtype=file_dtype) for k, p in enumerate(parts)]),
                       np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                      np.concatenate([p[2] for p in parts]), parse)
+                      numbers.astype(line_dtype), parse)
 
     def __len__(self) -> int:
         return self.n
 
     def line_index(self) -> Optional[Tuple[np.ndarray, ...]]:
-        """(file, start, stop, line number) int64 arrays of a line-based source (32 bytes per record), for
+        """(file, start, stop, line number) integer arrays of a line-based source (22 bytes per record), for
         ``Source(..., index=...)``; None for item-based sources."""
         if self._lines is None:
             return None

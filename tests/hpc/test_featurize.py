@@ -247,3 +247,16 @@ def test_every_malformed_kind_of_the_aflow_like_mix_is_recorded_and_the_rest_wri
     small = tmp_path / "small_buffer.h5"
     run_cloudvox(2, "featurize", "--input", str(path), "--output", str(small), *AFLOW, "--merge-buffer-mb", "0.001")
     assert_same_datasets(small, out)
+
+
+def test_duplicate_ids_are_found_by_id_even_when_hashes_collide(monkeypatch):
+    """The merge's duplicate check: a repeated id names its first occurrence; two different ids that share
+    a hash are no duplicates of each other, and a repeat of the second names the second."""
+    import hpc.featurize as fz
+    ids = {0: "a", 1: "b", 2: "c", 3: "a", 4: "d", 5: "c", 6: "b"}
+    hashes = {"a": 5, "b": 7, "c": 5, "d": 9}  # a and c collide
+    monkeypatch.setattr(fz, "_shard_values", lambda headers: {"id": lambda row: ids[row]})
+    headers = [dict(start=0, ids=np.array([hashes[ids[r]] for r in (0, 1, 2)], dtype=np.uint64), id_rows=np.arange(3)),
+               dict(start=3, ids=np.array([hashes[ids[r]] for r in (3, 4, 5, 6)], dtype=np.uint64), id_rows=np.arange(4))]
+    assert fz._duplicates(headers) == [(3, 0), (5, 2), (6, 1)]
+    assert fz._duplicates(headers[:1]) == [] and fz._duplicates([]) == []
