@@ -1,13 +1,15 @@
 """Data-parallel training throughput at 1 and 2 ranks on CPU (Horovod and DDP), VoxelNet and AtomCloudNet.
 
-Runs ``mpirun -n K cloudvox train MODEL`` (VoxelNet on 800 shared perovskites, property channels, N=16, the
-demo network; AtomCloudNet on the 1000-molecule QM9 sample, jobs/configs/atomcloud_qm9.yaml's network) for
-a few epochs and reports the median training samples/s of the second half of the epochs (once every rank's
-item cache is warm) and the parallel
-efficiency (samples/s at K ranks) / (K x samples/s at 1 rank), for weak scaling (32 samples per rank, the
-usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks), plus the
-compute time per batch and the gradient bytes exchanged per step (inputs to docs/scaling.md).
-Usage: python bench/train_scaling.py [--epochs 3] [--backends horovod ddp]
+Runs ``mpirun -n K cloudvox train MODEL`` (VoxelNet on 2800 training perovskites of the shared file, element
+and cross channels, N=16, the demo network; AtomCloudNet on 2800 QM9 molecules, jobs/configs/atomcloud_qm9.yaml's
+network) for a few epochs and reports the median training samples/s of the second half of the epochs (once
+every rank's item cache is warm), rank 0's step split, the time per epoch outside the steps, and the parallel
+efficiency (samples/s at 2 ranks) / (2 x samples/s at 1 rank), for weak scaling (32 samples per rank, the
+usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks). With
+``--repeats R`` the 1-rank run and the 2-rank runs alternate R times (each round's efficiency against its own
+1-rank run, so that the machine's drift cancels) and the medians over rounds are printed with every round's
+figure. Also the gradient bytes exchanged per step (inputs to docs/scaling.md).
+Usage: python bench/train_scaling.py [--epochs 6] [--repeats 3] [--backends horovod ddp] [--models voxelnet atomcloud]
 """
 import argparse
 import json
@@ -39,47 +41,61 @@ def run(ranks, backend, config, model):
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
 
 
+def one_run(tmp, name, base, ranks, batch, backend, model, epochs):
+    """Train once; (median samples/s of the second half of the epochs, rank 0's median step split in ms,
+    median per-epoch time outside the steps in ms)."""
+    cfg = dict(base, run_dir=str(Path(tmp) / name), train=dict(base["train"], epochs=epochs, batch_size=batch))
+    path = Path(tmp) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run(ranks, backend if ranks > 1 else "none", path, model)
+    hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
+    warm = hist[len(hist) // 2:]  # warm caches
+    split = {k[len("step_ms_"):]: round(statistics.median(r[k] for r in warm), 3)
+             for k in warm[0] if k.startswith("step_ms_")}
+    epoch_ms = statistics.median(1e3 * r["train_seconds"] - r["train_steps"] * sum(r[k] for k in r if k.startswith("step_ms_"))
+                                 for r in warm)
+    return statistics.median(r["samples_per_s"] for r in warm), split, epoch_ms
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (1 rank, then each backend at 2)")
     ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
     ap.add_argument("--models", nargs="+", default=["voxelnet", "atomcloud"])
     args = ap.parse_args()
-    data = features("jobs/configs/perovskites_demo.yaml")
+    data = features("bench/configs/perovskites_3200.yaml")
     qm9 = features("jobs/configs/qm9_demo.yaml")
     vox = yaml.safe_load((ROOT / "jobs" / "configs" / "voxelnet_demo.yaml").read_text())
-    vox["data"]["path"] = str(data)
+    vox["data"].update(path=str(data), split=dict(by=None, sizes=[2800, 200, 200], seed=0))
     cloud = yaml.safe_load((ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml").read_text())
-    cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[800, 100, 100], seed=0))
+    cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[2800, 100, 100], seed=0))
+    runs = [(1, 32, "base", "none")] + [(2, b, kind, be) for be in args.backends for b, kind in ((64, "weak"), (32, "strong"))]
     with tempfile.TemporaryDirectory() as tmp:
         for model, base in (("voxelnet", vox), ("atomcloud", cloud)):
             if model not in args.models:
                 continue
-            for backend in args.backends:
+            eff = {}
+            for rep in range(args.repeats):
                 rates = {}
-                for ranks, batch, kind in ((1, 32, "base"), (2, 64, "weak"), (2, 32, "strong")):
-                    cfg = dict(base, run_dir=str(Path(tmp) / f"{model}{backend}{ranks}{kind}"),
-                               train=dict(base["train"], epochs=args.epochs, batch_size=batch))
-                    path = Path(tmp) / f"{model}{backend}{ranks}{kind}.yaml"
-                    path.write_text(yaml.safe_dump(cfg))
-                    run(ranks, backend if ranks > 1 else "none", path, model)
-                    hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
-                    warm = hist[len(hist) // 2:]  # warm caches
-                    rates[kind] = statistics.median(r["samples_per_s"] for r in warm)
-                    emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[kind], "samples/s", model=model,
-                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs,
-                         spread=[round(min(r["samples_per_s"] for r in warm), 1),
-                                 round(max(r["samples_per_s"] for r in warm), 1)])
-                    breakdown = {k[len("step_ms_"):]: round(statistics.median(r[k] for r in warm), 3)
-                                 for k in warm[0] if k.startswith("step_ms_")}  # rank 0's step split
-                    emit("train_scaling", f"step_ms_{ranks}_ranks", sum(breakdown.values()), "ms/step", model=model,
-                         backend=backend, scaling=kind, split=breakdown,
-                         outside_compute=round(breakdown.get("data", 0) + breakdown.get("sync", 0), 3))
-                for kind in ("weak", "strong"):
-                    emit("train_scaling", f"parallel_efficiency_2_ranks_{kind}", rates[kind] / (2 * rates["base"]),
-                         "fraction", model=model, backend=backend)
-                emit("train_scaling", "compute_seconds_per_batch_1_rank", 32 / rates["base"], "s", model=model,
-                     backend=backend)
+                for ranks, batch, kind, backend in runs:
+                    name = f"{model}{backend}{kind}{rep}"
+                    rates[backend, kind], split, epoch_ms = one_run(tmp, name, base, ranks, batch, backend, model,
+                                                                    args.epochs)
+                    emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[backend, kind], "samples/s", model=model,
+                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs, repeat=rep)
+                    emit("train_scaling", f"step_ms_{ranks}_ranks", sum(split.values()), "ms/step", model=model,
+                         backend=backend, scaling=kind, repeat=rep, split=split, epoch_overhead_ms=round(epoch_ms, 1),
+                         outside_compute=round(split.get("data", 0) + split.get("sync", 0), 3))
+                for backend in args.backends:
+                    for kind in ("weak", "strong"):
+                        e = rates[backend, kind] / (2 * rates["none", "base"])
+                        eff.setdefault((backend, kind), []).append(e)
+                        emit("train_scaling", f"parallel_efficiency_2_ranks_{kind}", e, "fraction", model=model,
+                             backend=backend, repeat=rep)
+            for (backend, kind), values in eff.items():
+                emit("train_scaling", f"parallel_efficiency_2_ranks_{kind}_median", statistics.median(values),
+                     "fraction", model=model, backend=backend, repeats=[round(v, 3) for v in values])
     from cloudvox.models.atomcloud import build_atomcloud
     from cloudvox.models.voxelnet import VoxelNet
     sizes = {"voxelnet (demo network, N=16)": VoxelNet(8, 16, widths=[16, 16], pools=[2, 0], hidden=[32, 8]),

@@ -18,6 +18,7 @@ from .elements import MAX_Z, property_weights
 from .features import DONE, FeatureFile
 
 SPLITS = ("train", "val", "test")
+HOLDOUT = "holdout"  # structures of held-out elements (split.hold_out): never trained on, evaluated
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def save_splits(run_dir: Path, ids: Sequence[str], splits: Dict[str, np.ndarray]
 def load_splits(run_dir: Path, ids: Sequence[str]) -> Dict[str, np.ndarray]:
     pos = {sid: i for i, sid in enumerate(ids)}
     out = {}
-    for name in SPLITS:
+    for name in SPLITS + ((HOLDOUT,) if (Path(run_dir) / f"split_{HOLDOUT}.txt").exists() else ()):
         wanted = (Path(run_dir) / f"split_{name}.txt").read_text().split()
         missing = [w for w in wanted if w not in pos]
         if missing:
@@ -149,6 +150,9 @@ def _with_fallback(used: np.ndarray, w: np.ndarray, occurrence: np.ndarray, size
 
 def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:
     """(n, MAX_Z + 1) atoms of each element of the given structures (from the stored point clouds)."""
+    if len(indices) and ("cloud/numbers" not in ff.h5 or not ff.h5["cloud/numbers"].shape[0]):
+        raise ValueError(f"{ff.path}: the composition (normalize: composition, element checks) needs the stored "
+                         "point clouds; featurize with store: [..., cloud] or use normalize: mean_std")
     off = ff.offsets("cloud/numbers")
     numbers = ff.h5["cloud/numbers"][...]
     out = np.zeros((len(indices), MAX_Z + 1))
@@ -189,6 +193,17 @@ class _FeatureDataset(torch.utils.data.Dataset):
     def _read(self, i: int) -> Dict:
         raise NotImplementedError
 
+    _cost_of = None  # the ragged dataset whose row count per structure measures a sample's compute
+
+    def costs(self) -> Optional[np.ndarray]:
+        """(len,) each sample's relative compute (its rows of ``_cost_of``: stored reciprocal values or voxels,
+        atoms), read once from the offsets: what the trainer balances ranks' shares of a batch by."""
+        if self._cost_of is None:
+            return None
+        if not hasattr(self, "_costs"):
+            self._costs = np.diff(self.ff.offsets(self._cost_of))[self.indices].astype(np.float64)
+        return self._costs
+
 
 class VoxelDataset(_FeatureDataset):
     """Structures of a feature file as VoxelNet inputs.
@@ -208,6 +223,7 @@ class VoxelDataset(_FeatureDataset):
         if source not in ("voxels", "reciprocal"):
             raise ValueError(f"unknown source {source!r}")
         self.source = source
+        self._cost_of = "reciprocal/values" if source == "reciprocal" else "voxels/values"
         self.species = list(species) if species is not None else None
         self.per_element = self.ff.per_element
 
@@ -273,6 +289,7 @@ class CloudDataset(_FeatureDataset):
         if "cloud/positions" not in self.ff.h5 or self.ff.h5["cloud/positions"].shape[0] == 0:
             raise ValueError(f"{path} stores no point clouds: featurize with --store cloud")
         self.cutoff = float(cutoff)
+        self._cost_of = "cloud/numbers"  # atoms (the edges within the cutoff grow with them)
 
     def _read(self, i: int) -> Dict:
         pos, z = self.ff.cloud(i)

@@ -40,8 +40,8 @@ class VoxelTask:
             rb = batch[K.RECIPROCAL].to(device)
             R = None
             if rotate:  # draw for the global batch and take this rank's rows: any rank count, same rotations
-                a, b, total = batch.get(K.GLOBAL_SLICE, (0, rb.n_structures, rb.n_structures))
-                R = random_rotations(total, generator, self.reflections)[a:b].to(device)
+                rows, total = batch.get(K.GLOBAL_ROWS, (np.arange(rb.n_structures), rb.n_structures))
+                R = random_rotations(total, generator, self.reflections)[torch.as_tensor(rows)].to(device)
             c = ids.shape[1] if self.per_element else self.n_channels
             x = bin_reciprocal(rb, c, self.n, self.length, self.mode, R)
         else:
