@@ -73,6 +73,8 @@ class SplitConfig:
     fractions: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     sizes: Optional[List[int]] = None  # absolute train/val/test sizes instead of fractions
     seed: int = 0
+    hold_out: Optional[List[str]] = None  # elements: every structure holding one forms a fourth split, "holdout",
+    # never trained on, evaluated with the others (a leave-chemistry-out test of accuracy and uncertainty)
 
 
 @dataclass

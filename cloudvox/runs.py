@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from .config import load_run_config
-from .data import Normalizer, element_counts, load_splits, save_splits, split_indices
+from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
+from .domain import DomainReference
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .tasks import DESCRIPTOR_KEYS, get_model
@@ -46,6 +47,14 @@ def _groups(ff: FeatureFile, by: Optional[str], indices: np.ndarray) -> Optional
     return [values[i] for i in indices]
 
 
+def holds_elements(ff: FeatureFile, indices: np.ndarray, elements: Sequence[str]) -> np.ndarray:
+    """(n,) whether each structure holds any of ``elements`` (symbols)."""
+    if not len(elements):
+        return np.zeros(len(indices), dtype=bool)
+    from .elements import atomic_numbers
+    return element_counts(ff, indices)[:, atomic_numbers(elements)].sum(1) > 0
+
+
 def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
     """Feature file, usable indices, splits (saved or reused), normaliser and datasets of a run."""
     data = cfg["data"]
@@ -59,9 +68,13 @@ def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
         splits = load_splits(run_dir, ids)
     else:
         sp = data["split"]
-        local = split_indices(len(usable), sp.get("fractions", [0.8, 0.1, 0.1]), int(sp.get("seed", 0)),
-                              _groups(ff, sp.get("by"), usable), sp.get("sizes"))
-        splits = {k: usable[v] for k, v in local.items()}
+        held = holds_elements(ff, usable, sp.get("hold_out") or ())
+        rest = usable[~held]
+        local = split_indices(len(rest), sp.get("fractions", [0.8, 0.1, 0.1]), int(sp.get("seed", 0)),
+                              _groups(ff, sp.get("by"), rest), sp.get("sizes"))
+        splits = {k: rest[v] for k, v in local.items()}
+        if sp.get("hold_out"):
+            splits[HOLDOUT] = usable[held]
         save_splits(run_dir, ids, splits)
     counts = {k: element_counts(ff, v) for k, v in splits.items()}
     norm = Normalizer.fit(y_all[splits["train"]], counts["train"], data.get("normalize", "mean_std"),
@@ -103,7 +116,9 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
                 channels=channels, target=cfg["data"]["target"], normalizer=norm.to_dict(), data=str(ff.path),
                 unit=cfg["data"].get("unit") or _unit(ff, cfg["data"]["target"]),
                 target_scale=float(cfg["data"].get("scale", 1.0)), input_scale=None)
-    meta["train_elements"] = elements_of(counts_train)  # the domain check of evaluate / predict
+    meta["train_elements"] = elements_of(counts_train)  # the domain checks of evaluate / predict
+    domain = DomainReference.fit(counts_train, counts["val"])
+    meta["domain"] = domain.to_dict() if domain else None
     spec.prepare_meta(meta, ff, splits["train"])
     model = spec.build(meta)
     meta["network"] = model.config
@@ -147,8 +162,8 @@ def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -
             return summary  # interrupted: --resume continues with this member
         summaries.append(summary)
     if dist.is_main:
-        for name in ("train", "val", "test"):  # the members' common split
-            shutil.copyfile(run_dir / MEMBER.format(0) / f"split_{name}.txt", run_dir / f"split_{name}.txt")
+        for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):  # the members' common split
+            shutil.copyfile(split, run_dir / split.name)
     dist.barrier()
     result = evaluate(run_dir, cfg["data"]["path"], dist=dist)
     return dict(result, members=k_members, stopped=False, history=[])
@@ -170,7 +185,7 @@ def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Di
         on_trainer(trainer)
     summary = trainer.fit(resume_from)
     dist.barrier()
-    if summary["stopped"] or trainer.epoch < tcfg.epochs and not tcfg.patience:
+    if summary["stopped"] or trainer.epoch < tcfg.epochs and not (tcfg.patience or summary["budget_reached"]):
         return summary  # interrupted: resume later; evaluation comes at the end
     if dist.is_main:
         plot_learning_curve(trainer.history, run_dir / "learning_curve.png", trainer.meta["unit"])
@@ -243,11 +258,10 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     task = spec.task(meta, {"rotations": rotations > 0}, cfg.channels_last)
     trainers = [(Trainer(m, task, [], [], cfg, out_dir, mm, dist, target_scale=norm.std), Normalizer(**mm["normalizer"]))
                 for m, mm in members]
-    rows, metrics = [], {}
-    ids = ff.ids
+    results = {}
     for name, idx in splits.items():
         counts = element_counts(ff, idx)
-        flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts])
+        flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts], counts)
         pred, spread, std = (np.full(len(idx), np.nan) for _ in range(3))
         if usable.any():  # structures the model cannot represent are reported, not predicted
             yn = norm.forward(y_all[idx[usable]], counts[usable])
@@ -259,6 +273,21 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
                 spreads.append(spread_n * member_norm.std)
             pred[usable], spread[usable] = np.mean(each, 0), np.mean(spreads, 0)
             std[usable] = np.std(each, 0)
+        results[name] = (idx, flags, usable, pred, spread, std)
+    threshold = None
+    if len(trainers) > 1:  # the ensemble's spread: calibrated on the run's validation split, kept for predict
+        ens = Path(run_or_checkpoint) / ENSEMBLE_FILE
+        if "val" in results and np.isfinite(results["val"][5]).any():
+            threshold = float(np.nanquantile(results["val"][5], STD_QUANTILE))
+            if dist.is_main:
+                ens.write_text(json.dumps(dict(std_threshold=threshold, quantile=STD_QUANTILE)))
+        elif ens.exists():
+            threshold = json.loads(ens.read_text())["std_threshold"]
+    rows, metrics = [], {}
+    ids = ff.ids
+    for name, (idx, flags, usable, pred, spread, std) in results.items():
+        if threshold is not None:
+            uncertainty_flags(flags, std, threshold)
         y = y_all[idx]
         err = pred - y
         ok = np.isfinite(y) & np.isfinite(pred)
@@ -301,13 +330,15 @@ def elements_of(counts: np.ndarray) -> List[str]:
     return [SYMBOLS[z] for z in np.flatnonzero(np.asarray(counts).sum(0) > 0) if z > 0]
 
 
-def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]]):
-    """Per structure (its element symbols): a flag (empty: none) and whether the model can predict it.
+def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], counts: Optional[np.ndarray] = None):
+    """Per structure (its element symbols; its (MAX_Z + 1,) element counts for the composition check): a flag
+    (empty: none; reasons joined by "; ") and whether the model can predict it.
 
-    Flagged: elements the model has no input for (not predicted), and elements absent from the training
-    set (predicted through whatever the model shares across elements: property-based channel weights, the
-    composition baseline's property fit; less reliable). Checkpoints from before ``train_elements`` was
-    recorded flag only the first kind."""
+    Flagged: elements the model has no input for (not predicted); elements absent from the training set
+    (predicted through whatever the model shares across elements: property-based channel weights, the
+    composition baseline's property fit; less reliable); a composition descriptor farther from the training
+    set than the validation set's 99th percentile (:mod:`cloudvox.domain`). Checkpoints from before
+    ``train_elements`` / ``domain`` were recorded skip those checks."""
     seen = set(meta.get("train_elements") or ())
     flags, usable = [], np.ones(len(elements), dtype=bool)
     for k, els in enumerate(elements):
@@ -318,7 +349,28 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]]):
             continue
         new = sorted(set(els) - seen) if seen else []
         flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
+    ref = DomainReference.from_dict(meta.get("domain"))
+    if ref is not None and counts is not None and len(counts):
+        d = ref.distance(counts)
+        for k in np.flatnonzero(usable & (d > ref.threshold)):
+            flags[k] = _join(flags[k], f"composition unlike the training set (distance {d[k]:.2f} > {ref.threshold:.2f})")
     return flags, usable
+
+
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble run's calibrated spread threshold
+STD_QUANTILE = 0.95
+
+
+def uncertainty_flags(flags: List[str], std: np.ndarray, threshold: float) -> List[str]:
+    """Add a flag (in place) where the ensemble's standard deviation exceeds ``threshold`` (target units: the
+    validation split's :data:`STD_QUANTILE` quantile of it)."""
+    for k in np.flatnonzero(np.nan_to_num(std, nan=-np.inf) > threshold):
+        flags[k] = _join(flags[k], f"ensemble std {std[k]:.3g} > {threshold:.3g}")
+    return flags
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
 
 
 def predict_report(checkpoint, structures, batch_size: int = 64):
@@ -329,14 +381,18 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
     members = [load_model(c)[:2] for c in _checkpoints(checkpoint)]
     structures = list(structures)
     spec = get_model(members[0][1]["model"])
-    flags, usable = domain_flags(spec, members[0][1], [s.elements for s in structures])
+    all_counts = element_count_matrix(structures)
+    flags, usable = domain_flags(spec, members[0][1], [s.elements for s in structures], all_counts)
     pred, std = np.full(len(structures), np.nan), np.full(len(structures), np.nan)
     take = [s for s, u in zip(structures, usable) if u]
     if take:
-        counts = element_count_matrix(take)
+        counts = all_counts[usable]
         each = [Normalizer(**meta["normalizer"]).inverse(spec.predict(model, meta, take, batch_size), counts)
                 for model, meta in members]
         pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
+    ens = Path(checkpoint) / ENSEMBLE_FILE
+    if len(members) > 1 and ens.exists():
+        uncertainty_flags(flags, std, json.loads(ens.read_text())["std_threshold"])
     return pred, std, flags
 
 

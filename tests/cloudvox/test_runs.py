@@ -235,3 +235,63 @@ def test_ensemble_trains_members_and_reports_their_mean_and_spread(tiny, tmp_pat
     by_id = {r["id"]: (float(r["prediction"]), float(r["ensemble_std"])) for r in rows}
     np.testing.assert_allclose(pred, [by_id[s.id][0] for s in structures], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(spread, [by_id[s.id][1] for s in structures], rtol=1e-3, atol=1e-6)
+
+
+HELD_OUT = ["F", "Cl", "Br", "I", "S", "Se", "Te"]  # halogens and chalcogens on the cation sites of the oxides
+
+
+def test_held_out_chemistry_is_more_uncertain_than_the_test_split_and_flagged(tmp_path):
+    """split.hold_out: the compounds of the held-out elements form a "holdout" split, never trained on. A tiny
+    ensemble's spread is larger there than on the in-domain test split, and more of them are flagged."""
+    from tests.conftest import fixture_file
+    data = make_file(tmp_path / "f.h5", fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"), 300, n=8,
+                     length=12.8)
+    cfg = config(data, tmp_path / "run", epochs=4, ensemble=3)
+    cfg["data"]["split"]["hold_out"] = HELD_OUT
+    summary = train_run(cfg)
+    m = summary["metrics"]
+    train_ids = set((tmp_path / "run" / "split_train.txt").read_text().split())
+    held = (tmp_path / "run" / "split_holdout.txt").read_text().split()
+    assert len(held) >= 40 and not train_ids & set(held)
+    assert m["holdout"]["mean_ensemble_std"] > 1.5 * m["test"]["mean_ensemble_std"]
+    assert m["holdout"]["flagged"] / m["holdout"]["n"] > 0.9 > 0.5 > m["test"]["flagged"] / m["test"]["n"]
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "predictions.csv")) if r["split"] == "holdout"]
+    assert all("never seen in training" in r["flag"] for r in rows)
+    assert (tmp_path / "run" / "ensemble.json").exists()
+
+
+def test_composition_distance_is_zero_on_the_training_set_and_grows_with_new_chemistry(rng):
+    from cloudvox.domain import DomainReference
+    from cloudvox.elements import MAX_Z, atomic_numbers
+    cations = atomic_numbers(["Ca", "Sr", "Ba", "Ti", "Zr", "Hf", "Mg"])
+    def abo3(a, b):
+        c = np.zeros(MAX_Z + 1)
+        c[[a, b, 8]] = [1, 1, 3]
+        return c
+    train = np.array([abo3(a, b) for a in cations[:3] for b in cations[3:]])
+    ref = DomainReference.fit(train, train[:4], quantile=0.99)
+    np.testing.assert_allclose(ref.distance(train), 0, atol=1e-3)
+    fluoride = np.zeros((1, MAX_Z + 1))
+    fluoride[0, atomic_numbers(["K", "Mg", "F"])] = [1, 1, 3]
+    near = abo3(cations[0], atomic_numbers(["V"])[0])[None]  # Ti's neighbour on a seen site
+    d_far, d_near = ref.distance(fluoride)[0], ref.distance(near)[0]
+    assert d_far > d_near > 0 and d_far > 3 * max(ref.threshold, 0.1)
+
+
+def test_composition_baseline_needs_the_stored_clouds(tmp_path):
+    from cloudvox.data import element_counts
+    from tests.conftest import fixture_file
+    source = Source("aflow", [fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl")], limit=4)
+    vox = ReciprocalVoxelizer(n=8, length=12.8)
+    block = featurize_block(source.records(0, 4), 0, vox, source.sources, store=["reciprocal"])
+    write_features(tmp_path / "r.h5", block, dict(root_attributes(vox, source.sources, "aflow", "test"),
+                                                   species=json.dumps(block.elements)))
+    with pytest.raises(ValueError, match="store: \\[..., cloud\\]"):
+        element_counts(FeatureFile(tmp_path / "r.h5"), [0, 1])
+
+
+def test_time_budget_ends_training_early_and_the_run_is_evaluated(tiny, tmp_path):
+    run = tmp_path / "run"
+    summary = train_run(config(tiny, run, epochs=50, max_minutes=1e-4))  # 6 ms: one epoch, then out of time
+    assert summary["budget_reached"] and summary["epochs"] == 1
+    assert (run / "evaluation.json").exists() and "test" in summary["metrics"]

@@ -1,0 +1,96 @@
+"""Is a structure like the training data? A composition descriptor's distance to the training set.
+
+Every structure is described by the atom-fraction-weighted mean, spread, minimum and maximum of its elements'
+standardised properties (:data:`PROPERTIES`, :func:`cloudvox.elements.property_weights`): a fixed-length
+vector that any model's training set covers, periodic or not. A :class:`DomainReference` keeps the training
+set's vectors (a random subsample of at most ``max_points``, standardised) and a threshold: the ``quantile``
+of the validation structures' distances to their nearest training vector. A structure farther than that from
+every training vector is unlike the training data (flagged by :func:`cloudvox.runs.domain_flags`); the
+validation set calibrates the threshold, so that about 1 - ``quantile`` of structures like the training data
+are flagged.
+
+The reference is JSON-able (a checkpoint's ``meta["domain"]``): about 30 kB per 1000 points.
+"""
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .elements import property_weights
+
+PROPERTIES = ("Z", "row", "group", "X", "radius", "ionization", "affinity")
+
+
+def composition_features(counts: np.ndarray, properties=PROPERTIES, chunk: int = 4096) -> np.ndarray:
+    """(n, 4 K) descriptor of compositions: mean, standard deviation, minimum and maximum over each structure's
+    atoms of the K standardised element properties (dimensionless).
+
+    counts: (n, MAX_Z + 1) atoms of each element per structure (structures without atoms give zeros);
+    computed ``chunk`` rows at a time."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) > chunk:
+        return np.concatenate([composition_features(counts[a:a + chunk], properties, chunk)
+                               for a in range(0, len(counts), chunk)])
+    P = property_weights(properties)[:, :counts.shape[1]]  # (K, Z)
+    total = counts.sum(1, keepdims=True)
+    frac = counts / np.where(total > 0, total, 1.0)  # (n, Z)
+    mean = frac @ P.T  # (n, K)
+    std = np.sqrt(np.maximum(frac @ (P.T ** 2) - mean ** 2, 0.0))
+    present = counts > 0
+    big = np.where(present[:, None, :], P[None], np.inf)  # (n, K, Z)
+    lo = big.min(2)
+    hi = np.where(present[:, None, :], P[None], -np.inf).max(2)
+    lo[~np.isfinite(lo)], hi[~np.isfinite(hi)] = 0.0, 0.0
+    return np.concatenate([mean, std, lo, hi], axis=1)
+
+
+def nearest_distance(x: np.ndarray, points: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """(n,) Euclidean distance of each row of x (n, d) to its nearest row of points (m, d), in chunks of
+    ``chunk`` rows (memory ``chunk`` x m)."""
+    out = np.empty(len(x))
+    p2 = (points ** 2).sum(1)
+    for a in range(0, len(x), chunk):
+        xa = x[a:a + chunk]
+        d2 = (xa ** 2).sum(1)[:, None] + p2[None, :] - 2.0 * xa @ points.T
+        out[a:a + chunk] = np.sqrt(np.maximum(d2.min(1), 0.0))
+    return out
+
+
+@dataclass
+class DomainReference:
+    """The training set's composition descriptors (standardised, subsampled) and the distance threshold."""
+    center: List[float]
+    scale: List[float]
+    points: List[List[float]]
+    threshold: float
+    quantile: float
+
+    @classmethod
+    def fit(cls, train_counts: np.ndarray, val_counts: np.ndarray, quantile: float = 0.99,
+            max_points: int = 2000, seed: int = 0) -> Optional["DomainReference"]:
+        """From (n, MAX_Z + 1) element counts of the training and validation structures; None without
+        validation structures (nothing to calibrate the threshold on)."""
+        if len(train_counts) == 0 or len(val_counts) == 0:
+            return None
+        f = composition_features(train_counts)
+        center, scale = f.mean(0), f.std(0)
+        scale = np.where(scale > 1e-9, scale, 1.0)
+        z = (f - center) / scale
+        z = np.unique(np.round(z, 4), axis=0)
+        if len(z) > max_points:
+            z = z[np.random.default_rng(seed).choice(len(z), max_points, replace=False)]
+        dv = nearest_distance((composition_features(val_counts) - center) / scale, z)
+        return cls(center.round(6).tolist(), scale.round(6).tolist(), z.tolist(),
+                   float(np.quantile(dv, quantile)), float(quantile))
+
+    def distance(self, counts: np.ndarray) -> np.ndarray:
+        """(n,) distance of each structure's standardised composition descriptor to the nearest training one."""
+        z = (composition_features(counts) - np.asarray(self.center)) / np.asarray(self.scale)
+        return nearest_distance(z, np.asarray(self.points))
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict]) -> Optional["DomainReference"]:
+        return cls(**d) if d else None
