@@ -95,6 +95,8 @@ class Normalizer:
     std: float = 1.0
     per_element: Optional[List[float]] = None  # (MAX_Z + 1,) baseline per element (kind "composition")
     extensive: bool = False  # the baseline counts atoms (total energies) instead of atom fractions
+    fitted: Optional[List[int]] = None  # atomic numbers whose baseline was fitted (the others: from properties)
+    fallback_std: float = 0.0  # typical error of a property-based per-element value (target units, weighted)
 
     @classmethod
     def fit(cls, y: np.ndarray, counts: Optional[np.ndarray] = None, kind: str = "mean_std",
@@ -107,13 +109,28 @@ class Normalizer:
             used = np.flatnonzero(X.sum(0) > 0)
             A = X[:, used]
             w = np.linalg.solve(A.T @ A + ridge * np.eye(len(used)), A.T @ resid)
-            per = _with_fallback(used, w, X[:, used].sum(0), counts.shape[1])
+            per, fallback_std = _with_fallback(used, w, X[:, used].sum(0), counts.shape[1])
             resid = resid - X @ per
             per = per.tolist()
         elif kind != "mean_std":
             raise ValueError(f"unknown normalisation {kind!r}; use mean_std or composition")
         std = float(resid.std()) or 1.0
-        return cls(kind, float(resid.mean()), std, per, extensive)
+        if per is None:
+            return cls(kind, float(resid.mean()), std, per, extensive)
+        return cls(kind, float(resid.mean()), std, per, extensive, [int(z) for z in used], fallback_std)
+
+    def extrapolation_std(self, counts: np.ndarray) -> np.ndarray:
+        """(n,) the baseline's uncertainty from elements it did not fit (their values came from element
+        properties): fallback_std x sqrt(sum over those elements of (atom fraction, or atoms if extensive)^2),
+        target units; zeros where every element was fitted or without a composition baseline."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if self.per_element is None or self.fitted is None:
+            return np.zeros(len(counts))
+        X = counts if self.extensive else counts / np.maximum(counts.sum(1, keepdims=True), 1e-300)
+        unfitted = np.ones(X.shape[1], dtype=bool)
+        unfitted[[z for z in self.fitted if z < X.shape[1]]] = False
+        unfitted[0] = False
+        return self.fallback_std * np.sqrt((X[:, unfitted] ** 2).sum(1))
 
     def baseline(self, counts: np.ndarray) -> np.ndarray:
         if self.per_element is None:
@@ -128,7 +145,8 @@ class Normalizer:
         return y_norm * self.std + self.mean + self.baseline(counts)
 
     def to_dict(self) -> Dict:
-        return dict(kind=self.kind, mean=self.mean, std=self.std, per_element=self.per_element, extensive=self.extensive)
+        return dict(kind=self.kind, mean=self.mean, std=self.std, per_element=self.per_element, extensive=self.extensive,
+                    fitted=self.fitted, fallback_std=self.fallback_std)
 
 
 FALLBACK_PROPERTIES = DEFAULT_PROPERTIES  # the descriptor's default property channels
@@ -137,15 +155,17 @@ FALLBACK_PROPERTIES = DEFAULT_PROPERTIES  # the descriptor's default property ch
 def _with_fallback(used: np.ndarray, w: np.ndarray, occurrence: np.ndarray, size: int,
                    ridge: float = 1e-3) -> np.ndarray:
     """(size,) per-element values: w at the used elements, elsewhere a property-based estimate (weighted
-    ridge fit of w on the standardised element properties of the used elements)."""
+    ridge fit of w on the standardised element properties of the used elements); and that estimate's typical
+    error, the occurrence-weighted RMS of (w - estimate) over the used elements."""
     P = property_weights(FALLBACK_PROPERTIES)[:, :size].T  # (size, K)
     sw = occurrence / occurrence.sum()
     A = P[used] * sw[:, None]
     beta = np.linalg.solve(P[used].T @ A + ridge * np.eye(P.shape[1]), A.T @ w)
     per = P @ beta
+    rms = float(np.sqrt((sw * (w - per[used]) ** 2).sum()))
     per[used] = w
     per[0] = 0.0
-    return per
+    return per, rms
 
 
 def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:

@@ -94,3 +94,48 @@ class DomainReference:
     @classmethod
     def from_dict(cls, d: Optional[Dict]) -> Optional["DomainReference"]:
         return cls(**d) if d else None
+
+
+def fit_uncertainty(residuals: np.ndarray, spread: np.ndarray, distance: np.ndarray) -> Dict[str, float]:
+    """Calibrate sigma^2 = spread^2 + floor^2 + (slope * distance)^2 on validation residuals.
+
+    residuals, spread (the ensemble's standard deviation, 0 for one model), distance (:meth:`DomainReference.distance`):
+    (n,) each, target units except distance (dimensionless). Maximises the Gaussian likelihood of the residuals
+    over floor and slope (a log-spaced grid, then a finer one around its best point), so that the uncertainty
+    grows with the distance to the training set as far as the validation errors support it. Returns
+    dict(floor=..., slope=...) in target units."""
+    r2, s2, d2 = (np.asarray(a, dtype=np.float64) ** 2 for a in (residuals, spread, distance))
+    ok = np.isfinite(r2) & np.isfinite(s2) & np.isfinite(d2)
+    r2, s2, d2 = r2[ok], s2[ok], d2[ok]
+    scale = float(np.sqrt(r2.mean())) if len(r2) and r2.mean() > 0 else 1.0
+    dmax = float(np.sqrt(d2.max())) if len(d2) and d2.max() > 0 else 1.0
+
+    def nll(f, a):  # (F, A) grids -> (F, A) mean negative log-likelihood
+        var = s2[None, None] + f[..., None] ** 2 + a[..., None] ** 2 * d2[None, None]
+        return (np.log(var) + r2[None, None] / var).mean(-1)
+
+    floors = scale * np.logspace(-3, 1, 41)
+    slopes = np.concatenate([[0.0], scale / dmax * np.logspace(-3, 2, 40)])
+    F, A = np.meshgrid(floors, slopes, indexing="ij")
+    i, j = np.unravel_index(np.argmin(nll(F, A)), F.shape)
+    f0, a0 = floors[i], slopes[j]
+    fine_f = f0 * np.logspace(-0.1, 0.1, 21)
+    fine_a = np.unique(np.concatenate([[0.0], (a0 if a0 > 0 else slopes[1]) * np.logspace(-0.15, 0.15, 21)]))
+    F, A = np.meshgrid(fine_f, fine_a, indexing="ij")
+    i, j = np.unravel_index(np.argmin(nll(F, A)), F.shape)
+    return dict(floor=float(fine_f[i]), slope=float(fine_a[j]))
+
+
+def uncertainty(spread: np.ndarray, distance: Optional[np.ndarray], calibration: Optional[Dict],
+                extrapolation: Optional[np.ndarray] = None) -> np.ndarray:
+    """(n,) sigma = sqrt(spread^2 + floor^2 + (slope * distance)^2 + extrapolation^2) (target units): the
+    ensemble's disagreement, the validation error not explained by it (floor), its growth with the distance to
+    the training set, and the composition baseline's error on elements it never fitted
+    (:meth:`cloudvox.data.Normalizer.extrapolation_std`). Without a calibration (or a distance): the spread and
+    the extrapolation term only."""
+    var = np.asarray(spread, dtype=np.float64) ** 2
+    if extrapolation is not None:
+        var = var + np.asarray(extrapolation, dtype=np.float64) ** 2
+    if calibration and distance is not None:
+        var = var + calibration["floor"] ** 2 + (calibration["slope"] * np.asarray(distance)) ** 2
+    return np.sqrt(var)

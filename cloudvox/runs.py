@@ -20,7 +20,7 @@ import yaml
 
 from .config import load_run_config
 from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
-from .domain import DomainReference
+from .domain import DomainReference, fit_uncertainty, uncertainty
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .tasks import DESCRIPTOR_KEYS, get_model
@@ -258,10 +258,12 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     task = spec.task(meta, {"rotations": rotations > 0}, cfg.channels_last)
     trainers = [(Trainer(m, task, [], [], cfg, out_dir, mm, dist, target_scale=norm.std), Normalizer(**mm["normalizer"]))
                 for m, mm in members]
-    results = {}
+    results, extrap = {}, {}
     for name, idx in splits.items():
         counts = element_counts(ff, idx)
         flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts], counts)
+        distance = domain_distance(meta, counts)
+        extrap[name] = norm.extrapolation_std(counts)
         pred, spread, std = (np.full(len(idx), np.nan) for _ in range(3))
         if usable.any():  # structures the model cannot represent are reported, not predicted
             yn = norm.forward(y_all[idx[usable]], counts[usable])
@@ -273,21 +275,28 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
                 spreads.append(spread_n * member_norm.std)
             pred[usable], spread[usable] = np.mean(each, 0), np.mean(spreads, 0)
             std[usable] = np.std(each, 0)
-        results[name] = (idx, flags, usable, pred, spread, std)
-    threshold = None
-    if len(trainers) > 1:  # the ensemble's spread: calibrated on the run's validation split, kept for predict
-        ens = Path(run_or_checkpoint) / ENSEMBLE_FILE
-        if "val" in results and np.isfinite(results["val"][5]).any():
-            threshold = float(np.nanquantile(results["val"][5], STD_QUANTILE))
+        results[name] = (idx, flags, usable, pred, spread, std, distance)
+    cal_file = (Path(run_or_checkpoint) if len(ckpts) > 1 else ckpt.parent) / UNCERTAINTY_FILE
+    cal = None
+    if "val" in results:  # the run's own data: calibrate on its validation split, keep it for predict
+        idx, _, usable, pred, _, std, distance = results["val"]
+        ok = usable & np.isfinite(pred) & np.isfinite(y_all[idx])
+        if ok.sum() >= 10 and distance is not None:
+            known = np.sqrt(np.nan_to_num(std[ok]) ** 2 + extrap["val"][ok] ** 2)
+            cal = fit_uncertainty((pred - y_all[idx])[ok], known, distance[ok])
+            cal.update(threshold=float(np.quantile(uncertainty(std[ok], distance[ok], cal, extrap["val"][ok]),
+                                                   UNCERTAINTY_QUANTILE)),
+                       quantile=UNCERTAINTY_QUANTILE)
             if dist.is_main:
-                ens.write_text(json.dumps(dict(std_threshold=threshold, quantile=STD_QUANTILE)))
-        elif ens.exists():
-            threshold = json.loads(ens.read_text())["std_threshold"]
+                cal_file.write_text(json.dumps(cal))
+    elif cal_file.exists():
+        cal = json.loads(cal_file.read_text())
     rows, metrics = [], {}
     ids = ff.ids
-    for name, (idx, flags, usable, pred, spread, std) in results.items():
-        if threshold is not None:
-            uncertainty_flags(flags, std, threshold)
+    for name, (idx, flags, usable, pred, spread, std, distance) in results.items():
+        sigma = uncertainty(std, distance, cal, extrap[name])
+        if cal is not None:
+            uncertainty_flags(flags, sigma, cal["threshold"])
         y = y_all[idx]
         err = pred - y
         ok = np.isfinite(y) & np.isfinite(pred)
@@ -299,9 +308,11 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
             m.update(rotations=rotations, mean_spread=float(np.nanmean(spread)) if usable.any() else float("nan"))
         if len(trainers) > 1 and usable.any():
             m.update(members=len(trainers), mean_ensemble_std=float(np.nanmean(std)))
+        if usable.any():
+            m.update(mean_uncertainty=float(np.nanmean(sigma)))
         metrics[name] = m
-        rows += [(name, ids[i], float(y[k]), float(pred[k]), float(spread[k]), float(std[k]), flags[k])
-                 for k, i in enumerate(idx)]
+        rows += [(name, ids[i], float(y[k]), float(pred[k]), float(spread[k]), float(std[k]), float(sigma[k]),
+                  flags[k]) for k, i in enumerate(idx)]
         if dist.is_main and ok.any():
             plot_parity(y[ok], pred[ok], out_dir / f"parity_{name}.png", f"{name}: MAE {m['mae']:.3f} {meta.get('unit', '')}",
                         meta.get("unit", ""))
@@ -309,7 +320,7 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["split", "id", "target", "prediction", "rotation_spread", "ensemble_std", "flag"])
+            w.writerow(["split", "id", "target", "prediction", "rotation_spread", "ensemble_std", "uncertainty", "flag"])
             w.writerows(rows)
         (out_dir / "evaluation.json").write_text(json.dumps(dict(checkpoint=str(ckpt), data=str(data_path),
                                                                  unit=meta.get("unit", ""), metrics=metrics), indent=1))
@@ -349,23 +360,32 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], counts: Op
             continue
         new = sorted(set(els) - seen) if seen else []
         flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
-    ref = DomainReference.from_dict(meta.get("domain"))
-    if ref is not None and counts is not None and len(counts):
-        d = ref.distance(counts)
-        for k in np.flatnonzero(usable & (d > ref.threshold)):
-            flags[k] = _join(flags[k], f"composition unlike the training set (distance {d[k]:.2f} > {ref.threshold:.2f})")
+    d = domain_distance(meta, counts)
+    if d is not None:
+        threshold = meta["domain"]["threshold"]
+        for k in np.flatnonzero(usable & (d > threshold)):
+            flags[k] = _join(flags[k], f"composition unlike the training set (distance {d[k]:.2f} > {threshold:.2f})")
     return flags, usable
 
 
-ENSEMBLE_FILE = "ensemble.json"  # an ensemble run's calibrated spread threshold
-STD_QUANTILE = 0.95
+def domain_distance(meta: Dict, counts: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """(n,) composition-descriptor distance of each structure to the training set (:mod:`cloudvox.domain`), or
+    None for checkpoints without a domain reference."""
+    ref = DomainReference.from_dict(meta.get("domain"))
+    if ref is None or counts is None or not len(counts):
+        return None
+    return ref.distance(counts)
 
 
-def uncertainty_flags(flags: List[str], std: np.ndarray, threshold: float) -> List[str]:
-    """Add a flag (in place) where the ensemble's standard deviation exceeds ``threshold`` (target units: the
-    validation split's :data:`STD_QUANTILE` quantile of it)."""
-    for k in np.flatnonzero(np.nan_to_num(std, nan=-np.inf) > threshold):
-        flags[k] = _join(flags[k], f"ensemble std {std[k]:.3g} > {threshold:.3g}")
+UNCERTAINTY_FILE = "uncertainty.json"  # a run's uncertainty calibration: floor, slope, flag threshold
+UNCERTAINTY_QUANTILE = 0.95
+
+
+def uncertainty_flags(flags: List[str], sigma: np.ndarray, threshold: float) -> List[str]:
+    """Add a flag (in place) where the uncertainty exceeds ``threshold`` (target units: the validation split's
+    :data:`UNCERTAINTY_QUANTILE` quantile of it)."""
+    for k in np.flatnonzero(np.nan_to_num(sigma, nan=-np.inf) > threshold):
+        flags[k] = _join(flags[k], f"uncertainty {sigma[k]:.3g} > {threshold:.3g}")
     return flags
 
 
@@ -376,8 +396,9 @@ def _join(a: str, b: str) -> str:
 def predict_report(checkpoint, structures, batch_size: int = 64):
     """For in-memory structures, computed as the checkpoint's model reads them (a run, a checkpoint or an
     ensemble run): predictions in target units (the members' mean; NaN where the model cannot represent a
-    structure), the members' standard deviation (0 for one model) and one flag per structure
-    (:func:`domain_flags`)."""
+    structure), their uncertainty (the members' standard deviation combined with the distance to the training
+    set as calibrated on the validation split, :func:`cloudvox.domain.uncertainty`; the standard deviation
+    alone, 0 for one model, without a calibration) and one flag per structure (:func:`domain_flags`)."""
     members = [load_model(c)[:2] for c in _checkpoints(checkpoint)]
     structures = list(structures)
     spec = get_model(members[0][1]["model"])
@@ -390,10 +411,14 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
         each = [Normalizer(**meta["normalizer"]).inverse(spec.predict(model, meta, take, batch_size), counts)
                 for model, meta in members]
         pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
-    ens = Path(checkpoint) / ENSEMBLE_FILE
-    if len(members) > 1 and ens.exists():
-        uncertainty_flags(flags, std, json.loads(ens.read_text())["std_threshold"])
-    return pred, std, flags
+    ckpts = _checkpoints(checkpoint)
+    cal_file = (Path(checkpoint) if len(ckpts) > 1 else ckpts[0].parent) / UNCERTAINTY_FILE
+    cal = json.loads(cal_file.read_text()) if cal_file.exists() else None
+    extrap = Normalizer(**members[0][1]["normalizer"]).extrapolation_std(all_counts)
+    sigma = uncertainty(std, domain_distance(members[0][1], all_counts), cal, extrap)
+    if cal is not None:
+        uncertainty_flags(flags, sigma, cal["threshold"])
+    return pred, sigma, flags
 
 
 def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarray:

@@ -13,7 +13,7 @@ def test_defaults_come_from_the_signatures_and_dataclasses():
     cfg = load_run_config(None, [], model="atomcloud")
     assert cfg["network"]["cutoff"] == 3.0 and cfg["network"]["l_max"] == 2  # AtomCloudNet.__init__
     assert cfg["train"]["lr"] == TrainConfig().lr and cfg["train"]["epochs"] == TrainConfig().epochs
-    assert cfg["data"]["split"] == dict(by=None, fractions=[0.8, 0.1, 0.1], sizes=None, seed=0)
+    assert cfg["data"]["split"] == dict(by=None, fractions=[0.8, 0.1, 0.1], sizes=None, seed=0, hold_out=None)
     vox = load_run_config(None, [], model="voxelnet")["network"]
     assert vox["widths"] == [16, 16, 16] and "in_channels" not in vox and "channel_names" not in vox
     feat = validate_featurize(dict(format="aflow", output="x.h5"))

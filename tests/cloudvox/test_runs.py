@@ -232,7 +232,7 @@ def test_ensemble_trains_members_and_reports_their_mean_and_spread(tiny, tmp_pat
     np.testing.assert_allclose(std, np.std(each, 0), rtol=1e-4, atol=1e-7)
     structures = read_aflow(fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"))[:48]
     pred, spread, flags = predict_report(run, structures)
-    by_id = {r["id"]: (float(r["prediction"]), float(r["ensemble_std"])) for r in rows}
+    by_id = {r["id"]: (float(r["prediction"]), float(r["uncertainty"])) for r in rows}  # calibrated on val
     np.testing.assert_allclose(pred, [by_id[s.id][0] for s in structures], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(spread, [by_id[s.id][1] for s in structures], rtol=1e-3, atol=1e-6)
 
@@ -242,7 +242,9 @@ HELD_OUT = ["F", "Cl", "Br", "I", "S", "Se", "Te"]  # halogens and chalcogens on
 
 def test_held_out_chemistry_is_more_uncertain_than_the_test_split_and_flagged(tmp_path):
     """split.hold_out: the compounds of the held-out elements form a "holdout" split, never trained on. A tiny
-    ensemble's spread is larger there than on the in-domain test split, and more of them are flagged."""
+    ensemble's uncertainty (its spread with the composition distance, calibrated on validation) is larger there
+    than on the in-domain test split, and more of them are flagged. (The spread alone is not: 0.017 eV/atom on
+    the held-out chemistry, 0.022 on the test split, with errors of 2.4 and 0.6 eV/atom.)"""
     from tests.conftest import fixture_file
     data = make_file(tmp_path / "f.h5", fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"), 300, n=8,
                      length=12.8)
@@ -253,11 +255,13 @@ def test_held_out_chemistry_is_more_uncertain_than_the_test_split_and_flagged(tm
     train_ids = set((tmp_path / "run" / "split_train.txt").read_text().split())
     held = (tmp_path / "run" / "split_holdout.txt").read_text().split()
     assert len(held) >= 40 and not train_ids & set(held)
-    assert m["holdout"]["mean_ensemble_std"] > 1.5 * m["test"]["mean_ensemble_std"]
+    assert m["holdout"]["mean_uncertainty"] > 1.4 * m["test"]["mean_uncertainty"]  # 1.00 against 0.59 eV/atom
+    assert m["holdout"]["mae"] > m["test"]["mae"]  # the held-out chemistry is harder: the uncertainty says so
     assert m["holdout"]["flagged"] / m["holdout"]["n"] > 0.9 > 0.5 > m["test"]["flagged"] / m["test"]["n"]
     rows = [r for r in csv.DictReader(open(tmp_path / "run" / "predictions.csv")) if r["split"] == "holdout"]
     assert all("never seen in training" in r["flag"] for r in rows)
-    assert (tmp_path / "run" / "ensemble.json").exists()
+    cal = json.loads((tmp_path / "run" / "uncertainty.json").read_text())
+    assert cal["floor"] > 0 and cal["threshold"] >= cal["floor"]  # slope 0 here: in-domain errors do not grow with it
 
 
 def test_composition_distance_is_zero_on_the_training_set_and_grows_with_new_chemistry(rng):
