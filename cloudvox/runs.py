@@ -261,8 +261,8 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     results, extrap = {}, {}
     for name, idx in splits.items():
         counts = element_counts(ff, idx)
-        flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts], counts)
         distance = domain_distance(meta, counts)
+        flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts], distance)
         extrap[name] = norm.extrapolation_std(counts)
         pred, spread, std = (np.full(len(idx), np.nan) for _ in range(3))
         if usable.any():  # structures the model cannot represent are reported, not predicted
@@ -341,8 +341,8 @@ def elements_of(counts: np.ndarray) -> List[str]:
     return [SYMBOLS[z] for z in np.flatnonzero(np.asarray(counts).sum(0) > 0) if z > 0]
 
 
-def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], counts: Optional[np.ndarray] = None):
-    """Per structure (its element symbols; its (MAX_Z + 1,) element counts for the composition check): a flag
+def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: Optional[np.ndarray] = None):
+    """Per structure (its element symbols; its :func:`domain_distance` for the composition check): a flag
     (empty: none; reasons joined by "; ") and whether the model can predict it.
 
     Flagged: elements the model has no input for (not predicted); elements absent from the training set
@@ -360,7 +360,7 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], counts: Op
             continue
         new = sorted(set(els) - seen) if seen else []
         flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
-    d = domain_distance(meta, counts)
+    d = distance
     if d is not None:
         threshold = meta["domain"]["threshold"]
         for k in np.flatnonzero(usable & (d > threshold)):
@@ -399,11 +399,13 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
     structure), their uncertainty (the members' standard deviation combined with the distance to the training
     set as calibrated on the validation split, :func:`cloudvox.domain.uncertainty`; the standard deviation
     alone, 0 for one model, without a calibration) and one flag per structure (:func:`domain_flags`)."""
-    members = [load_model(c)[:2] for c in _checkpoints(checkpoint)]
+    ckpts = _checkpoints(checkpoint)
+    members = [load_model(c)[:2] for c in ckpts]
     structures = list(structures)
     spec = get_model(members[0][1]["model"])
     all_counts = element_count_matrix(structures)
-    flags, usable = domain_flags(spec, members[0][1], [s.elements for s in structures], all_counts)
+    distance = domain_distance(members[0][1], all_counts)
+    flags, usable = domain_flags(spec, members[0][1], [s.elements for s in structures], distance)
     pred, std = np.full(len(structures), np.nan), np.full(len(structures), np.nan)
     take = [s for s, u in zip(structures, usable) if u]
     if take:
@@ -411,11 +413,10 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
         each = [Normalizer(**meta["normalizer"]).inverse(spec.predict(model, meta, take, batch_size), counts)
                 for model, meta in members]
         pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
-    ckpts = _checkpoints(checkpoint)
     cal_file = (Path(checkpoint) if len(ckpts) > 1 else ckpts[0].parent) / UNCERTAINTY_FILE
     cal = json.loads(cal_file.read_text()) if cal_file.exists() else None
     extrap = Normalizer(**members[0][1]["normalizer"]).extrapolation_std(all_counts)
-    sigma = uncertainty(std, domain_distance(members[0][1], all_counts), cal, extrap)
+    sigma = uncertainty(std, distance, cal, extrap)
     if cal is not None:
         uncertainty_flags(flags, sigma, cal["threshold"])
     return pred, sigma, flags
