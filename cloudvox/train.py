@@ -55,7 +55,9 @@ class TrainConfig:
     eval_every: int = 1
     stop_after_epochs: int = 0  # end this process after N epochs (checkpointed; --resume continues), 0: never
     max_minutes: float = 0.0  # wall-clock budget of this process's training (0: none): no epoch starts that would
-    # end past it (judged from the mean epoch so far); the run then ends as if at its last epoch and is evaluated
+    # end past it (judged from the mean epoch so far); the run then ends as if at its last epoch and is evaluated.
+    # With the cosine schedule its length follows the budget (the epochs that fit, from the last epoch's time,
+    # capped by ``epochs``): set ``epochs`` high and the learning rate still anneals before the time is up
     stop_after_steps: int = 0  # end this process after N optimiser steps, mid-epoch (checkpointed), 0: never
     stop_check_every: int = 16  # steps between the ranks' agreements on a stop signal (one small allreduce)
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
@@ -237,6 +239,7 @@ class Trainer:
         self.best = math.inf
         self.best_epoch = -1
         self.budget_reached = False  # train.max_minutes ended the training early
+        self.horizon = cfg.epochs  # the cosine schedule's length in epochs (fitted to max_minutes when set)
         self.stop_requested = False  # set by a signal handler: checkpoint and leave at the next step
         self.steps_done = 0  # optimiser steps taken by this process
         self._writer = None
@@ -247,7 +250,7 @@ class Trainer:
         if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
             return self.base_lr * (epoch + 1) / (cfg.warmup_epochs + 1)
         if cfg.schedule == "cosine":
-            t = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
+            t = (epoch - cfg.warmup_epochs) / max(1, self.horizon - cfg.warmup_epochs)
             return self.base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
         return None  # plateau / none: leave the optimiser's lr
 
@@ -454,6 +457,15 @@ class Trainer:
         return dict(best_val_mae=self.best, best_epoch=self.best_epoch, epochs=self.epoch, history=self.history,
                     stopped=False, budget_reached=self.budget_reached)
 
+    def _fit_horizon(self, remaining_s: float, epoch_s: float) -> None:
+        """With ``max_minutes``: the cosine schedule ends with the epochs that still fit (rank 0's estimate)."""
+        if not self.cfg.max_minutes or self.cfg.schedule != "cosine":
+            return
+        fit = torch.tensor([float(self.epoch + max(0, int(remaining_s / max(epoch_s, 1e-9))))])
+        if self.dist.size > 1:  # every rank follows rank 0's clock
+            fit = self.dist.allreduce_sum(fit * float(self.dist.is_main))
+        self.horizon = int(min(self.cfg.epochs, max(self.epoch + 1, float(fit[0]))))
+
     def _out_of_time(self, started: float, epochs_run: int) -> bool:
         """Whether another epoch would end past ``max_minutes`` (rank 0's clock decides for every rank)."""
         if not self.cfg.max_minutes:
@@ -466,7 +478,7 @@ class Trainer:
 
     def _loop(self, first_epoch: int, start_step: int) -> None:
         cfg = self.cfg
-        started = time.perf_counter()
+        started = last = time.perf_counter()
         while self.epoch < cfg.epochs:
             if cfg.stop_after_epochs and self.epoch - first_epoch >= cfg.stop_after_epochs:
                 log.info("stopping after %d epochs of this process (resume to continue)", cfg.stop_after_epochs)
@@ -489,6 +501,9 @@ class Trainer:
             if cfg.patience and self.epoch - 1 - self.best_epoch >= cfg.patience:
                 log.info("early stopping: no better validation MAE for %d epochs", cfg.patience)
                 break
+            now = time.perf_counter()
+            self._fit_horizon(60.0 * cfg.max_minutes - (now - started), now - last)
+            last = now
             if self._out_of_time(started, self.epoch - first_epoch):
                 log.info("time budget: %.1f min reached after epoch %d; the best checkpoint is evaluated",
                          cfg.max_minutes, self.epoch - 1)

@@ -65,6 +65,33 @@ def rotate_features(h: Dict[int, torch.Tensor], R: torch.Tensor) -> Dict[int, to
     return {l: torch.einsum("ij,ajc->aic", D[l].to(x.dtype), x) for l, x in h.items()}
 
 
+class ElementEmbedding(nn.Module):
+    """(A,) atomic numbers -> (A, embed): a free vector per element, or, with ``properties``, a linear map of the
+    element's P standardised properties (a fixed (MAX_Z + 1, P) table) plus a free vector that starts at zero."""
+
+    def __init__(self, embed: int, properties: Optional[Sequence[str]] = None):
+        super().__init__()
+        self.free = nn.Embedding(MAX_Z + 1, embed)
+        self.prior = None
+        if properties:
+            from ..elements import property_weights
+            table = torch.from_numpy(property_weights(tuple(properties)).T.copy())  # (MAX_Z + 1, P)
+            self.register_buffer("table", table.to(torch.get_default_dtype()))
+            self.prior = nn.Linear(table.shape[1], embed)
+            nn.init.zeros_(self.free.weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "weight" in state_dict:  # a checkpoint from before the property prior: nn.Embedding's key
+            state_dict[prefix + "free.weight"] = state_dict.pop(prefix + "weight")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, numbers: torch.Tensor) -> torch.Tensor:
+        h = self.free(numbers)
+        if self.prior is not None:
+            h = h + self.prior(self.table[numbers].to(h.dtype))
+        return h
+
+
 class CloudConvolution(nn.Module):
     """One cloud convolution: channel-wise ("uvu") tensor product of neighbour features with Y(r_ij), radial
     weights per edge, sum over neighbours, linear mixing per order, gate, residual self-connection.
@@ -171,19 +198,23 @@ class AtomCloudNet(nn.Module):
         (the power mean (mean |x|^p)^(1/p) of the original, p = ``power``). avg_neighbors: normalisation.
         body_features: concatenate invariant 2-body (sum_j B(r_ij)) and 3-body (sum_jk B(r_ij) B(r_ik)
         P_l(cos theta_jik), computed as |sum_j B(r_ij) Y_l(r_ij)|^2, O(edges)) features to the head's input.
+        embed_properties: element property names (:func:`cloudvox.elements.property_weights`): the atom
+            embedding becomes a learned linear function of the element's standardised properties plus a free
+            per-element part that starts at zero, so elements share what they have in common and an element
+            rare (or absent) in training still gets an embedding from its properties.
     """
 
     def __init__(self, cutoff: float = 3.0, layers: int = 2, l_max: int = 2, scalars: int = 32, vectors: int = 16,
                  tensors: int = 8, n_basis: int = 8, radial_hidden: int = 32, embed: int = 32,
                  head: Sequence[int] = (64,), pooling: str = "sum", power: float = 2.0, avg_neighbors: float = 12.0,
-                 body_features: bool = False):
+                 body_features: bool = False, embed_properties: Optional[Sequence[str]] = None):
         super().__init__()
         if pooling not in ("sum", "mean", "power"):
             raise ValueError(f"pooling must be sum, mean or power, not {pooling!r}")
         muls = {0: scalars, 1: vectors, 2: tensors}
         hidden = {l: muls[l] for l in range(min(l_max, 2) + 1) if muls[l]}
         self.l_max = l_max
-        self.embedding = nn.Embedding(MAX_Z + 1, embed)
+        self.embedding = ElementEmbedding(embed, embed_properties)
         self.basis = BesselBasis(cutoff, n_basis)
         irreps: Irreps = {0: embed}
         blocks = []
@@ -205,7 +236,8 @@ class AtomCloudNet(nn.Module):
         self.pooling, self.power, self.avg_neighbors = pooling, power, avg_neighbors
         self.config = dict(cutoff=cutoff, layers=layers, l_max=l_max, scalars=scalars, vectors=vectors, tensors=tensors,
                            n_basis=n_basis, radial_hidden=radial_hidden, embed=embed, head=list(head), pooling=pooling,
-                           power=power, avg_neighbors=avg_neighbors, body_features=body_features)
+                           power=power, avg_neighbors=avg_neighbors, body_features=body_features,
+                           embed_properties=list(embed_properties) if embed_properties else None)
 
     def edges(self, batch: Dict[str, torch.Tensor]):
         """Spherical harmonics (E, (l_max+1)^2) and radial basis (E, n_basis) of every edge, once per batch."""

@@ -38,3 +38,21 @@ def test_step_timer_splits_a_step_into_its_phases():
     ms = t.per_step_ms()
     assert t.steps == 3 and set(ms) == {f"step_ms_{p}" for p in StepTimer.PHASES}
     assert all(v >= 0 for v in ms.values())
+
+
+def test_cosine_schedule_is_fitted_to_the_time_budget():
+    from types import SimpleNamespace
+    from cloudvox.train import SingleProcess, TrainConfig, Trainer
+    cfg = TrainConfig(epochs=100, lr=1.0, max_minutes=1.0, min_lr_ratio=0.01)
+    t = SimpleNamespace(cfg=cfg, epoch=3, horizon=cfg.epochs, base_lr=1.0, dist=SingleProcess())
+    Trainer._fit_horizon(t, remaining_s=10.0, epoch_s=2.0)
+    assert t.horizon == 8  # 3 epochs done + 5 more fit in 10 s
+    assert Trainer.lr_at(t, 7) > 0.01 and Trainer.lr_at(t, 8) == pytest.approx(0.01)  # annealed by the last epoch
+    Trainer._fit_horizon(t, remaining_s=1e4, epoch_s=2.0)
+    assert t.horizon == 100  # capped by epochs
+    Trainer._fit_horizon(t, remaining_s=-5.0, epoch_s=2.0)
+    assert t.horizon == 4  # out of time: the next epoch runs at the lowest rate
+    t.cfg = TrainConfig(epochs=100, max_minutes=0.0)
+    t.horizon = 100
+    Trainer._fit_horizon(t, remaining_s=10.0, epoch_s=2.0)
+    assert t.horizon == 100  # no budget: the configured length

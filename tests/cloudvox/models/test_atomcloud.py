@@ -92,3 +92,23 @@ def test_convolution_is_equivariant_for_every_order(rng):
         for l in (0, 1, 2):
             assert out[l].abs().max() > 1e-3  # every order is really produced
             np.testing.assert_allclose(rotated[l].detach().numpy(), expected[l].detach().numpy(), rtol=0, atol=1e-10)
+
+
+def test_property_embedding_starts_from_the_properties_and_loads_old_checkpoints():
+    from cloudvox.elements import property_weights
+    torch.manual_seed(0)
+    props = ["row", "group", "X", "radius"]
+    net = AtomCloudNet(cutoff=3.0, layers=1, scalars=4, vectors=0, tensors=0, embed=6, embed_properties=props)
+    emb = net.embedding
+    assert torch.count_nonzero(emb.free.weight) == 0  # the free part starts at zero: properties decide
+    z = torch.tensor([8, 16, 72])  # O, S and Hf: two chalcogens, one transition metal
+    expect = emb.prior(torch.as_tensor(property_weights(tuple(props)).T[z.numpy()], dtype=torch.float32))
+    torch.testing.assert_close(emb(z), expect)
+    h = emb(z)
+    assert torch.linalg.norm(h[0] - h[1]) < torch.linalg.norm(h[0] - h[2])  # same group: closer embeddings
+    plain = AtomCloudNet(cutoff=3.0, layers=1, scalars=4, vectors=0, tensors=0, embed=6)
+    old = {k.replace("embedding.free.weight", "embedding.weight"): v for k, v in plain.state_dict().items()}
+    assert "embedding.weight" in old  # the key of checkpoints written before the property prior
+    fresh = AtomCloudNet(cutoff=3.0, layers=1, scalars=4, vectors=0, tensors=0, embed=6)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.embedding(z), plain.embedding(z))
