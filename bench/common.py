@@ -49,12 +49,14 @@ def load_reference():
     return mod
 
 
-def emit(bench: str, metric: str, value, unit: str, **extra) -> None:
-    """One JSON line per figure on stdout."""
+def emit(bench: str, metric: str, value, unit: str, **extra) -> str:
+    """One JSON line per figure on stdout (also returned)."""
     line = {"bench": bench, "metric": metric, "value": round(value, 6) if isinstance(value, float) else value,
             "unit": unit}
     line.update(extra)
-    print(json.dumps(line), flush=True)
+    text = json.dumps(line)
+    print(text, flush=True)
+    return text
 
 
 def median_time(fn, repeats: int) -> float:

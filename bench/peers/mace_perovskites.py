@@ -8,7 +8,7 @@ jobs/configs/voxelnet_cross.yaml, made here if absent) as extended XYZ with tota
 channels, max_L 0, r_max 5 A, E0s by least squares over the training set ("average"), the weighted loss with forces weight 0
 (mace-torch 0.3.16 has no energy-only loss; the zero forces make the force term finite), EMA, AMSGrad, float32
 with denormals flushed (they slowed its epochs 3x on CPU). The epoch count fills ``--budget`` seconds: a
-one-epoch pilot measures an epoch. Nothing is tuned against the test set: the checkpoint is the one with the best
+two-epoch pilot measures an epoch (between its log's epoch lines) and the set-up around them. Nothing is tuned against the test set: the checkpoint is the one with the best
 validation loss (MACE's own choice). Prints test and validation MAE (eV/atom; over the structures whose elements
 MACE saw in training, the others listed by id: compare ours on the same ids), epochs, wall time and training
 samples/s as JSON lines; run next to ``bench/voxelnet_aflow.py`` / ``bench/atomcloud_aflow.py`` with the same
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, emit, shared_dir  # noqa: E402
+from common import ROOT, emit as _emit, shared_dir  # noqa: E402
 
 VENV = ROOT / "out" / "peers" / "mace-venv"
 MACE = "mace-torch==0.3.16"
@@ -50,6 +50,15 @@ for name in sys.argv[2:]:
     out[name] = dict(mae=float(np.mean(errs)), n=len(errs), skipped=skipped)
 print(json.dumps(out))
 '''
+
+
+RESULTS = ROOT / "out" / "peers" / "mace" / "results.jsonl"  # read by bench/peers/compare.py
+
+
+def emit(*args, **kw):
+    """A JSON line on stdout, also kept in RESULTS."""
+    with open(RESULTS, "a") as fh:
+        fh.write(_emit(*args, **kw) + "\n")
 
 
 def venv_python() -> Path:
@@ -120,6 +129,16 @@ def train(py: Path, files, out: Path, epochs: int, threads: int, tag: str) -> fl
     return time.perf_counter() - t
 
 
+def epoch_seconds(run: Path) -> float:
+    """Seconds between the first two "Epoch N:" lines of a mace_run_train log (one epoch with its validation)."""
+    from datetime import datetime
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f") for log in sorted(run.rglob("*.log"))
+              for line in log.read_text().splitlines() if " INFO: Epoch " in line]
+    if len(stamps) < 2:
+        raise SystemExit(f"the pilot in {run} logged {len(stamps)} epochs, not 2")
+    return (stamps[1] - stamps[0]).total_seconds()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=3600.0, help="wall-clock seconds of training")
@@ -130,10 +149,12 @@ def main():
     py = venv_python()
     out = ROOT / "out" / "peers" / "mace"
     out.mkdir(parents=True, exist_ok=True)
+    RESULTS.unlink(missing_ok=True)
     files = write_xyz(split_run(args.split_run), out, args.limit)
     n_train = sum(1 for line in open(files["train"]) if line.strip().isdigit())
-    pilot = train(py, files, out / "pilot", 1, args.threads, "pilot")  # one epoch, with set-up and evaluation
-    epochs = max(1, int(args.budget // pilot))
+    pilot = train(py, files, out / "pilot", 2, args.threads, "pilot")  # two epochs, with set-up and evaluation
+    epoch_s = epoch_seconds(out / "pilot")
+    epochs = max(1, int((args.budget - max(0.0, pilot - 2 * epoch_s)) // epoch_s))  # the budget less the set-up
     wall = train(py, files, out / "run", epochs, args.threads, "mace")
     model = next((out / "run").rglob("mace.model"))
     mae = json.loads(subprocess.run([str(py), "-c", EVAL, str(model), str(files["val"]), str(files["test"])],

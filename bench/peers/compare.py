@@ -1,0 +1,92 @@
+"""Ours next to MACE on the perovskite split at the same wall-clock budget: one JSON table (issue 19).
+
+Trains AtomCloudNet (jobs/configs/atomcloud_perovskites.yaml) and/or VoxelNet (jobs/configs/voxelnet_cross.yaml
+on the N=16 cross-spectrum file) on the compound-grouped 80/10/10 split (seed 0) with ``train.max_minutes`` =
+``--minutes`` (the cosine schedule fitted to it) and one thread, then prints one row per model: test MAE, test
+MAE over the structures MACE could predict (those whose elements its training set held), best validation
+MAE, epochs, wall time and training samples/s, with MACE's row from ``bench/peers/mace_perovskites.py``'s
+output (``--mace``, JSON lines). Run the trainings in parallel as separate processes
+(``--train atomcloud`` / ``--train voxelnet``, one core each), then ``--report`` for the table.
+Usage: python bench/peers/compare.py [--train atomcloud voxelnet] [--minutes 60] [--set KEY=VALUE ...] [--report]
+"""
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, emit, features, single_core  # noqa: E402
+
+CONFIGS = {"atomcloud": "jobs/configs/atomcloud_perovskites.yaml", "voxelnet": "jobs/configs/voxelnet_cross.yaml"}
+LABELS = {"atomcloud": "AtomCloudNet", "voxelnet": "VoxelNet (cross-spectrum, radial readout)"}
+
+
+def run_dir(model: str) -> Path:
+    return ROOT / "runs" / "peers" / model
+
+
+def train(model: str, minutes: float, sets) -> None:
+    from cloudvox.config import load_run_config
+    from cloudvox.runs import train_run
+    data = features("bench/configs/perovskites_16_all.yaml")
+    cfg = load_run_config(str(ROOT / CONFIGS[model]), [f"data.path={data}", f"run_dir={run_dir(model)}",
+                                                       f"train.max_minutes={minutes}", "train.epochs=100000",
+                                                       *sets])
+    t = time.perf_counter()
+    train_run(cfg)
+    (run_dir(model) / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
+
+
+def mace_rows(path: Path):
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")] if path.exists() else []
+    return {x["metric"]: x for x in lines if x.get("bench") == "peers_mace"}
+
+
+def report(mace_path: Path) -> None:
+    mace = mace_rows(mace_path)
+    skip = set(mace.get("test_mae", {}).get("not_predicted", []))
+    for model in CONFIGS:
+        run = run_dir(model)
+        if not (run / "evaluation.json").exists():
+            continue
+        ev = json.loads((run / "evaluation.json").read_text())["metrics"]
+        hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == "test"]
+        same = [abs(float(r["prediction"]) - float(r["target"])) for r in rows if r["id"] not in skip]
+        emit("peers", "row", LABELS[model], "", test_mae=round(ev["test"]["mae"], 4),
+             test_mae_mace_ids=round(statistics.fmean(same), 4), n_test=len(rows), n_mace_ids=len(same),
+             val_mae=round(min(r["val_mae"] for r in hist if "val_mae" in r), 4), epochs=len(hist),
+             wall_s=float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").exists() else None,
+             samples_per_s=round(statistics.median(r["samples_per_s"] for r in hist[1:] or hist), 1))
+    if mace:
+        t, v = mace["test_mae"], mace["val_mae"]
+        emit("peers", "row", t["model"], "", test_mae=None, test_mae_mace_ids=round(t["value"], 4),
+             n_test=t["n"] + len(t["not_predicted"]), n_mace_ids=t["n"], not_predicted=len(t["not_predicted"]),
+             val_mae=round(v["value"], 4), epochs=t["epochs"], wall_s=round(mace["wall_time"]["value"], 1),
+             samples_per_s=round(mace["train_samples_per_s"]["value"], 1))
+
+
+def main():
+    single_core()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", nargs="*", choices=sorted(CONFIGS), default=[])
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--set", action="append", default=[], help="a config override for the trained models")
+    ap.add_argument("--mace", default="out/peers/mace/results.jsonl", help="mace_perovskites.py's JSON lines")
+    ap.add_argument("--report", action="store_true", help="only the table, from existing runs")
+    args = ap.parse_args()
+    import logging
+    import torch
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    if not args.report:
+        for model in args.train:
+            train(model, args.minutes, args.set)
+    report(ROOT / args.mace)
+
+
+if __name__ == "__main__":
+    main()
