@@ -11,8 +11,8 @@ with denormals flushed (they slowed its epochs 3x on CPU). The epoch count fills
 two-epoch pilot measures an epoch (between its log's epoch lines) and the set-up around them. Nothing is tuned against the test set: the checkpoint is the one with the best
 validation loss (MACE's own choice). Prints test and validation MAE (eV/atom; over the structures whose elements
 MACE saw in training, the others listed by id: compare ours on the same ids), epochs, wall time and training
-samples/s as JSON lines; run next to ``bench/voxelnet_aflow.py`` / ``bench/atomcloud_aflow.py`` with the same
-budget (``train.max_minutes``).
+samples/s as JSON lines, also kept in out/peers/mace/results.jsonl for ``bench/peers/compare.py``, which trains
+ours with the same budget (``train.max_minutes``) and prints the table.
 Usage: python bench/peers/mace_perovskites.py [--budget 3600] [--threads 1] [--limit N (a quick check)]
 """
 import argparse
@@ -132,11 +132,12 @@ def train(py: Path, files, out: Path, epochs: int, threads: int, tag: str) -> fl
 def epoch_seconds(run: Path) -> float:
     """Seconds between the first two "Epoch N:" lines of a mace_run_train log (one epoch with its validation)."""
     from datetime import datetime
-    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f") for log in sorted(run.rglob("*.log"))
-              for line in log.read_text().splitlines() if " INFO: Epoch " in line]
-    if len(stamps) < 2:
-        raise SystemExit(f"the pilot in {run} logged {len(stamps)} epochs, not 2")
-    return (stamps[1] - stamps[0]).total_seconds()
+    for log in sorted(run.rglob("*.log")):  # NAME_run-0.log (the _debug.log beside it repeats the lines)
+        stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f") for line in log.read_text().splitlines()
+                  if " INFO: Epoch " in line]
+        if len(stamps) >= 2:
+            return (stamps[1] - stamps[0]).total_seconds()
+    raise SystemExit(f"the pilot in {run} logged fewer than 2 epochs")
 
 
 def main():
