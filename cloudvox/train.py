@@ -100,7 +100,8 @@ class SingleProcess:
 
     def reduce_gradients(self, model: torch.nn.Module) -> None:
         """Average the gradients over the ranks, after the backward and before clipping and the step
-        (Horovod: one fused allreduce; DDP's reducer has done it during the backward; one process: nothing)."""
+        (Horovod and DDP on CPU: one fused allreduce; DDP on GPUs: its reducer has done it during the backward;
+        one process: nothing)."""
 
 
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:

@@ -21,6 +21,26 @@ from .launcher import LaunchEnv, launch_env
 log = logging.getLogger(__name__)
 
 
+def average_flat_gradients(model: torch.nn.Module, allreduce_average) -> None:
+    """Every gradient of ``model`` averaged over the ranks by one allreduce per dtype of one flat buffer:
+    ``allreduce_average(k, flat)`` averages ``flat`` in place. A parameter without a gradient on this rank's
+    batch sends zeros, so that every rank sends one layout."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype = {}
+    for p in params:
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for k, grads in enumerate(by_dtype.values()):
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        allreduce_average(k, flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
 class HorovodBackend(SingleProcess):
     """Horovod: gradients averaged by one fused allreduce per step, parameter/optimizer broadcast, allreduce."""
     backend = "horovod"
@@ -60,20 +80,8 @@ class HorovodBackend(SingleProcess):
         which submits each gradient as the backward produces it, waited 2.9-8.8 ms per step for these
         ~0.3 MB of gradients, tensors spread over several negotiation cycles; the backward is too short to
         hide them. Clipping and mixed-precision unscaling then see the averaged gradients on every rank."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # a parameter unused on this rank's batch: zeros, so every rank sends one layout
-                p.grad = torch.zeros_like(p)
-        by_dtype = {}
-        for p in params:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-        for k, grads in enumerate(by_dtype.values()):
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            self.hvd.allreduce_(flat, op=self.hvd.Average, name=f"cloudvox.gradients.{k}")
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+        average_flat_gradients(model, lambda k, flat: self.hvd.allreduce_(flat, op=self.hvd.Average,
+                                                                         name=f"cloudvox.gradients.{k}"))
 
     def broadcast_state(self, model, optimizer) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -90,10 +98,17 @@ class HorovodBackend(SingleProcess):
 
 
 class DDPBackend(SingleProcess):
-    """torch.distributed DistributedDataParallel: NCCL on GPUs, gloo on CPU."""
+    """torch.distributed: DistributedDataParallel with NCCL on GPUs; on CPU (gloo), one fused allreduce of the
+    gradients after the backward, as with Horovod.
+
+    On CPU, DDP's reducer allreduces its buckets during the backward through gloo, whose transport thread
+    needs the core the rank computes on: measured on 2 ranks x 1 core (docs/scaling.md), each gloo allreduce
+    took 2.7-2.9 ms while both ranks computed (0.6 ms back to back), and the backward grew by 4-6 ms with
+    DDP's buckets (by 8 ms with 50 kB buckets). There is no overlap to win there, so one call per step.
+    """
     backend = "ddp"
 
-    def __init__(self, env: LaunchEnv, timeout_minutes: float = 30.0):
+    def __init__(self, env: LaunchEnv, timeout_minutes: float = 30.0, fused: Optional[bool] = None):
         import torch.distributed as dist
         self.dist = dist
         self.rank, self.size, self.local_rank = env.rank, env.size, env.local_rank
@@ -104,19 +119,30 @@ class DDPBackend(SingleProcess):
             torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", rank=env.rank,
                                 world_size=env.size, timeout=datetime.timedelta(minutes=timeout_minutes))
-        self._model = None
+        # CPU: reduce_gradients' one allreduce instead of DDP's reducer (``fused`` chooses; None: by device)
+        self.fused = (not use_cuda) if fused is None else fused
 
     def wrap(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel as DDP
         dev = next(model.parameters()).device
+        if self.fused:
+            return model, optimizer
         # DDP broadcasts every buffer from rank 0 before each forward by default: a collective and a wait for
         # the slowest rank on every step. Our buffers are constants (Clebsch-Gordan tables, radial
         # frequencies), equal on every rank; only BatchNorm's running statistics would need it.
         running_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=running_stats,
                   gradient_as_bucket_view=True)
-        self._model = ddp
         return ddp, optimizer
+
+    def reduce_gradients(self, model) -> None:
+        """CPU: one fused allreduce (sum, then divided by the rank count) of every gradient after the backward.
+        GPU: nothing (DDP's reducer averaged them during the backward)."""
+        if self.fused:
+            def average(_, flat):
+                self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
+                flat.div_(self.size)
+            average_flat_gradients(model, average)
 
     def broadcast_state(self, model, optimizer) -> None:
         for p in model.state_dict().values():
