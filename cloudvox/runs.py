@@ -410,8 +410,16 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
     take = [s for s, u in zip(structures, usable) if u]
     if take:
         counts = all_counts[usable]
-        each = [Normalizer(**meta["normalizer"]).inverse(spec.predict(model, meta, take, batch_size), counts)
-                for model, meta in members]
+        each = [None] * len(members)
+        groups: Dict[str, List[int]] = {}  # members whose inputs are computed alike share them (one ensemble: all)
+        for k, (_, meta) in enumerate(members):
+            key = json.dumps([meta.get(x) for x in ("descriptor", "input_scale", "channels")] +
+                             [meta["network"].get("cutoff")], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(k)
+        for ks in groups.values():
+            normed = spec.predict([members[k][0] for k in ks], members[ks[0]][1], take, batch_size)  # (M, S)
+            for k, p in zip(ks, normed):
+                each[k] = Normalizer(**members[k][1]["normalizer"]).inverse(p, counts)
         pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
     cal_file = (Path(checkpoint) if len(ckpts) > 1 else ckpts[0].parent) / UNCERTAINTY_FILE
     cal = json.loads(cal_file.read_text()) if cal_file.exists() else None

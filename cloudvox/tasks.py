@@ -111,8 +111,9 @@ class ModelSpec:
         when it can take the structure."""
         return []
 
-    def predict(self, model, meta: Dict, structures: Sequence, batch_size: int) -> np.ndarray:
-        """Normalised predictions for in-memory structures."""
+    def predict(self, models: Sequence, meta: Dict, structures: Sequence, batch_size: int) -> np.ndarray:
+        """(M, S) normalised predictions of M models (an ensemble's members, which share the inputs' settings
+        in ``meta``) for S in-memory structures: each batch's inputs are computed once for all members."""
         raise NotImplementedError
 
 
@@ -208,7 +209,7 @@ class VoxelNetSpec(ModelSpec):
         from .descriptors import without_cross
         return sorted(set(elements) - set(without_cross(meta["channels"])))
 
-    def predict(self, model, meta, structures, batch_size):
+    def predict(self, models, meta, structures, batch_size):
         from .descriptors import ReciprocalVoxelizer, without_cross
         d = meta["descriptor"]
         per_element = d["channels"] == "element"
@@ -224,8 +225,8 @@ class VoxelNetSpec(ModelSpec):
                 if scale is not None:
                     s = torch.tensor(scale, dtype=x.dtype)
                     x = x * (s.view(1, -1, 1, 1, 1) if s.numel() > 1 else s)
-                out.append(model(x).numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+                out.append(np.stack([model(x).numpy() for model in models]))
+        return np.concatenate(out, axis=1) if out else np.zeros((len(models), 0))
 
 
 class AtomCloudSpec(ModelSpec):
@@ -247,7 +248,7 @@ class AtomCloudSpec(ModelSpec):
     def task(self, meta, augment, channels_last=True):
         return CloudTask()
 
-    def predict(self, model, meta, structures, batch_size):
+    def predict(self, models, meta, structures, batch_size):
         from .data import cloud_item, collate_clouds
         cutoff = float(meta["network"].get("cutoff", 3.0))
         out = []
@@ -256,9 +257,9 @@ class AtomCloudSpec(ModelSpec):
                 chunk = structures[a:a + batch_size]
                 batch = collate_clouds([cloud_item(k, s.cart_coords, s.numbers, s.lattice, cutoff)
                                         for k, s in enumerate(chunk)])
-                pred, _ = CloudTask().forward(model, batch, torch.device("cpu"), None, False)
-                out.append(pred.numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+                out.append(np.stack([CloudTask().forward(model, batch, torch.device("cpu"), None, False)[0].numpy()
+                                     for model in models]))
+        return np.concatenate(out, axis=1) if out else np.zeros((len(models), 0))
 
 
 register(VoxelNetSpec())
