@@ -1,14 +1,14 @@
 """Leave-chemistry-out: does the uncertainty flag what the model gets wrong?
 
-Trains a VoxelNet ensemble (jobs/configs/voxelnet_demo.yaml's network, ``--members`` seeds) on the shared
-perovskites with every compound of the held-out elements (``--hold-out``, default the group-4 and group-5
+Trains an ensemble (``--config``, default jobs/configs/voxelnet_demo.yaml's VoxelNet; ``--members`` seeds) on
+the shared perovskites with every compound of the held-out elements (``--hold-out``, default the group-4 and group-5
 B-site elements Ti Zr Hf Nb Ta) removed from training (``data.split.hold_out``: a "holdout" split next to
 the compound-grouped train/val/test), evaluates all four splits, and reports per split: MAE, mean ensemble
 standard deviation, mean uncertainty (``predictions.csv``'s calibrated ``uncertainty``, cloudvox.domain), the
 Spearman rank correlation between the uncertainty and the absolute error, and the share of large errors
 (> ``--large`` eV/atom) that were flagged, by each check (an element never seen in training, a composition
 unlike the training set, an uncertainty above the validation split's 95th percentile) and by any.
-Usage: python bench/uncertainty.py [--members 5] [--epochs 30] [--hold-out Ti Zr Hf Nb Ta]
+Usage: python bench/uncertainty.py [--config CONFIG] [--members 5] [--epochs 30] [--hold-out Ti Zr Hf Nb Ta]
 """
 import argparse
 import csv
@@ -26,6 +26,8 @@ CHECKS = {"element": "never seen in training", "composition": "composition unlik
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="jobs/configs/voxelnet_demo.yaml",
+                    help="the training config (e.g. jobs/configs/atomcloud_perovskites.yaml)")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hold-out", nargs="+", default=["Ti", "Zr", "Hf", "Nb", "Ta"])
@@ -38,11 +40,11 @@ def main():
     from cloudvox.config import load_run_config
     from cloudvox.runs import train_run
     run = ROOT / args.run_dir
-    common = dict(members=args.members, epochs=args.epochs, hold_out=args.hold_out)
+    common = dict(config=args.config, members=args.members, epochs=args.epochs, hold_out=args.hold_out)
     if args.report_only:
         return report(run, args, common)
     data = features("bench/configs/perovskites_16_all.yaml")
-    cfg = load_run_config(str(ROOT / "jobs" / "configs" / "voxelnet_demo.yaml"),
+    cfg = load_run_config(str(ROOT / args.config),
                           [f"data.path={data}", f"run_dir={run}", f"train.epochs={args.epochs}",
                            f"train.ensemble={args.members}"])
     cfg["data"]["split"]["hold_out"] = list(args.hold_out)
