@@ -8,6 +8,7 @@ MPICH / Intel MPI, a SLURM step or torchrun). torch.distributed does not read MP
 are mapped.
 """
 import datetime
+import inspect
 import logging
 import os
 from typing import Optional
@@ -131,8 +132,11 @@ class DDPBackend(SingleProcess):
         # the slowest rank on every step. Our buffers are constants (Clebsch-Gordan tables, radial
         # frequencies), equal on every rank; only BatchNorm's running statistics would need it.
         running_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=running_stats,
-                  gradient_as_bucket_view=True)
+        # torch >= 2.13 names the per-forward buffer sync ``forward_sync_buffers`` (buffers still synced at init)
+        sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else "broadcast_buffers")
+        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True,
+                  **{sync: running_stats})
         return ddp, optimizer
 
     def reduce_gradients(self, model) -> None:

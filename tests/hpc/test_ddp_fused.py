@@ -1,6 +1,8 @@
 """DDP on CPU: the fused allreduce after the backward gives the gradients of DDP's own reducer (2 processes,
 gloo over 127.0.0.1, spawned here: no MPI needed)."""
+import queue
 import socket
+import time
 
 import pytest
 import torch
@@ -26,10 +28,13 @@ def net():
 def worker(rank: int, port: int, out):
     backend = None
     try:
+        # one process group for both paths: a second rendezvous on the same port within one process can meet
+        # the first one's store still closing (it hung once on a CI machine)
+        env = LaunchEnv(rank=rank, size=2, local_rank=rank, launcher="test", master_port=port)
+        backend = DDPBackend(env, timeout_minutes=2.0, fused=True)
         grads = {}
         for fused in (True, False):
-            env = LaunchEnv(rank=rank, size=2, local_rank=rank, launcher="test", master_port=port)
-            backend = DDPBackend(env, timeout_minutes=1.0, fused=fused)
+            backend.fused = fused
             model = net()
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
             step_model, _ = backend.wrap(model, opt)
@@ -38,13 +43,35 @@ def worker(rank: int, port: int, out):
             step_model(x).pow(2).mean().backward()
             backend.reduce_gradients(model)
             grads[fused] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-            backend.close()
         out.put((rank, {n: (grads[True][n] - grads[False][n]).abs().max().item() for n in grads[True]},
                  {n: g.abs().max().item() for n, g in grads[True].items()}))
     except Exception as e:  # reported to the test instead of a hung queue
         out.put((rank, repr(e), None))
+    finally:
         if backend is not None:
             backend.close()
+
+
+def collect(procs, out, timeout: float = 300.0):
+    """Each worker's result; fails at once, naming the rank, when a worker dies without one."""
+    results, deadline = {}, time.monotonic() + timeout
+    try:
+        while len(results) < len(procs):
+            try:
+                rank, diff, size = out.get(timeout=2.0)
+                results[rank] = (diff, size)
+                continue
+            except queue.Empty:
+                pass
+            dead = [r for r, p in enumerate(procs) if r not in results and p.exitcode not in (None, 0)]
+            assert not dead, f"rank(s) {dead} died (exit codes {[procs[r].exitcode for r in dead]})"
+            assert time.monotonic() < deadline, f"no result from rank(s) {sorted(set(range(len(procs))) - set(results))}"
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return results
 
 
 @pytest.mark.mpi
@@ -55,10 +82,8 @@ def test_fused_allreduce_equals_the_ddp_reducer():
     procs = [ctx.Process(target=worker, args=(r, port, out)) for r in range(2)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    for rank, diff, size in results:
+    results = collect(procs, out)
+    for rank, (diff, size) in results.items():
         assert isinstance(diff, dict), f"rank {rank}: {diff}"
         assert set(diff) == {"0.weight", "0.bias", "2.bias", "3.weight", "3.bias"}
         assert max(diff.values()) < 1e-12  # the same averaged gradients
