@@ -360,11 +360,11 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: 
             continue
         new = sorted(set(els) - seen) if seen else []
         flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
-    d = distance
-    if d is not None:
+    if distance is not None:
         threshold = meta["domain"]["threshold"]
-        for k in np.flatnonzero(usable & (d > threshold)):
-            flags[k] = _join(flags[k], f"composition unlike the training set (distance {d[k]:.2f} > {threshold:.2f})")
+        for k in np.flatnonzero(usable & (distance > threshold)):
+            flags[k] = _join(flags[k],
+                             f"composition unlike the training set (distance {distance[k]:.2f} > {threshold:.2f})")
     return flags, usable
 
 
@@ -410,16 +410,9 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
     take = [s for s, u in zip(structures, usable) if u]
     if take:
         counts = all_counts[usable]
-        each = [None] * len(members)
-        groups: Dict[str, List[int]] = {}  # members whose inputs are computed alike share them (one ensemble: all)
-        for k, (_, meta) in enumerate(members):
-            key = json.dumps([meta.get(x) for x in ("descriptor", "input_scale", "channels")] +
-                             [meta["network"].get("cutoff")], sort_keys=True, default=str)
-            groups.setdefault(key, []).append(k)
-        for ks in groups.values():
-            normed = spec.predict([members[k][0] for k in ks], members[ks[0]][1], take, batch_size)  # (M, S)
-            for k, p in zip(ks, normed):
-                each[k] = Normalizer(**members[k][1]["normalizer"]).inverse(p, counts)
+        # the members of an ensemble run share one config: each batch's inputs are computed once for all
+        normed = spec.predict([m for m, _ in members], members[0][1], take, batch_size)  # (M, S)
+        each = [Normalizer(**meta["normalizer"]).inverse(p, counts) for (_, meta), p in zip(members, normed)]
         pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
     cal_file = (Path(checkpoint) if len(ckpts) > 1 else ckpts[0].parent) / UNCERTAINTY_FILE
     cal = json.loads(cal_file.read_text()) if cal_file.exists() else None
