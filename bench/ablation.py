@@ -39,8 +39,35 @@ MODELS = {  # model -> (config, base overrides, {variant: overrides})
         "no_props": ["network.channel_properties=null"],
         "no_rot": ["augment.rotations=false", "augment.reflections=false"],
         "lr5e-3": ["train.lr=0.005"],
+        # what the descriptor feeds it (``descriptor.*``: a feature file of its own, featurized once)
+        "n24": ["descriptor.n=24", "descriptor.length=12.0"],   # finer bins, same |G| range (N / L fixed)
+        "n12": ["descriptor.n=12", "descriptor.length=6.0"],    # coarser bins
+        "sigma0.2": ["descriptor.sigma=0.2"],                    # wider Gaussians: high |G| damped
+        "sigma0.05": ["descriptor.sigma=0.05"],
+        "no_cross": ["descriptor.cross=false"],                  # element channels only
+        "shells": ["network.global_pool=shells"],                # readout: radial shells of the grid
+        "mean": ["network.global_pool=mean"],                    # readout: one mean per feature map
     }),
 }
+FEATURES = "bench/configs/perovskites_16_all.yaml"  # the feature file every variant reads unless it changes it
+
+
+def feature_file(changes):
+    """The feature file of FEATURES's descriptor with ``descriptor.key=value`` changes, featurized once."""
+    import yaml
+    if not changes:
+        return features(FEATURES)
+    cfg = yaml.safe_load((ROOT / FEATURES).read_text())
+    tag = "_".join(c[len("descriptor."):].replace("=", "") for c in changes)
+    for c in changes:
+        key, value = c[len("descriptor."):].split("=", 1)
+        cfg["descriptor"][key] = yaml.safe_load(value)
+    folder = ROOT / "out" / "bench" / "ablation"
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg["output"] = str(folder / f"perovskites_{tag}.h5")
+    path = folder / f"perovskites_{tag}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return features(str(path))
 
 
 def run_variant(model: str, name: str, minutes: float, root: Path):
@@ -48,9 +75,11 @@ def run_variant(model: str, name: str, minutes: float, root: Path):
     from cloudvox.runs import train_run
     config, base, variants = MODELS[model]
     sets = base + [s for part in name.split("+") for s in variants[part]]
+    descriptor = [s for s in sets if s.startswith("descriptor.")]
+    sets = [s for s in sets if not s.startswith("descriptor.")]
     cfg = load_run_config(str(ROOT / config), sets + [f"train.max_minutes={minutes}", "train.epochs=100000",
                                                       f"run_dir={root / model / name}"])
-    cfg["data"]["path"] = str(ROOT / cfg["data"]["path"])
+    cfg["data"]["path"] = str(feature_file(descriptor) if descriptor else ROOT / cfg["data"]["path"])
     t = time.perf_counter()
     summary = train_run(cfg)
     wall = time.perf_counter() - t
@@ -74,7 +103,7 @@ def main():
     import torch
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    features("bench/configs/perovskites_16_all.yaml")
+    features(FEATURES)
     known = MODELS[args.model][2]
     names = args.variants or list(known)
     bad = [n for n in names for part in n.split("+") if part not in known]
