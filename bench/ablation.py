@@ -35,7 +35,7 @@ MODELS = {  # model -> (config, base overrides, {variant: overrides})
     "voxelnet": ("jobs/configs/voxelnet_cross.yaml", ["data.path=out/bench/perovskites_16_all.h5"], {
         "base": [],
         "wide": ["network.widths=[128,128]", "network.hidden=[128]"],
-        "deep": ["network.widths=[64,64,64]"],
+        "deep": ["network.widths=[64,64,64]", "network.pools=[0,0,0]"],
         "no_props": ["network.channel_properties=null"],
         "no_rot": ["augment.rotations=false", "augment.reflections=false"],
         "lr5e-3": ["train.lr=0.005"],
