@@ -55,8 +55,6 @@ FEATURES = "bench/configs/perovskites_16_all.yaml"  # the feature file every var
 def feature_file(changes):
     """The feature file of FEATURES's descriptor with ``descriptor.key=value`` changes, featurized once."""
     import yaml
-    if not changes:
-        return features(FEATURES)
     cfg = yaml.safe_load((ROOT / FEATURES).read_text())
     tag = "_".join(c[len("descriptor."):].replace("=", "") for c in changes)
     for c in changes:
