@@ -55,6 +55,25 @@ def run(args, batch_size: int) -> None:
                  "ms/step", **common)
         if trainer.device.type == "cuda":
             emit("train_throughput", "peak_memory", torch.cuda.max_memory_allocated() / 2 ** 30, "GiB", **common)
+        if args.profile:
+            profile_epoch(trainer, args.profile, common)
+
+
+def profile_epoch(trainer, top: int, common: dict) -> None:
+    """One more epoch under torch.profiler: the ``top`` operators by self time on the device (CPU where there
+    is none), in ms per step, one JSON line each."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        trainer.epoch += 1
+        trainer.train_epoch()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    for e in events:
+        emit("train_throughput", "profile_ms_per_step", getattr(e, key, 0.0) / 1e3 / common["steps"], "ms/step",
+             op=e.key, calls_per_step=round(e.count / common["steps"], 1), **common)
 
 
 def main():
@@ -70,6 +89,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    ap.add_argument("--profile", type=int, default=0, metavar="TOP",
+                    help="after the timed epochs, profile one more and print the TOP operators by self time")
     args = ap.parse_args()
     if args.model == "atomcloud" and args.config is None:
         args.config = str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml")
