@@ -62,7 +62,6 @@ def run(args, batch_size: int) -> None:
 def profile_epoch(trainer, top: int, common: dict) -> None:
     """One more epoch under torch.profiler: the ``top`` operators by self time on the device (CPU where there
     is none), in ms per step, one JSON line each."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
     cuda = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
