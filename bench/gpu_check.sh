@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, for a bare GPU node (no network, its own python3 with PyTorch/CUDA, e3nn, h5py, mpi4py, numpy,
 # scipy, pyyaml, pytest; no pymatgen, no README set-up, no compiled CPU kernel): run from the repository root,
-# with out/gpu/ carried along (bench/gpu_prepare.sh makes it here: QM9 clouds and the perovskite feature file;
-# without the latter the perovskites are featurized on the node from ../shared, if the node has it):
+# with out/gpu/ and .whl/ carried along (bench/gpu_prepare.sh makes them here: QM9 clouds, the perovskite feature
+# file and the vesin wheel; without the feature file the perovskites are featurized on the node from ../shared):
 #   bash bench/gpu_check.sh                # about 3-6 minutes on one H100/H200
 #   DEVICE=cpu QUICK=1 bash bench/gpu_check.sh   # the same script on a CPU, quickly (to check the script)
 # Prints JSON lines: the environment, the CUDA test results, and for VoxelNet (original network, N=32, per-element
@@ -18,10 +18,15 @@ DEVICE=${DEVICE:-cuda}
 SHARED=${CLOUDVOX_SHARED_DATA:-../shared/data}
 DEST=${OUT:-}  # the device tool's folder for files to bring back, where set
 OUT=out/gpu
-WORKERS=${WORKERS:-8}
+WORKERS=${WORKERS:-12}
 STEPS=40; EPOCHS=3; [ "${QUICK:-0}" = 1 ] && STEPS=3 && EPOCHS=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HDF5_USE_FILE_LOCKING=FALSE OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 mkdir -p "$OUT"
+# Python packages the node lacks (vesin, the neighbour lists), as wheels that gpu_prepare.sh downloaded into .whl/
+if ! "$PY" -c "import vesin" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/cloudvox-site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/cloudvox-site
+fi
 json() { echo "{\"bench\": \"gpu_check\", $1}"; }
 t0=$SECONDS
 
@@ -67,10 +72,15 @@ throughput() {  # MODEL DATA LIMIT_S ARGS...: one model's runs, its log kept, it
   timeout "$limit" "$PY" bench/train_throughput.py --model "$model" --data "$data" "${common[@]}" "$@" \
     2>> "$OUT/$model.log" || { json "\"metric\": \"$model\", \"value\": \"failed or timed out\""; tail -n 20 "$OUT/$model.log"; }
 }
-throughput voxelnet "$OUT/perovskites.h5" 110 --batch-size 32 256 --profile 12
-throughput atomcloud "$OUT/qm9_cloud.h5" 110 --batch-size 32 256 --profile 12
+throughput voxelnet "$OUT/perovskites.h5" 100 --batch-size 32 256 --profile 12
+for method in grouped dense; do  # the first layer's other batched forms (network.first_layer), batch 256
+  throughput voxelnet "$OUT/perovskites.h5" 60 --batch-size 256 --profile 8 --set network.first_layer=$method
+done
+throughput atomcloud "$OUT/qm9_cloud.h5" 100 --batch-size 32 256 --profile 12
 if [ "$DEVICE" = cuda ]; then  # mixed precision (the trainer's float16 autocast), batch 256
-  throughput voxelnet "$OUT/perovskites.h5" 50 --batch-size 256 --amp
+  for method in scatter dense; do
+    throughput voxelnet "$OUT/perovskites.h5" 50 --batch-size 256 --amp --set network.first_layer=$method
+  done
   throughput atomcloud "$OUT/qm9_cloud.h5" 50 --batch-size 256 --amp
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null || true
 fi

@@ -35,6 +35,7 @@ def run(args, batch_size: int) -> None:
             f"train.num_workers={args.workers}", "train.exact_timing=true", f"train.amp={str(args.amp).lower()}"]
     if args.model == "voxelnet":
         sets += ["augment.rotations=true"]
+    sets += args.set
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_run_config(args.config, sets + [f"run_dir={tmp}/run"], model=args.model)
         trainer, _, _ = build_trainer(cfg)
@@ -47,6 +48,8 @@ def run(args, batch_size: int) -> None:
         timed = rows[1:]
         common = dict(model=args.model, device=str(trainer.device), batch_size=batch_size, steps=steps,
                       epochs=args.epochs, workers=args.workers, amp=bool(trainer.amp))
+        if args.set:
+            common["set"] = args.set
         rates = [r["samples_per_s"] for r in timed]
         emit("train_throughput", "samples_per_s", statistics.median(rates), "samples/s",
              spread=[round(min(rates), 1), round(max(rates), 1)], **common)
@@ -88,6 +91,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides, e.g. network.first_layer=dense")
     ap.add_argument("--profile", type=int, default=0, metavar="TOP",
                     help="after the timed epochs, profile one more and print the TOP operators by self time")
     args = ap.parse_args()

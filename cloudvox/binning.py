@@ -37,6 +37,12 @@ class ReciprocalBatch:
     def n_structures(self) -> int:
         return len(self.point_counts)
 
+    def pin_memory(self) -> "ReciprocalBatch":
+        """The tensors in page-locked host memory (the DataLoader's pin_memory thread calls this): the copies
+        to a GPU then run asynchronously."""
+        return ReciprocalBatch(self.G.pin_memory(), self.values.pin_memory(), self.slot_channel.pin_memory(),
+                               self.point_structure.pin_memory(), self.point_counts, self.half)
+
     def to(self, device=None, dtype=None) -> "ReciprocalBatch":
         f = dict(device=device, non_blocking=True)
         return ReciprocalBatch(self.G.to(dtype=dtype, **f), self.values.to(dtype=dtype, **f),

@@ -313,6 +313,7 @@ class FeatureFile:
         self._file = None
         self._pid = None
         self._offsets: Dict[str, np.ndarray] = {}
+        self._dsets: Dict[str, object] = {}
         f = self.h5
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{self.path} is not a cloudvox feature file (format attribute {f.attrs.get('format')!r})")
@@ -333,12 +334,20 @@ class FeatureFile:
             # a large chunk cache: random access to small ragged rows must not decompress a chunk per read
             self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=100003)
             self._pid = os.getpid()
-            self._offsets = {}
+            self._offsets, self._dsets = {}, {}
         return self._file
+
+    def dataset(self, name: str):
+        """The h5py dataset ``name``, looked up once per process: a lookup costs as much as a small read, and
+        a training item reads several."""
+        f = self.h5
+        if name not in self._dsets:
+            self._dsets[name] = f[name]
+        return self._dsets[name]
 
     def __getstate__(self):  # a DataLoader worker reopens the file itself
         state = dict(self.__dict__)
-        state.update(_file=None, _pid=None, _offsets={})
+        state.update(_file=None, _pid=None, _offsets={}, _dsets={})
         return state
 
     def close(self) -> None:
@@ -359,7 +368,7 @@ class FeatureFile:
 
     def ragged(self, name: str, i: int) -> np.ndarray:
         o = self.offsets(name)
-        return self.h5[name][o[i]:o[i + 1]]
+        return self.dataset(name)[o[i]:o[i + 1]]
 
     @property
     def ids(self) -> List[str]:
@@ -368,6 +377,12 @@ class FeatureFile:
     @property
     def status(self) -> np.ndarray:
         return self.h5["structures/status"][...]
+
+    def _status(self) -> np.ndarray:
+        """(n,) uint8 status, read once (1 byte a structure) for the per-item checks; kept with the offsets."""
+        if "status" not in self._offsets:
+            self._offsets["status"] = self.status
+        return self._offsets["status"]
 
     def prop(self, name: str) -> np.ndarray:
         if f"structures/props/{name}" not in self.h5:
@@ -395,7 +410,7 @@ class FeatureFile:
         if not -self.n <= i < self.n:
             raise IndexError(f"structure index {i} out of range: {self.path} holds {self.n} structures")
         i = i % self.n
-        if self.h5["structures/status"][i] != DONE:
+        if self._status()[i] != DONE:
             raise ValueError(f"structure {i} ({self.ids[i]}) failed featurization; see /failures")
         return i
 
@@ -469,14 +484,14 @@ class FeatureFile:
         """The reciprocal set of crystal i (both halves unless ``half``), channels indexed in ``channels``
         (default :meth:`model_channels`), amplitudes float32 in 1/Angstrom^3."""
         i = self._check(i)
-        lattice = self.h5["structures/lattice"][i]
+        lattice = self.dataset("structures/lattice")[i]
         if np.isnan(lattice).any() or not self.has_reciprocal(i):
             raise ValueError(f"structure {i} ({self.ids[i]}) of {self.path} has no reciprocal set (a molecule, or "
                              "featurized without store: reciprocal)")
         if self.version >= 2:
             p = self.params
             m = half_ball(lattice, float(np.sqrt(3) * np.pi * int(p["n"]) / float(p["length"])))
-            scale = np.float32(self.h5["reciprocal/scale"][i])
+            scale = np.float32(self.dataset("reciprocal/scale")[i])
             raw = self.ragged("reciprocal/values", i).astype(np.float32) * scale
         else:  # version 1: stored indices, float32 values
             m = self.ragged("reciprocal/m", i).astype(np.int32)

@@ -313,7 +313,7 @@ class Trainer:
             sampler = _EpochBatches()
             loaders[id(dataset)] = (sampler, torch.utils.data.DataLoader(
                 dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=self.cfg.num_workers,
-                persistent_workers=True, prefetch_factor=2))
+                persistent_workers=True, prefetch_factor=2, pin_memory=self.device.type == "cuda"))
         sampler, loader = loaders[id(dataset)]
         sampler.batches = mine
         return loader

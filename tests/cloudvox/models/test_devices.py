@@ -10,7 +10,7 @@ from cloudvox.data import cloud_item, collate_clouds
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.io import read_aflow
 from cloudvox.models.atomcloud import AtomCloudNet
-from cloudvox.models.voxelnet import SparseChannelConv3d, VoxelNet
+from cloudvox.models.voxelnet import FIRST_LAYER_METHODS, SparseChannelConv3d, VoxelNet
 from cloudvox.tasks import CloudTask
 from cloudvox.train import random_rotations
 from tests.cloudvox.models.test_voxelnet import to_dense
@@ -30,14 +30,17 @@ def sparse_input(B=5, c=3, n=12, C=30, seed=0, dtype=torch.float64):
     return x, ids
 
 
+@pytest.mark.parametrize("method", FIRST_LAYER_METHODS)
 @pytest.mark.parametrize("pool", [1, 2])
-def test_batched_first_layer_equals_the_dense_convolution_with_every_gradient(device, pool):
-    """The segment-matmul scatter (one batched matmul and one index_add for the whole batch): outputs, weight,
-    bias and input gradients equal conv3d (+ max_pool3d) of the dense input, in float64."""
+def test_batched_first_layer_equals_the_dense_convolution_with_every_gradient(device, pool, method):
+    """Each batched first layer without the CPU kernel (the segment-matmul scatter: one batched matmul and one
+    index_add for the whole batch; the grouped convolution; the densified input): outputs, weight, bias and
+    input gradients equal conv3d (+ max_pool3d) of the dense input, in float64."""
     torch.manual_seed(0)
     C = 30
     conv = SparseChannelConv3d(C, 6, 3, padding=1).double().to(device)
     conv.native = False  # the path a GPU takes, on the CPU too
+    conv.method = method
     x, ids = sparse_input(C=C)
     x, ids = x.to(device).requires_grad_(True), ids.to(device)
     dense = to_dense(x.detach().cpu(), ids.cpu(), C).to(device).requires_grad_(True)
@@ -71,16 +74,17 @@ def test_binning_with_rotations_runs_on_the_device(device):
     torch.testing.assert_close(got.cpu(), on_cpu, rtol=1e-9, atol=1e-9)
 
 
-def voxelnet_and_batch(device, dtype=torch.float32):
+def voxelnet_and_batch(device, dtype=torch.float32, method="scatter"):
     torch.manual_seed(0)
-    net = VoxelNet(30, 12, widths=[8, 8], pools=[2, 0], hidden=[16]).to(device=device, dtype=dtype)
+    net = VoxelNet(30, 12, widths=[8, 8], pools=[2, 0], hidden=[16], first_layer=method).to(device=device, dtype=dtype)
     net.first.native = False
     x, ids = sparse_input(dtype=dtype)
     return net, x.to(device), ids.to(device)
 
 
-def test_voxelnet_step_keeps_every_tensor_on_the_device(device):
-    net, x, ids = voxelnet_and_batch(device)
+@pytest.mark.parametrize("method", FIRST_LAYER_METHODS)
+def test_voxelnet_step_keeps_every_tensor_on_the_device(device, method):
+    net, x, ids = voxelnet_and_batch(device, method=method)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     loss = net(x, ids).square().mean()
     loss.backward()
@@ -95,8 +99,9 @@ def amp_dtypes(device):
     return [torch.bfloat16] if device == "cpu" else [torch.bfloat16, torch.float16]
 
 
-def test_voxelnet_under_amp_stays_within_tolerance_of_float32(device):
-    net, x, ids = voxelnet_and_batch(device)
+@pytest.mark.parametrize("method", FIRST_LAYER_METHODS)
+def test_voxelnet_under_amp_stays_within_tolerance_of_float32(device, method):
+    net, x, ids = voxelnet_and_batch(device, method=method)
     net.eval()
     with torch.no_grad():
         ref = net(x, ids)
@@ -107,8 +112,9 @@ def test_voxelnet_under_amp_stays_within_tolerance_of_float32(device):
             scale = ref.abs().max()
             assert torch.isfinite(got).all()
             assert (got.float() - ref).abs().max() <= 5e-2 * scale, (dtype, (got.float() - ref).abs().max(), scale)
-            with torch.autocast(device, dtype=dtype):  # the first layer itself stays in float32
-                assert net.first(x, ids, pool=2).dtype == torch.float32
+            if method == "scatter":  # the scatter's sums stay in float32 (the convolutions follow autocast)
+                with torch.autocast(device, dtype=dtype):
+                    assert net.first(x, ids, pool=2).dtype == torch.float32
 
 
 def test_atomcloud_on_the_device_and_under_amp(device):
