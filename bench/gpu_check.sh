@@ -72,15 +72,11 @@ throughput() {  # MODEL DATA LIMIT_S ARGS...: one model's runs, its log kept, it
   timeout "$limit" "$PY" bench/train_throughput.py --model "$model" --data "$data" "${common[@]}" "$@" \
     2>> "$OUT/$model.log" || { json "\"metric\": \"$model\", \"value\": \"failed or timed out\""; tail -n 20 "$OUT/$model.log"; }
 }
-throughput voxelnet "$OUT/perovskites.h5" 100 --batch-size 32 256 --profile 12
-for method in grouped dense; do  # the first layer's other batched forms (network.first_layer), batch 256
-  throughput voxelnet "$OUT/perovskites.h5" 60 --batch-size 256 --profile 8 --set network.first_layer=$method
-done
+throughput voxelnet "$OUT/perovskites.h5" 100 --batch-size 32 256 --profile 12  # first layer: auto (grouped on CUDA)
+throughput voxelnet "$OUT/perovskites.h5" 50 --batch-size 256 --set network.first_layer=scatter
 throughput atomcloud "$OUT/qm9_cloud.h5" 100 --batch-size 32 256 --profile 12
 if [ "$DEVICE" = cuda ]; then  # mixed precision (the trainer's float16 autocast), batch 256
-  for method in scatter dense; do
-    throughput voxelnet "$OUT/perovskites.h5" 50 --batch-size 256 --amp --set network.first_layer=$method
-  done
+  throughput voxelnet "$OUT/perovskites.h5" 50 --batch-size 256 --amp
   throughput atomcloud "$OUT/qm9_cloud.h5" 50 --batch-size 256 --amp
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null || true
 fi

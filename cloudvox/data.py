@@ -184,6 +184,9 @@ def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 # datasets
 # --------------------------------------------------------------------------------------------------------
+CACHE_BLOCK = 64  # structures a cached dataset reads at once (neighbours in the file)
+
+
 class _FeatureDataset(torch.utils.data.Dataset):
     """Items of usable structures of a feature file, read lazily (per process) and cached after first use."""
 
@@ -201,14 +204,29 @@ class _FeatureDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int) -> Dict:
-        if self._cache is not None and k in self._cache:
-            return self._cache[k]
-        item = self._read(int(self.indices[k]))
+        if self._cache is None:
+            return self._item(k, self._read(int(self.indices[k])))
+        if k not in self._cache:  # the whole block of the file around it: neighbours cost little more
+            self._fill(int(self.indices[k]) // CACHE_BLOCK)
+        return self._cache[k]
+
+    def _item(self, k: int, item: Dict) -> Dict:
         if self.targets is not None:
             item[K.TARGET] = self.targets[k]
-        if self._cache is not None:
-            self._cache[k] = item
         return item
+
+    def _fill(self, block: int) -> None:
+        """Cache every item of this dataset among the file's structures of ``block`` (CACHE_BLOCK of them), read
+        with one read per dataset: a DataLoader worker's cache is full after len / CACHE_BLOCK such reads."""
+        if not hasattr(self, "_positions"):  # file structure -> this dataset's items that use it
+            self._positions: Dict[int, List[int]] = {}
+            for k, i in enumerate(self.indices.tolist()):
+                self._positions.setdefault(i, []).append(k)
+        lo = block * CACHE_BLOCK
+        with self.ff.reading_block(lo, lo + CACHE_BLOCK):
+            for i in range(lo, min(lo + CACHE_BLOCK, self.ff.n)):
+                for k in self._positions.get(i, ()):
+                    self._cache[k] = self._item(k, self._read(i))
 
     def _read(self, i: int) -> Dict:
         raise NotImplementedError
@@ -313,7 +331,7 @@ class CloudDataset(_FeatureDataset):
 
     def _read(self, i: int) -> Dict:
         pos, z = self.ff.cloud(i)
-        lattice = self.ff.h5["structures/lattice"][i]
+        lattice = self.ff.row("structures/lattice", i)
         return cloud_item(i, pos, z, None if np.isnan(lattice).any() else lattice, self.cutoff)
 
     @staticmethod

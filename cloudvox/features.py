@@ -61,6 +61,7 @@ Version 1 files (float32 values, stored ``/reciprocal/m``, no scale) are still r
 reader is refused with a message to upgrade.
 """
 import functools
+import contextlib
 import json
 import os
 import time
@@ -314,6 +315,7 @@ class FeatureFile:
         self._pid = None
         self._offsets: Dict[str, np.ndarray] = {}
         self._dsets: Dict[str, object] = {}
+        self._block = None  # (lo, hi, {dataset: what was read}) inside reading_block
         f = self.h5
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{self.path} is not a cloudvox feature file (format attribute {f.attrs.get('format')!r})")
@@ -347,7 +349,7 @@ class FeatureFile:
 
     def __getstate__(self):  # a DataLoader worker reopens the file itself
         state = dict(self.__dict__)
-        state.update(_file=None, _pid=None, _offsets={}, _dsets={})
+        state.update(_file=None, _pid=None, _offsets={}, _dsets={}, _block=None)
         return state
 
     def close(self) -> None:
@@ -368,7 +370,33 @@ class FeatureFile:
 
     def ragged(self, name: str, i: int) -> np.ndarray:
         o = self.offsets(name)
+        block = self._block
+        if block is not None and block[0] <= i < block[1]:  # inside :meth:`reading_block`: one read per dataset
+            lo, hi = block[:2]
+            if name not in block[2]:
+                block[2][name] = self.dataset(name)[o[lo]:o[hi]]
+            return block[2][name][o[i] - o[lo]:o[i + 1] - o[lo]]
         return self.dataset(name)[o[i]:o[i + 1]]
+
+    def row(self, name: str, i: int) -> np.ndarray:
+        """Row i of the per-structure dataset ``name`` (``structures/lattice``, ``reciprocal/scale``, ...)."""
+        block = self._block
+        if block is not None and block[0] <= i < block[1]:
+            if name not in block[2]:
+                block[2][name] = self.dataset(name)[block[0]:block[1]]
+            return block[2][name][i - block[0]]
+        return self.dataset(name)[i]
+
+    @contextlib.contextmanager
+    def reading_block(self, lo: int, hi: int):
+        """Within this context, what :meth:`ragged` and :meth:`row` read of structures lo..hi-1 comes from one
+        read per dataset of the whole range (kept until the context ends): for filling a cache with a block of
+        neighbouring structures at the cost of one structure's reads."""
+        self._block = (lo, min(hi, self.n), {})
+        try:
+            yield self
+        finally:
+            self._block = None
 
     @property
     def ids(self) -> List[str]:
@@ -484,14 +512,14 @@ class FeatureFile:
         """The reciprocal set of crystal i (both halves unless ``half``), channels indexed in ``channels``
         (default :meth:`model_channels`), amplitudes float32 in 1/Angstrom^3."""
         i = self._check(i)
-        lattice = self.dataset("structures/lattice")[i]
+        lattice = self.row("structures/lattice", i)
         if np.isnan(lattice).any() or not self.has_reciprocal(i):
             raise ValueError(f"structure {i} ({self.ids[i]}) of {self.path} has no reciprocal set (a molecule, or "
                              "featurized without store: reciprocal)")
         if self.version >= 2:
             p = self.params
             m = half_ball(lattice, float(np.sqrt(3) * np.pi * int(p["n"]) / float(p["length"])))
-            scale = np.float32(self.dataset("reciprocal/scale")[i])
+            scale = np.float32(self.row("reciprocal/scale", i))
             raw = self.ragged("reciprocal/values", i).astype(np.float32) * scale
         else:  # version 1: stored indices, float32 values
             m = self.ragged("reciprocal/m", i).astype(np.int32)

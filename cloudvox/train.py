@@ -233,6 +233,8 @@ class Trainer:
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience) if cfg.schedule == "plateau" else None
         self.amp = cfg.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":  # autotuned cuDNN algorithms: a step has few distinct shapes
+            torch.backends.cudnn.benchmark = True
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.loss = _loss_fn(cfg.loss)
         self.history: List[Dict] = []

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh}
 # non-decreasing activations commute with max-pooling: act(maxpool(x)) == maxpool(act(x))
 MONOTONE = frozenset({"selu", "relu", "elu", "tanh"})
-FIRST_LAYER_METHODS = ("scatter", "grouped", "dense")  # SparseChannelConv3d.method
+FIRST_LAYER_METHODS = ("auto", "scatter", "grouped", "dense")  # SparseChannelConv3d.method
 
 
 def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, native: bool = True):
@@ -93,19 +93,21 @@ class SparseChannelConv3d(nn.Conv3d):
 
     native = True  # use the compiled CPU kernel where it applies (set False on an instance to use PyTorch ops)
     # how inputs with channel ids are convolved: "scatter" (above; fused with the compiled kernel on CPU),
-    # "grouped" (one grouped convolution with per-sample gathered weights) or "dense" (the c slots placed in a
-    # zeroed (B, C, D, H, W) input and one ordinary convolution: C / c times the arithmetic, but one cuDNN call)
-    method = "scatter"
+    # "grouped" (one grouped convolution with per-sample gathered weights: cuDNN), "dense" (the c slots placed in a
+    # zeroed (B, C, D, H, W) input and one ordinary convolution: C / c times the arithmetic) or "auto": grouped on
+    # CUDA, scatter elsewhere (measured on an H200 at batch 256: grouped 7,800 samples/s, scatter 5,700, dense 3,000)
+    method = "auto"
 
     def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, pool: int = 1) -> torch.Tensor:
         """(B, O, D', H', W'), or with ``pool`` > 1 its max-pool (B, O, D' // pool, H' // pool, W' // pool). The
         bias is added after the pool: max(y + b) = max(y) + b (exactly, rounding is monotone), on 1/pool^3 of the
         voxels."""
+        method = self.method if self.method != "auto" else ("grouped" if x.is_cuda else "scatter")
         if channel_ids is None:
             y = self._conv_forward(x, self.weight, None)
-        elif self.method == "dense":
+        elif method == "dense":
             y = self._conv_forward(self._dense(x, channel_ids), self.weight, None)
-        elif self.method == "grouped" or self.padding_mode != "zeros" or isinstance(self.padding, str) \
+        elif method == "grouped" or self.padding_mode != "zeros" or isinstance(self.padding, str) \
                 or any(s != 1 for s in self.stride) or any(d != 1 for d in self.dilation):
             y = self._grouped(x, channel_ids)
         else:
@@ -320,7 +322,7 @@ class VoxelNet(nn.Module):
                  norm: Optional[str] = None, dropout: float = 0.0, global_pool: str = "flatten", shells: int = 16,
                  bias: bool = True, active_channels: Optional[int] = None,
                  channel_properties: Optional[Sequence[str]] = None, channel_names: Optional[Sequence[str]] = None,
-                 first_layer: str = "scatter"):
+                 first_layer: str = "auto"):
         super().__init__()
         if first_layer not in FIRST_LAYER_METHODS:
             raise ValueError(f"first_layer {first_layer!r} is not one of {FIRST_LAYER_METHODS}")
