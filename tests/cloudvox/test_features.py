@@ -104,3 +104,32 @@ def test_version_1_files_are_still_read(tmp_path, osrti_path):
         f.attrs["format_version"] = 3
     with pytest.raises(ValueError, match="upgrade cloudvox"):
         FeatureFile(path)
+
+
+def test_cached_items_are_filled_a_file_block_at_a_time_and_equal_uncached_reads(tmp_path, osrti_path, monkeypatch):
+    """A cached dataset reads the file block around an item with one read per dataset (DataLoader workers fill
+    their caches in len / CACHE_BLOCK reads); its items, in any order and with repeats, equal uncached reads."""
+    import cloudvox.data as data
+    src = Source("aflow", [osrti_path])
+    vox = ReciprocalVoxelizer(n=16, length=10.0)
+    block = featurize_block(src.records(0, 40), 0, vox, src.sources, ("reciprocal", "cloud"))
+    path = tmp_path / "r.h5"
+    write_features(path, block, dict(root_attributes(vox, src.sources, "aflow", "test"), species='["O", "Sr", "Ti"]'))
+    monkeypatch.setattr(data, "CACHE_BLOCK", 16)
+    indices = np.random.default_rng(0).permutation(40)[:30].tolist() + [7, 7]  # file order shuffled, repeats
+    targets = np.arange(len(indices), dtype=np.float64)
+    for make in (lambda cache: data.VoxelDataset(path, indices, targets, "reciprocal", cache=cache),
+                 lambda cache: data.CloudDataset(path, indices, targets, cutoff=3.0, cache=cache)):
+        cached, uncached = make(True), make(False)
+        first = cached[0]
+        block_of_first = indices[0] // 16
+        in_block = [k for k, i in enumerate(indices) if i // 16 == block_of_first]
+        assert sorted(cached._cache) == sorted(in_block) and len(in_block) > 1  # its neighbours came with it
+        assert first is cached[0]
+        for k in np.random.default_rng(1).permutation(len(indices)):
+            a, b = cached[k], uncached[k]
+            assert a.keys() == b.keys() and a["index"] == indices[k] and a["target"] == targets[k]
+            for key in a:
+                if isinstance(a[key], np.ndarray):
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert len(cached._cache) == len(indices)
