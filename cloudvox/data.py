@@ -185,10 +185,17 @@ def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:
 # datasets
 # --------------------------------------------------------------------------------------------------------
 CACHE_BLOCK = 64  # structures a cached dataset reads at once (neighbours in the file)
+CACHE_BYTES = 4 * 2 ** 30  # item cache of a rank, shared out among its DataLoader workers
+
+
+def _item_bytes(item: Dict) -> int:
+    return 256 + sum(v.nbytes for v in item.values() if isinstance(v, np.ndarray))
 
 
 class _FeatureDataset(torch.utils.data.Dataset):
-    """Items of usable structures of a feature file, read lazily (per process) and cached after first use."""
+    """Items of usable structures of a feature file, read lazily (per process) and cached after first use, up to
+    ``cache_bytes`` per rank (:data:`CACHE_BYTES`, divided among the DataLoader workers; past it items are read
+    each time): memory stays bounded whatever the number of structures."""
 
     def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray], cache: bool, dtype):
         self.ff = FeatureFile(path)
@@ -199,16 +206,25 @@ class _FeatureDataset(torch.utils.data.Dataset):
             raise ValueError(f"structures {bad} of {path} failed featurization and cannot be used")
         self.targets = None if targets is None else np.asarray(targets, dtype=dtype)
         self._cache: Optional[Dict[int, Dict]] = {} if cache else None
+        self.cache_bytes = CACHE_BYTES  # this rank's budget (an attribute: set it before the workers start)
+        self.cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> Dict:
-        if self._cache is None:
-            return self._item(k, self._read(int(self.indices[k])))
-        if k not in self._cache:  # the whole block of the file around it: neighbours cost little more
-            self._fill(int(self.indices[k]) // CACHE_BLOCK)
-        return self._cache[k]
+        if self._cache is not None:
+            item = self._cache.get(k)
+            if item is None and self.cached_bytes < self._budget():  # the file block around it: one read each
+                self._fill(int(self.indices[k]) // CACHE_BLOCK)
+                item = self._cache.get(k)
+            if item is not None:
+                return item
+        return self._item(k, self._read(int(self.indices[k])))
+
+    def _budget(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        return self.cache_bytes // (info.num_workers if info is not None else 1)
 
     def _item(self, k: int, item: Dict) -> Dict:
         if self.targets is not None:
@@ -216,17 +232,22 @@ class _FeatureDataset(torch.utils.data.Dataset):
         return item
 
     def _fill(self, block: int) -> None:
-        """Cache every item of this dataset among the file's structures of ``block`` (CACHE_BLOCK of them), read
-        with one read per dataset: a DataLoader worker's cache is full after len / CACHE_BLOCK such reads."""
-        if not hasattr(self, "_positions"):  # file structure -> this dataset's items that use it
-            self._positions: Dict[int, List[int]] = {}
-            for k, i in enumerate(self.indices.tolist()):
-                self._positions.setdefault(i, []).append(k)
+        """Cache the items of this dataset among the file's structures of ``block`` (CACHE_BLOCK of them), read
+        with one read per dataset, while the cache is within its budget: a DataLoader worker's cache is full
+        after len / CACHE_BLOCK such reads."""
+        if not hasattr(self, "_sorted"):  # this dataset's items by file structure: (file rows ascending, items)
+            order = np.argsort(self.indices, kind="stable")
+            self._sorted = (self.indices[order], order)
+        rows, items = self._sorted
         lo = block * CACHE_BLOCK
+        a, b = np.searchsorted(rows, [lo, lo + CACHE_BLOCK])
+        budget = self._budget()
         with self.ff.reading_block(lo, lo + CACHE_BLOCK):
-            for i in range(lo, min(lo + CACHE_BLOCK, self.ff.n)):
-                for k in self._positions.get(i, ()):
-                    self._cache[k] = self._item(k, self._read(i))
+            for i, k in zip(rows[a:b].tolist(), items[a:b].tolist()):
+                if self.cached_bytes >= budget:
+                    break
+                item = self._cache[k] = self._item(k, self._read(i))
+                self.cached_bytes += _item_bytes(item)
 
     def _read(self, i: int) -> Dict:
         raise NotImplementedError

@@ -133,3 +133,24 @@ def test_cached_items_are_filled_a_file_block_at_a_time_and_equal_uncached_reads
                 if isinstance(a[key], np.ndarray):
                     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
         assert len(cached._cache) == len(indices)
+
+
+def test_item_cache_stays_within_its_budget_and_serves_equal_items_past_it(tmp_path, osrti_path):
+    """Memory flat in the number of structures: past ``cache_bytes`` items are read each time, not kept."""
+    import cloudvox.data as data
+    src = Source("aflow", [osrti_path])
+    vox = ReciprocalVoxelizer(n=16, length=10.0)
+    block = featurize_block(src.records(0, 135), 0, vox, src.sources, ("reciprocal",))
+    path = tmp_path / "r.h5"
+    write_features(path, block, dict(root_attributes(vox, src.sources, "aflow", "test"), species='["O", "Sr", "Ti"]'))
+    everything = data.VoxelDataset(path, range(135), None, "reciprocal")
+    full = [everything[k] for k in range(135)]
+    sizes = [data._item_bytes(it) for it in full]
+    assert everything.cached_bytes == sum(sizes)  # all kept under the default budget
+    small = data.VoxelDataset(path, range(135), None, "reciprocal")
+    small.cache_bytes = sum(sizes) // 4
+    for _ in range(2):
+        for k in np.random.default_rng(0).permutation(135):
+            np.testing.assert_array_equal(small[k]["amp"], full[k]["amp"])
+    assert 0 < len(small._cache) < 135
+    assert small.cache_bytes <= small.cached_bytes < small.cache_bytes + max(sizes)  # filled, then no more
