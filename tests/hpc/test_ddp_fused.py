@@ -1,7 +1,6 @@
 """DDP on CPU: the fused allreduce after the backward gives the gradients of DDP's own reducer (2 processes,
 gloo over 127.0.0.1, spawned here: no MPI needed)."""
 import queue
-import socket
 import time
 
 import pytest
@@ -10,12 +9,7 @@ import torch.multiprocessing as mp
 
 from hpc.distributed import DDPBackend
 from hpc.launcher import LaunchEnv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.hpc.test_distributed import free_port
 
 
 def net():
