@@ -8,7 +8,8 @@ synchronised at each phase) and the peak device memory.
 
 One warm-up epoch (cuDNN autotuning, caches, allocator), then ``--epochs`` timed epochs of ``--steps`` steps
 each (the figure is their median), then ``--epochs`` epochs for the split. VoxelNet: the original network (the
-model's defaults), rotation augmentation binned on the device. AtomCloudNet: the network of ``--config`` (default jobs/configs/atomcloud_qm9.yaml).
+model's defaults), rotation augmentation binned on the device. AtomCloudNet: the network of ``--config``
+(default jobs/configs/atomcloud_qm9.yaml).
 """
 import argparse
 import statistics

@@ -60,8 +60,8 @@ Files are written in the HDF5 1.10 file format (fixed-array chunk indexes; reade
 Version 1 files (float32 values, stored ``/reciprocal/m``, no scale) are still read; a file newer than the
 reader is refused with a message to upgrade.
 """
-import functools
 import contextlib
+import functools
 import json
 import os
 import time

@@ -128,7 +128,8 @@ class SparseChannelConv3d(nn.Conv3d):
         """(B, C, D, H, W) in x's memory format: sample b's slot j at channel channel_ids[b, j], zeros elsewhere.
         Padding slots (-1) add zeros to channel 0 (an accumulating put: exact, whatever order it runs in)."""
         B, c = channel_ids.shape
-        fmt = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
+        last = x.is_contiguous(memory_format=torch.channels_last_3d)
+        fmt = torch.channels_last_3d if last else torch.contiguous_format
         dense = x.new_zeros(B, self.in_channels, *x.shape[2:]).contiguous(memory_format=fmt)
         ids = channel_ids.to(x.device)
         valid = (ids >= 0).to(x.dtype)[:, :, None, None, None]
