@@ -7,10 +7,11 @@
 #   DEVICE=cpu QUICK=1 bash bench/gpu_check.sh   # the same script on a CPU, quickly (to check the script)
 # Prints JSON lines: the environment, the CUDA test results, and for VoxelNet (original network, N=32, per-element
 # channels of the AFLOW perovskites, rotation augmentation binned on the device) and AtomCloudNet
-# (jobs/configs/atomcloud_qm9.yaml network, 20,000 QM9 molecules) at batch 32 and 256 in float32, and at batch 256
-# with AMP (float16 autocast, gradient scaler): samples/s, the step split (data, forward, backward, optimizer, sync; ms/step) and the peak GPU
-# memory. Goals: >= 10,000 and >= 5,000 samples/s on one H100. Each stage has its own time limit (about 7.5
-# minutes in all); where $OUT is set (the device tool), the logs are copied there.
+# (jobs/configs/atomcloud_qm9.yaml network, 20,000 QM9 molecules) at batch 32 and 256 in float32, and at batch
+# 256 with AMP (float16 autocast, gradient scaler): samples/s, the step split (data, forward, backward, optimizer,
+# sync; ms/step), an operator profile and the peak GPU memory. Goals: >= 10,000 and >= 5,000 samples/s on one H100.
+# Each stage has its own time limit (about 8 minutes in all); where $OUT is set (the device tool), the logs are
+# copied there.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}

@@ -98,8 +98,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="config overrides, e.g. network.first_layer=dense")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override, e.g. network.first_layer=scatter (repeat for more)")
     ap.add_argument("--profile", type=int, default=0, metavar="TOP",
                     help="after the timed epochs, profile one more and print the TOP operators by self time")
     args = ap.parse_args()

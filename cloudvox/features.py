@@ -372,20 +372,23 @@ class FeatureFile:
         o = self.offsets(name)
         block = self._block
         if block is not None and block[0] <= i < block[1]:  # inside :meth:`reading_block`: one read per dataset
-            lo, hi = block[:2]
-            if name not in block[2]:
-                block[2][name] = self.dataset(name)[o[lo]:o[hi]]
-            return block[2][name][o[i] - o[lo]:o[i + 1] - o[lo]]
+            start = o[block[0]]
+            return self._block_read(name, start, o[block[1]])[o[i] - start:o[i + 1] - start]
         return self.dataset(name)[o[i]:o[i + 1]]
 
     def row(self, name: str, i: int) -> np.ndarray:
         """Row i of the per-structure dataset ``name`` (``structures/lattice``, ``reciprocal/scale``, ...)."""
         block = self._block
         if block is not None and block[0] <= i < block[1]:
-            if name not in block[2]:
-                block[2][name] = self.dataset(name)[block[0]:block[1]]
-            return block[2][name][i - block[0]]
+            return self._block_read(name, block[0], block[1])[i - block[0]]
         return self.dataset(name)[i]
+
+    def _block_read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """``name[start:stop]`` for the current block, read on first use."""
+        read = self._block[2]
+        if name not in read:
+            read[name] = self.dataset(name)[start:stop]
+        return read[name]
 
     @contextlib.contextmanager
     def reading_block(self, lo: int, hi: int):

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh}
 # non-decreasing activations commute with max-pooling: act(maxpool(x)) == maxpool(act(x))
 MONOTONE = frozenset({"selu", "relu", "elu", "tanh"})
-FIRST_LAYER_METHODS = ("auto", "scatter", "grouped", "dense")  # SparseChannelConv3d.method
+FIRST_LAYER_METHODS = ("auto", "scatter", "grouped")  # SparseChannelConv3d.method
 
 
 def occupied_voxels(x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, native: bool = True):
@@ -93,9 +93,9 @@ class SparseChannelConv3d(nn.Conv3d):
 
     native = True  # use the compiled CPU kernel where it applies (set False on an instance to use PyTorch ops)
     # how inputs with channel ids are convolved: "scatter" (above; fused with the compiled kernel on CPU),
-    # "grouped" (one grouped convolution with per-sample gathered weights: cuDNN), "dense" (the c slots placed in a
-    # zeroed (B, C, D, H, W) input and one ordinary convolution: C / c times the arithmetic) or "auto": grouped on
-    # CUDA, scatter elsewhere (measured on an H200 at batch 256: grouped 7,800 samples/s, scatter 5,700, dense 3,000)
+    # "grouped" (one grouped convolution with per-sample gathered weights: cuDNN) or "auto": grouped on CUDA,
+    # scatter elsewhere (measured on an H200 at batch 256: grouped 7,800 samples/s, scatter 5,700; a plain
+    # convolution over all C channels, tried too, 3,000)
     method = "auto"
 
     def forward(self, x: torch.Tensor, channel_ids: Optional[torch.Tensor] = None, pool: int = 1) -> torch.Tensor:
@@ -105,8 +105,6 @@ class SparseChannelConv3d(nn.Conv3d):
         method = self.method if self.method != "auto" else ("grouped" if x.is_cuda else "scatter")
         if channel_ids is None:
             y = self._conv_forward(x, self.weight, None)
-        elif method == "dense":
-            y = self._conv_forward(self._dense(x, channel_ids), self.weight, None)
         elif method == "grouped" or self.padding_mode != "zeros" or isinstance(self.padding, str) \
                 or any(s != 1 for s in self.stride) or any(d != 1 for d in self.dilation):
             y = self._grouped(x, channel_ids)
@@ -123,18 +121,6 @@ class SparseChannelConv3d(nn.Conv3d):
         valid = (channel_ids >= 0).to(self.weight.dtype)
         w = self.weight.transpose(0, 1)[channel_ids.clamp(min=0)]  # (B, c, O, k, k, k)
         return w * valid[:, :, None, None, None, None]
-
-    def _dense(self, x: torch.Tensor, channel_ids: torch.Tensor) -> torch.Tensor:
-        """(B, C, D, H, W) in x's memory format: sample b's slot j at channel channel_ids[b, j], zeros elsewhere.
-        Padding slots (-1) add zeros to channel 0 (an accumulating put: exact, whatever order it runs in)."""
-        B, c = channel_ids.shape
-        last = x.is_contiguous(memory_format=torch.channels_last_3d)
-        fmt = torch.channels_last_3d if last else torch.contiguous_format
-        dense = x.new_zeros(B, self.in_channels, *x.shape[2:]).contiguous(memory_format=fmt)
-        ids = channel_ids.to(x.device)
-        valid = (ids >= 0).to(x.dtype)[:, :, None, None, None]
-        rows = torch.arange(B, device=x.device)[:, None].expand(B, c)
-        return dense.index_put_((rows, ids.clamp(min=0)), x * valid, accumulate=True)
 
     def _grouped(self, x: torch.Tensor, channel_ids: torch.Tensor) -> torch.Tensor:
         B, c = channel_ids.shape

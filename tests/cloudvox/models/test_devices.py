@@ -34,8 +34,8 @@ def sparse_input(B=5, c=3, n=12, C=30, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("pool", [1, 2])
 def test_batched_first_layer_equals_the_dense_convolution_with_every_gradient(device, pool, method):
     """Each batched first layer without the CPU kernel (the segment-matmul scatter: one batched matmul and one
-    index_add for the whole batch; the grouped convolution; the densified input): outputs, weight, bias and
-    input gradients equal conv3d (+ max_pool3d) of the dense input, in float64."""
+    index_add for the whole batch; the grouped convolution): outputs, weight, bias and input gradients equal
+    conv3d (+ max_pool3d) of the dense input, in float64."""
     torch.manual_seed(0)
     C = 30
     conv = SparseChannelConv3d(C, 6, 3, padding=1).double().to(device)
