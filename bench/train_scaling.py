@@ -8,8 +8,12 @@ efficiency (samples/s at 2 ranks) / (2 x samples/s at 1 rank), for weak scaling 
 usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks). With
 ``--repeats R`` the 1-rank run and the 2-rank runs alternate R times (each round's efficiency against its own
 1-rank run, so that the machine's drift cancels) and the medians over rounds are printed with every round's
-figure. Also the gradient bytes exchanged per step (inputs to docs/scaling.md).
+figure. Every rank's step split is printed for the 2-rank runs (the slower rank's extra time is the others'
+wait in the allreduce). ``--control`` adds two 1-rank trainings at once with no communication: their mean
+samples/s over one alone is what the two cores allow, the ceiling of the 2-rank efficiency here. Also the
+gradient bytes exchanged per step (inputs to docs/scaling.md).
 Usage: python bench/train_scaling.py [--epochs 6] [--repeats 3] [--backends horovod ddp] [--models voxelnet atomcloud]
+       [--control]
 """
 import argparse
 import json
@@ -33,28 +37,60 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(ranks, backend, config, model):
+def launch(ranks, backend, config, model, core=None):
+    """``mpirun -n ranks cloudvox train`` started (one BLAS thread per rank, each rank bound to a core as
+    mpirun does: rank r to core r, or to ``core``); the process."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
-    cmd = ["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", model, str(config),
-           "--backend", backend]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
+    cmd = ["mpirun", "-n", str(ranks)] + ([] if core is None else ["--cpu-set", str(core), "--bind-to", "core"])
+    cmd += [str(Path(sys.executable).parent / "cloudvox"), "train", model, str(config), "--backend", backend]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
 
 
-def one_run(tmp, name, base, ranks, batch, backend, model, epochs):
-    """Train once; (median samples/s of the second half of the epochs, rank 0's median step split in ms,
-    median per-epoch time outside the steps in ms)."""
+def wait(proc):
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"training failed ({proc.returncode}): {err.decode()[-2000:]}")
+
+
+def config_file(tmp, name, base, batch, epochs):
     cfg = dict(base, run_dir=str(Path(tmp) / name), train=dict(base["train"], epochs=epochs, batch_size=batch))
     path = Path(tmp) / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    run(ranks, backend if ranks > 1 else "none", path, model)
-    hist = [json.loads(line) for line in open(Path(cfg["run_dir"]) / "metrics.jsonl")]
+    return path, Path(cfg["run_dir"])
+
+
+def summary(run_dir):
+    """(median samples/s of the second half of the epochs, rank 0's median step split in ms, median per-epoch
+    time outside the steps in ms, every rank's median step split {phase: [ms per rank]} or None)."""
+    hist = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     warm = hist[len(hist) // 2:]  # warm caches
     split = {k[len("step_ms_"):]: round(statistics.median(r[k] for r in warm), 3)
              for k in warm[0] if k.startswith("step_ms_")}
     epoch_ms = statistics.median(1e3 * r["train_seconds"] - r["train_steps"] * sum(r[k] for k in r if k.startswith("step_ms_"))
                                  for r in warm)
-    return statistics.median(r["samples_per_s"] for r in warm), split, epoch_ms
+    per_rank = None
+    if "ranks_step_ms" in warm[0]:
+        per_rank = {k: [round(statistics.median(r["ranks_step_ms"][k][i] for r in warm), 3) for i in range(len(v))]
+                    for k, v in warm[0]["ranks_step_ms"].items()}
+    return statistics.median(r["samples_per_s"] for r in warm), split, epoch_ms, per_rank
+
+
+def one_run(tmp, name, base, ranks, batch, backend, model, epochs):
+    """Train once at ``ranks`` ranks; :func:`summary` of the run."""
+    path, run_dir = config_file(tmp, name, base, batch, epochs)
+    wait(launch(ranks, backend if ranks > 1 else "none", path, model))
+    return summary(run_dir)
+
+
+def independent_pair(tmp, name, base, model, epochs):
+    """Two 1-rank trainings at once, no communication: what the two cores allow two ranks (the ceiling of
+    the 2-rank efficiency on this machine). :func:`summary` of each."""
+    paths = [config_file(tmp, f"{name}{i}", base, 32, epochs) for i in range(2)]
+    procs = [launch(1, "none", path, model, core=i) for i, (path, _) in enumerate(paths)]
+    for proc in procs:
+        wait(proc)
+    return [summary(run_dir) for _, run_dir in paths]
 
 
 def main():
@@ -63,6 +99,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (1 rank, then each backend at 2)")
     ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
     ap.add_argument("--models", nargs="+", default=["voxelnet", "atomcloud"])
+    ap.add_argument("--control", action="store_true",
+                    help="also two 1-rank trainings at once, no communication: the ceiling the two cores allow")
     args = ap.parse_args()
     data = features("bench/configs/perovskites_3200.yaml")
     qm9 = features("jobs/configs/qm9_demo.yaml")
@@ -80,13 +118,21 @@ def main():
                 rates = {}
                 for ranks, batch, kind, backend in runs:
                     name = f"{model}{backend}{kind}{rep}"
-                    rates[backend, kind], split, epoch_ms = one_run(tmp, name, base, ranks, batch, backend, model,
-                                                                    args.epochs)
+                    rates[backend, kind], split, epoch_ms, per_rank = one_run(tmp, name, base, ranks, batch, backend,
+                                                                              model, args.epochs)
                     emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[backend, kind], "samples/s", model=model,
                          backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs, repeat=rep)
                     emit("train_scaling", f"step_ms_{ranks}_ranks", sum(split.values()), "ms/step", model=model,
                          backend=backend, scaling=kind, repeat=rep, split=split, epoch_overhead_ms=round(epoch_ms, 1),
-                         outside_compute=round(split.get("data", 0) + split.get("sync", 0), 3))
+                         outside_compute=round(split.get("data", 0) + split.get("sync", 0), 3), per_rank=per_rank)
+                if args.control:
+                    pair = independent_pair(tmp, f"{model}pair{rep}", base, model, args.epochs)
+                    pair_rate = sum(r[0] for r in pair) / 2
+                    for i, (rate, split, _, _) in enumerate(pair):
+                        emit("train_scaling", "step_ms_independent_pair", sum(split.values()), "ms/step", model=model,
+                             process=i, repeat=rep, split=split, samples_per_s=rate)
+                    emit("train_scaling", "independent_pair_efficiency", pair_rate / rates["none", "base"],
+                         "fraction", model=model, repeat=rep)
                 for backend in args.backends:
                     for kind in ("weak", "strong"):
                         e = rates[backend, kind] / (2 * rates["none", "base"])

@@ -3,6 +3,8 @@
 rank's share of a global training batch)."""
 from typing import Tuple
 
+import numpy as np
+
 Range = Tuple[int, int]
 
 
@@ -15,24 +17,36 @@ def blockdist(n: int, parts: int, index: int) -> Range:
     return start, start + q + (1 if index < r else 0)
 
 
-def balanced_shards(costs, parts: int) -> "np.ndarray":
-    """(n,) the part (rank) of each of n items of cost ``costs`` (n,), so that parts hold near-equal counts
-    (at most ceil(n / parts) each) and near-equal total cost: items by decreasing cost (ties: lower index
-    first), each to the part with the least cost so far among those not full (ties: lower part). Deterministic:
-    every rank computes the same assignment. A global batch's samples of very different cost (crystals of 5 and
-    200 atoms) then cost every rank about the same time, and no rank waits long for a slower one at the
-    gradients' allreduce."""
-    import numpy as np
+def balanced_shards(costs, parts: int, weights=None) -> "np.ndarray":
+    """(n,) the part (rank) of each of n items of cost ``costs`` (n,), so that every part finishes at about
+    the same time. Without ``weights`` the parts are equally fast: near-equal counts (at most ceil(n / parts)
+    each) and near-equal total cost. ``weights`` (parts,), the parts' relative speeds (cost per second,
+    any scale), give part p about a share weights[p] / sum(weights) of the count and of the cost, so that
+    a slower part gets less to do. Items go by decreasing cost (ties: lower index first), each to the part
+    that would finish it first among those not full (ties: lower part). Deterministic: every rank computes
+    the same assignment from the same inputs. A global batch's samples of very different cost (crystals of
+    5 and 200 atoms), or a rank on a slower core, then cost every rank about the same time, and no rank
+    waits long for another at the gradients' allreduce."""
     costs = np.asarray(costs, dtype=np.float64)
     n = len(costs)
     if parts < 1:
         raise ValueError(f"bad part count {parts}")
-    cap = -(-n // parts)
+    if weights is None:
+        speed = [1.0] * parts
+        cap = [-(-n // parts)] * parts
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (parts,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError(f"weights must be {parts} positive numbers, got {weights!r}")
+        speed = (w / w.sum()).tolist()
+        cap = [int(np.ceil(n * s - 1e-9)) for s in speed]
+        cap[int(np.argmax(w))] += n - sum(cap) if sum(cap) < n else 0
     load, count = [0.0] * parts, [0] * parts
     out = np.empty(n, dtype=np.int64)
     for k in np.argsort(-costs, kind="stable"):
-        r = min((p for p in range(parts) if count[p] < cap), key=lambda p: (load[p], p))
+        c = costs[k]
+        r = min((p for p in range(parts) if count[p] < cap[p]), key=lambda p: ((load[p] + c) / speed[p], p))
         out[k] = r
-        load[r] += costs[k]
+        load[r] += c
         count[r] += 1
     return out

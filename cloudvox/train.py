@@ -8,6 +8,7 @@ Determinism: the epoch's sample order comes from a generator seeded by (seed, ep
 seeded by (seed, epoch, step), and the torch RNG state is saved in every checkpoint, so a run resumed from
 a checkpoint continues exactly as the uninterrupted run would have (on CPU).
 """
+import collections
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ class TrainConfig:
     # capped by ``epochs``): set ``epochs`` high and the learning rate still anneals before the time is up
     stop_after_steps: int = 0  # end this process after N optimiser steps, mid-epoch (checkpointed), 0: never
     stop_check_every: int = 16  # steps between the ranks' agreements on a stop signal (one small allreduce)
+    rebalance: bool = True  # several ranks on CPU (or with exact_timing): each global batch is split in proportion
+    # to the ranks' measured speeds (agreed with the stop signal), so that a rank on a slower or busier core gets
+    # fewer samples and the others do not wait for it; the gradient is the same (up to summation order)
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
     ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
     #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
@@ -147,14 +151,16 @@ def shard(batch: np.ndarray, rank: int, size: int) -> np.ndarray:
     return batch[a:b]
 
 
-def shard_rows(costs: Optional[np.ndarray], n: int, rank: int, size: int) -> np.ndarray:
+def shard_rows(costs: Optional[np.ndarray], n: int, rank: int, size: int,
+               speeds: Optional[np.ndarray] = None) -> np.ndarray:
     """The rows (ascending) of a global batch of n samples that this rank computes: balanced by cost
-    (:func:`cloudvox.partition.balanced_shards`) where the dataset gives one per sample (n,), else contiguous."""
+    (:func:`cloudvox.partition.balanced_shards`) where the dataset gives one per sample (n,), and by the ranks'
+    relative speeds (size,) where given; else contiguous, near-equal."""
     if size == 1:
         return np.arange(n)
-    if costs is None:
+    if costs is None and speeds is None:
         return shard(np.arange(n), rank, size)
-    return np.flatnonzero(balanced_shards(costs, size) == rank)
+    return np.flatnonzero(balanced_shards(np.ones(n) if costs is None else costs, size, speeds) == rank)
 
 
 def step_generator(seed: int, epoch: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
@@ -245,6 +251,11 @@ class Trainer:
         self.horizon = cfg.epochs  # the cosine schedule's length in epochs (fitted to max_minutes when set)
         self.stop_requested = False  # set by a signal handler: checkpoint and leave at the next step
         self.steps_done = 0  # optimiser steps taken by this process
+        # the ranks' relative speeds (None: equal), agreed every stop_check_every steps; host times measure the
+        # work on CPU only (asynchronous kernels on a GPU, unless exact_timing)
+        self.rank_speeds: Optional[np.ndarray] = None
+        self._rebalance = cfg.rebalance and (self.device.type == "cpu" or cfg.exact_timing)
+        self._window = np.zeros(2)  # this rank's busy seconds and work (costs) since the last agreement
         self._writer = None
 
     # --- schedule ------------------------------------------------------------------------------------------
@@ -295,20 +306,26 @@ class Trainer:
         return int(ck.get("step_in_epoch", 0))
 
     # --- loops -------------------------------------------------------------------------------------------
-    def _rows(self, dataset, batch: np.ndarray) -> np.ndarray:
-        """This rank's rows of a global batch (dataset positions) of ``dataset``, balanced by the samples'
-        costs (``dataset.costs()``: binned values, atoms) where it has them."""
-        costs = dataset.costs() if hasattr(dataset, "costs") and self.dist.size > 1 else None
-        return shard_rows(None if costs is None else costs[np.asarray(batch)], len(batch), self.dist.rank,
-                          self.dist.size)
+    @staticmethod
+    def _costs(dataset) -> Optional[np.ndarray]:
+        return dataset.costs() if hasattr(dataset, "costs") else None
 
-    def _loader(self, dataset, batches: Sequence[np.ndarray]):
-        """This rank's batches of ``dataset``. With ``num_workers`` > 0 the loader and its worker processes
-        persist across epochs (one per dataset): reading and collation overlap the step, and the workers'
-        item caches stay warm. Only the batch list changes between epochs."""
-        mine = [np.asarray(b)[self._rows(dataset, b)].tolist() for b in batches]
+    def _rows(self, dataset, batch: np.ndarray, speeds: Optional[np.ndarray] = None) -> np.ndarray:
+        """This rank's rows of a global batch (dataset positions) of ``dataset``, balanced by the samples'
+        costs (``dataset.costs()``: binned values, atoms) where it has them, and by the ranks' ``speeds``."""
+        costs = self._costs(dataset) if self.dist.size > 1 else None
+        return shard_rows(None if costs is None else costs[np.asarray(batch)], len(batch), self.dist.rank,
+                          self.dist.size, speeds)
+
+    def _loader(self, dataset, batches: Sequence[np.ndarray], speeds=lambda: None):
+        """This rank's (rows, batch) of each global batch of ``dataset``: the rows are split off when the batch
+        is read (by the ranks' ``speeds()`` at that moment) and travel with it. With ``num_workers`` > 0 the
+        loader and its worker processes persist across epochs (one per dataset): reading and collation overlap
+        the step, and the workers' item caches stay warm. Only the batch list changes between epochs."""
+        def rows_of(b):
+            return self._rows(dataset, b, speeds())
         if not self.cfg.num_workers:
-            loader = InProcessBatches(dataset, mine)
+            loader = InProcessBatches(dataset, batches, rows_of)
             return Prefetch(loader, self.cfg.prefetch) if self.cfg.prefetch > 0 else loader
         loaders = self.__dict__.setdefault("_loaders", {})
         if id(dataset) not in loaders:
@@ -317,8 +334,8 @@ class Trainer:
                 dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=self.cfg.num_workers,
                 persistent_workers=True, prefetch_factor=2, pin_memory=self.device.type == "cuda"))
         sampler, loader = loaders[id(dataset)]
-        sampler.batches = mine
-        return loader
+        sampler.set(batches, rows_of)
+        return ((sampler.pending.popleft(), batch) for batch in loader)
 
     def train_epoch(self, start_step: int = 0) -> Dict[str, float]:
         cfg = self.cfg
@@ -336,24 +353,27 @@ class Trainer:
         if self.dist.is_main:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {self.epoch}", leave=False, disable=None)
-        loader = self._loader(self.train_set, batches[start_step:])
-        for step, batch in enumerate(loader, start_step):
-            timer.mark("data")
+        costs = self._costs(self.train_set)
+        loader = self._loader(self.train_set, batches[start_step:], lambda: self.rank_speeds)
+        for step, (rows, batch) in enumerate(loader, start_step):
+            busy = timer.mark("data")
             global_count = len(batches[step])
             gen = step_generator(cfg.seed, self.epoch, step)
-            batch[K.GLOBAL_ROWS] = (self._rows(self.train_set, batches[step]), global_count)
+            batch[K.GLOBAL_ROWS] = (rows, global_count)
             self.optimizer.zero_grad()
             with torch.autocast(self.device.type, enabled=self.amp):
                 pred, y = self.task.forward(self.model_for_step, batch, self.device, gen, True)
                 per = self.loss(pred.float(), y)
             # sum over this rank's samples / global count x ranks: the reducer's mean is the global mean
             loss = per.sum() * self.dist.size / global_count
-            timer.mark("forward")
+            busy += timer.mark("forward")
             if self.scaler:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-            timer.mark("backward")
+            busy += timer.mark("backward")
+            # this rank's work and time to the allreduce: its speed, for the next shares (_stop_agreed)
+            self._window += (busy, len(rows) if costs is None else float(costs[batches[step][rows]].sum()))
             self.dist.reduce_gradients(self.model)
             timer.mark("allreduce")
             if self.scaler:
@@ -382,18 +402,27 @@ class Trainer:
         if bar is not None:
             bar.close()
         sums[2] = seen
-        sums = self.dist.allreduce_sum(sums.cpu())
+        # every rank's step split rides on the epoch's one reduction of the sums (rank r's row, zeros elsewhere)
+        splits = torch.zeros(self.dist.size, len(timer.PHASES), dtype=torch.float64)
+        splits[self.dist.rank] = torch.tensor(list(timer.per_step_ms().values()), dtype=torch.float64)
+        reduced = self.dist.allreduce_sum(torch.cat([sums.cpu(), splits.reshape(-1)]))
+        sums, splits = reduced[:3], reduced[3:].reshape(splits.shape)
         wall = time.perf_counter() - t0
         out = dict(train_loss=float(sums[0] / sums[2]), train_mae=float(sums[1] / sums[2]) * self.scale,
                    samples_per_s=float(sums[2]) / wall, lr=self.optimizer.param_groups[0]["lr"], train_seconds=wall)
         out.update(timer.per_step_ms())
         out["train_steps"] = timer.steps
+        if self.dist.size > 1:  # where the ranks differ: the slower rank's extra time is the others' wait
+            out["ranks_step_ms"] = {k: [round(v, 3) for v in splits[:, i].tolist()]
+                                    for i, k in enumerate(timer.PHASES)}
         return out
 
     def _stop_agreed(self, last_step: bool) -> bool:
         """Whether every rank stops after this step. ``stop_after_steps`` is the same on every rank (no
         collective); a signal (``stop_requested``, any rank, any time) is agreed by one small allreduce every
-        ``stop_check_every`` steps and at the end of an epoch, so that all ranks checkpoint at one step."""
+        ``stop_check_every`` steps and at the end of an epoch, so that all ranks checkpoint at one step. The
+        same allreduce carries every rank's work and busy time since the last one: with ``rebalance`` the
+        ranks' speeds for the next global batches' shares (equal on every rank: the same reduced numbers)."""
         cfg = self.cfg
         if cfg.stop_after_steps and self.steps_done >= cfg.stop_after_steps:
             return True
@@ -401,8 +430,17 @@ class Trainer:
             return self.stop_requested
         if not (last_step or self.steps_done % max(1, cfg.stop_check_every) == 0):
             return False
-        flag = self.dist.allreduce_sum(torch.tensor([1.0 if self.stop_requested else 0.0], dtype=torch.float64))
-        return float(flag[0]) > 0
+        size, rank = self.dist.size, self.dist.rank
+        vec = torch.zeros(1 + 2 * size, dtype=torch.float64)
+        vec[0] = 1.0 if self.stop_requested else 0.0
+        vec[1 + rank], vec[1 + size + rank] = self._window
+        vec = self.dist.allreduce_sum(vec)
+        self._window = np.zeros(2)
+        busy, work = vec[1:1 + size].numpy(), vec[1 + size:].numpy()
+        if self._rebalance and np.all(busy > 0) and np.all(work > 0):
+            speed = work / busy
+            self.rank_speeds = np.clip(speed / speed.mean(), 0.5, 2.0)
+        return float(vec[0]) > 0
 
     @torch.no_grad()
     def predict(self, dataset, rotations: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -412,8 +450,8 @@ class Trainer:
         n = len(dataset)
         batches = epoch_batches(n, self.cfg.batch_size, 0, 0, shuffle=False)
         out = torch.zeros(3, n, dtype=torch.float64)
-        for step, batch in enumerate(self._loader(dataset, batches)):
-            pos = torch.from_numpy(np.asarray(batches[step])[self._rows(dataset, batches[step])])
+        for step, (rows, batch) in enumerate(self._loader(dataset, batches)):
+            pos = torch.from_numpy(np.asarray(batches[step])[rows])
             with torch.autocast(self.device.type, enabled=self.amp):
                 if rotations:
                     gen = step_generator(self.cfg.seed + 7919, 0, step)
@@ -526,24 +564,36 @@ class Trainer:
 
 
 class _EpochBatches:
-    """A batch sampler whose batches are set before each pass (the loader that iterates it persists)."""
+    """A batch sampler whose global batches are set before each pass (the loader that iterates it persists):
+    it yields this rank's part of each, split off by ``rows_of`` as the loader asks for it, and queues the rows
+    in ``pending`` for the consumer (the loader keeps the sampler's order)."""
 
     def __init__(self):
-        self.batches: List[List[int]] = []
+        self.batches: List[np.ndarray] = []
+        self.rows_of: Callable = None
+        self.pending = collections.deque()
+
+    def set(self, batches: Sequence[np.ndarray], rows_of: Callable) -> None:
+        self.batches, self.rows_of = list(batches), rows_of
+        self.pending.clear()
 
     def __iter__(self):
-        return iter(list(self.batches))
+        for b in self.batches:
+            rows = self.rows_of(b)
+            self.pending.append(rows)
+            yield np.asarray(b)[rows].tolist()
 
     def __len__(self) -> int:
         return len(self.batches)
 
 
 class InProcessBatches:
-    """The batches (lists of dataset positions) of ``dataset``, read and collated in this process when iterated:
-    what a DataLoader without workers does, without its per-batch machinery (0.4 ms of 0.8 per VoxelNet batch)."""
+    """(rows, batch) for each global batch (an array of dataset positions) of ``dataset``: this rank's rows
+    (``rows_of``) read and collated in this process when iterated: what a DataLoader without workers does,
+    without its per-batch machinery (0.4 ms of 0.8 per VoxelNet batch)."""
 
-    def __init__(self, dataset, batches: Sequence[Sequence[int]]):
-        self.dataset, self.batches = dataset, batches
+    def __init__(self, dataset, batches: Sequence[np.ndarray], rows_of: Callable):
+        self.dataset, self.batches, self.rows_of = dataset, batches, rows_of
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -551,7 +601,8 @@ class InProcessBatches:
     def __iter__(self):
         ds = self.dataset
         for b in self.batches:
-            yield ds.collate([ds[i] for i in b])
+            rows = self.rows_of(b)
+            yield rows, ds.collate([ds[i] for i in np.asarray(b)[rows]])
 
 
 class Prefetch:
@@ -622,13 +673,15 @@ class StepTimer:
         self.steps = 0
         self.last = time.perf_counter()
 
-    def mark(self, phase: str) -> None:
+    def mark(self, phase: str) -> float:
+        """End ``phase`` now; its seconds."""
         if self.sync:
             torch.cuda.synchronize()
         now = time.perf_counter()
-        self.seconds[phase] += now - self.last
-        self.last = now
+        elapsed, self.last = now - self.last, now
+        self.seconds[phase] += elapsed
         self.steps += phase == "data"
+        return elapsed
 
     def per_step_ms(self) -> Dict[str, float]:
         return {f"step_ms_{k}": 1e3 * v / max(self.steps, 1) for k, v in self.seconds.items()}

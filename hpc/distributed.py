@@ -139,12 +139,24 @@ class DDPBackend(SingleProcess):
                   **{sync: running_stats})
         return ddp, optimizer
 
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        """Sum ``t`` over the ranks in place. A CPU (gloo) collective is waited for by polling with
+        ``sched_yield`` instead of blocking: gloo moves the data through TCP and its own threads, and a rank
+        that blocks lets its core go idle between the transfer's wake-ups. Measured on 2 ranks x 1 core
+        (docs/scaling.md), 0.3 MB after 20 ms of compute: 3.6-3.8 ms blocking, 0.6 ms polling (the same
+        after a 20 ms sleep: it is the wake-ups, not the other rank's load); 1 float: 0.6 ms either way."""
+        work = self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, async_op=True)
+        if t.device.type == "cpu":
+            while not work.is_completed():
+                os.sched_yield()
+        work.wait()
+
     def reduce_gradients(self, model) -> None:
         """CPU: one fused allreduce (sum, then divided by the rank count) of every gradient after the backward.
         GPU: nothing (DDP's reducer averaged them during the backward)."""
         if self.fused:
             def average(_, flat):
-                self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
+                self._all_reduce(flat)
                 flat.div_(self.size)
             average_flat_gradients(model, average)
 
@@ -155,7 +167,7 @@ class DDPBackend(SingleProcess):
     def allreduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else t.device
         out = t.to(dev).clone()
-        self.dist.all_reduce(out, op=self.dist.ReduceOp.SUM)
+        self._all_reduce(out)
         return out.to(t.device)
 
     def barrier(self) -> None:

@@ -24,3 +24,24 @@ def test_balanced_shards_with_fewer_items_than_parts_and_equal_costs():
     assert np.bincount(owner).tolist() == [5, 5]
     with pytest.raises(ValueError):
         balanced_shards(np.ones(3), 0)
+
+
+@pytest.mark.parametrize("speeds", [[2.0, 1.0], [1.0, 1.0, 3.0], [0.7, 1.3, 1.0, 1.0]])
+def test_weighted_shards_give_each_part_time_not_work_in_proportion(rng, speeds):
+    costs = rng.lognormal(0.0, 0.5, size=96)
+    parts = len(speeds)
+    owner = balanced_shards(costs, parts, speeds)
+    share = np.asarray(speeds) / np.sum(speeds)
+    counts = np.bincount(owner, minlength=parts)
+    seconds = np.bincount(owner, weights=costs, minlength=parts) / np.asarray(speeds)  # time to finish each part
+    assert counts.sum() == 96 and np.all(counts <= np.ceil(96 * share) + 1)
+    assert seconds.max() - seconds.min() <= costs.max() / min(speeds) + 1e-12  # within one sample's time
+    np.testing.assert_array_equal(balanced_shards(costs, parts, speeds), owner)  # deterministic
+
+
+def test_equal_weights_give_the_unweighted_assignment_and_bad_weights_are_refused(rng):
+    costs = rng.lognormal(0.0, 1.0, size=33)
+    np.testing.assert_array_equal(balanced_shards(costs, 3, [2.5, 2.5, 2.5]), balanced_shards(costs, 3))
+    for bad in ([1.0], [1.0, 0.0], [1.0, np.nan], [1.0, -2.0]):
+        with pytest.raises(ValueError, match="weights"):
+            balanced_shards(costs, 2, bad)

@@ -56,3 +56,51 @@ def test_cosine_schedule_is_fitted_to_the_time_budget():
     t.horizon = 100
     Trainer._fit_horizon(t, remaining_s=10.0, epoch_s=2.0)
     assert t.horizon == 100  # no budget: the configured length
+
+
+class _TwoRanks:
+    """Rank 0 of two, whose allreduce adds what rank 1 would send: the same work in twice the time."""
+    rank, size = 0, 2
+
+    def allreduce_sum(self, t):
+        other = torch.zeros_like(t)
+        other[1 + 1], other[1 + 2 + 1] = 2 * t[1 + 0], t[1 + 2 + 0]  # rank 1: busy seconds x 2, same work
+        return t + other
+
+
+def test_rank_speeds_are_agreed_with_the_stop_signal_and_shift_samples_to_the_faster_rank():
+    from types import SimpleNamespace
+    import numpy as np
+    from cloudvox.train import TrainConfig, Trainer, shard_rows
+    cfg = TrainConfig(stop_check_every=4)
+    t = SimpleNamespace(cfg=cfg, steps_done=3, stop_requested=False, dist=_TwoRanks(), _window=np.array([0.3, 48.0]),
+                        _rebalance=True, rank_speeds=None)
+    assert Trainer._stop_agreed(t, last_step=False) is False and t.rank_speeds is None  # not a check step
+    t.steps_done = 4
+    assert Trainer._stop_agreed(t, last_step=False) is False
+    np.testing.assert_allclose(t.rank_speeds, [4 / 3, 2 / 3])  # rank 1 took twice as long for the same work
+    assert t._window.tolist() == [0.0, 0.0]  # a new window starts
+    mine, theirs = (shard_rows(None, 30, r, 2, t.rank_speeds) for r in (0, 1))
+    assert len(mine) == 20 and len(theirs) == 10 and sorted(mine.tolist() + theirs.tolist()) == list(range(30))
+    t.stop_requested, t._window, t._rebalance = True, np.array([0.0, 0.0]), False
+    assert Trainer._stop_agreed(t, last_step=True) is True  # the stop is agreed; no time measured: speeds kept
+    np.testing.assert_allclose(t.rank_speeds, [4 / 3, 2 / 3])
+
+
+def test_in_process_batches_carry_the_rows_they_were_split_with():
+    import numpy as np
+    from cloudvox.train import InProcessBatches, _EpochBatches
+
+    class Items:
+        def __getitem__(self, i):
+            return i
+
+        def collate(self, items):
+            return list(items)
+    batches = [np.array([5, 3, 9, 1]), np.array([4, 0])]
+    halves = iter([np.array([0, 2]), np.array([1])])
+    got = list(InProcessBatches(Items(), batches, lambda b: next(halves)))
+    assert [(r.tolist(), b) for r, b in got] == [([0, 2], [5, 9]), ([1], [0])]
+    sampler = _EpochBatches()
+    sampler.set(batches, lambda b: np.arange(len(b))[::2])
+    assert list(sampler) == [[5, 9], [4]] and [r.tolist() for r in sampler.pending] == [[0, 2], [0]]

@@ -75,6 +75,11 @@ def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, ba
     for r1, r2 in zip(h1, h2):
         assert r2["val_mae"] == pytest.approx(r1["val_mae"], rel=1e-5)
         assert r2["train_mae"] == pytest.approx(r1["train_mae"], rel=1e-5)
+        # every rank's step split, gathered with the epoch's sums (rank 0's own figures are its entries)
+        assert set(r2["ranks_step_ms"]) == {k[len("step_ms_"):] for k in r2 if k.startswith("step_ms_")}
+        assert all(len(v) == 2 and min(v) >= 0 for v in r2["ranks_step_ms"].values())
+        assert r2["ranks_step_ms"]["forward"][0] == pytest.approx(r2["step_ms_forward"], abs=1e-3)
+        assert "ranks_step_ms" not in r1
     assert (run / "split_test.txt").read_text() == (single / "split_test.txt").read_text()
 
 
