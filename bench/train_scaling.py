@@ -6,12 +6,14 @@ network) for a few epochs and reports the median training samples/s of the secon
 every rank's item cache is warm), rank 0's step split, the time per epoch outside the steps, and the parallel
 efficiency (samples/s at 2 ranks) / (2 x samples/s at 1 rank), for weak scaling (32 samples per rank, the
 usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks). With
-``--repeats R`` the 1-rank run and the 2-rank runs alternate R times (each round's efficiency against its own
-1-rank run, so that the machine's drift cancels) and the medians over rounds are printed with every round's
-figure. Every rank's step split is printed for the 2-rank runs (the slower rank's extra time is the others'
-wait in the allreduce). ``--control`` adds two 1-rank trainings at once with no communication: their mean
-samples/s over one alone is what the two cores allow, the ceiling of the 2-rank efficiency here. Also the
-gradient bytes exchanged per step (inputs to docs/scaling.md).
+``--repeats R`` the runs alternate R times and the medians over rounds are printed with every round's figure.
+Each round runs the 1-rank training before and after its 2-rank runs and takes the mean of the two as its
+reference: this machine drifts by 10-20 % over minutes, and bracketing cancels a linear drift. Every rank's step
+split is printed for the 2-rank runs (the slower rank's extra time is the others' wait in the allreduce).
+``--control`` adds two 1-rank trainings at once, one per core, with no communication: their mean samples/s over
+one alone is what the two cores allow, the ceiling of the 2-rank efficiency here (each 2-rank efficiency is
+also printed against it, ``against_pair``). Also the gradient bytes exchanged per step (inputs to
+docs/scaling.md).
 Usage: python bench/train_scaling.py [--epochs 6] [--repeats 3] [--backends horovod ddp] [--models voxelnet atomcloud]
        [--control]
 """
@@ -109,6 +111,7 @@ def main():
     cloud = yaml.safe_load((ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml").read_text())
     cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[2800, 100, 100], seed=0))
     runs = [(1, 32, "base", "none")] + [(2, b, kind, be) for be in args.backends for b, kind in ((64, "weak"), (32, "strong"))]
+    after = [(1, 32, "base_after", "none")]  # the 1-rank run again at the round's end: the reference is their mean
     with tempfile.TemporaryDirectory() as tmp:
         for model, base in (("voxelnet", vox), ("atomcloud", cloud)):
             if model not in args.models:
@@ -116,7 +119,7 @@ def main():
             eff = {}
             for rep in range(args.repeats):
                 rates = {}
-                for ranks, batch, kind, backend in runs:
+                for ranks, batch, kind, backend in runs + (after if not args.control else []):
                     name = f"{model}{backend}{kind}{rep}"
                     rates[backend, kind], split, epoch_ms, per_rank = one_run(tmp, name, base, ranks, batch, backend,
                                                                               model, args.epochs)
@@ -131,14 +134,24 @@ def main():
                     for i, (rate, split, _, _) in enumerate(pair):
                         emit("train_scaling", "step_ms_independent_pair", sum(split.values()), "ms/step", model=model,
                              process=i, repeat=rep, split=split, samples_per_s=rate)
-                    emit("train_scaling", "independent_pair_efficiency", pair_rate / rates["none", "base"],
-                         "fraction", model=model, repeat=rep)
+                    ranks, batch, kind, backend = after[0]
+                    rates[backend, kind] = one_run(tmp, f"{model}after{rep}", base, ranks, batch, backend, model,
+                                                   args.epochs)[0]
+                    emit("train_scaling", "samples_per_s_1_ranks", rates[backend, kind], "samples/s", model=model,
+                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs, repeat=rep)
+                # the 1-rank reference: the mean of the runs before and after the round's 2-rank runs (the machine
+                # drifts by 10-20 % over minutes; bracketing cancels a linear drift)
+                one = (rates["none", "base"] + rates["none", "base_after"]) / 2
+                if args.control:
+                    emit("train_scaling", "independent_pair_efficiency", pair_rate / one, "fraction", model=model,
+                         repeat=rep)
                 for backend in args.backends:
                     for kind in ("weak", "strong"):
-                        e = rates[backend, kind] / (2 * rates["none", "base"])
+                        e = rates[backend, kind] / (2 * one)
                         eff.setdefault((backend, kind), []).append(e)
+                        extra = dict(against_pair=round(rates[backend, kind] / (2 * pair_rate), 3)) if args.control else {}
                         emit("train_scaling", f"parallel_efficiency_2_ranks_{kind}", e, "fraction", model=model,
-                             backend=backend, repeat=rep)
+                             backend=backend, repeat=rep, **extra)
             for (backend, kind), values in eff.items():
                 emit("train_scaling", f"parallel_efficiency_2_ranks_{kind}_median", statistics.median(values),
                      "fraction", model=model, backend=backend, repeats=[round(v, 3) for v in values])

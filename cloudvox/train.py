@@ -61,9 +61,11 @@ class TrainConfig:
     # capped by ``epochs``): set ``epochs`` high and the learning rate still anneals before the time is up
     stop_after_steps: int = 0  # end this process after N optimiser steps, mid-epoch (checkpointed), 0: never
     stop_check_every: int = 16  # steps between the ranks' agreements on a stop signal (one small allreduce)
-    rebalance: bool = True  # several ranks on CPU (or with exact_timing): each global batch is split in proportion
+    rebalance: bool = False  # several ranks on CPU (or with exact_timing): each global batch is split in proportion
     # to the ranks' measured speeds (agreed with the stop signal), so that a rank on a slower or busier core gets
-    # fewer samples and the others do not wait for it; the gradient is the same (up to summation order)
+    # fewer samples and the others wait less for it; the gradient is the same up to summation order, but the
+    # split then depends on timing (runs are not bit for bit repeatable). Off: on 2 ranks x 1 core it halved the
+    # ranks' arrival skew at the allreduce and left samples/s unchanged within the machine's drift (docs/scaling.md)
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
     ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
     #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
@@ -402,9 +404,9 @@ class Trainer:
         if bar is not None:
             bar.close()
         sums[2] = seen
-        # every rank's step split rides on the epoch's one reduction of the sums (rank r's row, zeros elsewhere)
-        splits = torch.zeros(self.dist.size, len(timer.PHASES), dtype=torch.float64)
-        splits[self.dist.rank] = torch.tensor(list(timer.per_step_ms().values()), dtype=torch.float64)
+        # every rank's step split and sample count ride on the epoch's one reduction of the sums (rank r's row)
+        splits = torch.zeros(self.dist.size, len(timer.PHASES) + 1, dtype=torch.float64)
+        splits[self.dist.rank] = torch.tensor(list(timer.per_step_ms().values()) + [seen], dtype=torch.float64)
         reduced = self.dist.allreduce_sum(torch.cat([sums.cpu(), splits.reshape(-1)]))
         sums, splits = reduced[:3], reduced[3:].reshape(splits.shape)
         wall = time.perf_counter() - t0
@@ -415,6 +417,7 @@ class Trainer:
         if self.dist.size > 1:  # where the ranks differ: the slower rank's extra time is the others' wait
             out["ranks_step_ms"] = {k: [round(v, 3) for v in splits[:, i].tolist()]
                                     for i, k in enumerate(timer.PHASES)}
+            out["ranks_samples"] = [int(v) for v in splits[:, -1].tolist()]
         return out
 
     def _stop_agreed(self, last_step: bool) -> bool:

@@ -63,10 +63,11 @@ def single(tiny, tmp_path_factory):
     return d / "run"
 
 
-@pytest.mark.parametrize("backend", ["horovod", "ddp"])
-def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, backend):
+@pytest.mark.parametrize("backend, rebalance", [("horovod", False), ("ddp", False), ("ddp", True)])
+def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, backend, rebalance):
     run = tmp_path / "run"
-    train(2, write_config(tmp_path / "c.yaml", tiny, run), backend)
+    # rebalance: shares by the ranks' measured speeds, agreed every 2 steps (any split gives the same gradient)
+    train(2, write_config(tmp_path / "c.yaml", tiny, run, rebalance=rebalance, stop_check_every=2), backend)
     a, b = params(single), params(run)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
@@ -80,6 +81,7 @@ def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, ba
         assert all(len(v) == 2 and min(v) >= 0 for v in r2["ranks_step_ms"].values())
         assert r2["ranks_step_ms"]["forward"][0] == pytest.approx(r2["step_ms_forward"], abs=1e-3)
         assert "ranks_step_ms" not in r1
+        assert sum(r2["ranks_samples"]) == len((run / "split_train.txt").read_text().split())
     assert (run / "split_test.txt").read_text() == (single / "split_test.txt").read_text()
 
 
