@@ -119,26 +119,27 @@ def main():
             eff = {}
             for rep in range(args.repeats):
                 rates = {}
-                for ranks, batch, kind, backend in runs + (after if not args.control else []):
-                    name = f"{model}{backend}{kind}{rep}"
-                    rates[backend, kind], split, epoch_ms, per_rank = one_run(tmp, name, base, ranks, batch, backend,
-                                                                              model, args.epochs)
-                    emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[backend, kind], "samples/s", model=model,
-                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs, repeat=rep)
-                    emit("train_scaling", f"step_ms_{ranks}_ranks", sum(split.values()), "ms/step", model=model,
-                         backend=backend, scaling=kind, repeat=rep, split=split, epoch_overhead_ms=round(epoch_ms, 1),
-                         outside_compute=round(split.get("data", 0) + split.get("sync", 0), 3), per_rank=per_rank)
+
+                def measure(configs):
+                    for ranks, batch, kind, backend in configs:
+                        name = f"{model}{backend}{kind}{rep}"
+                        rates[backend, kind], split, epoch_ms, per_rank = one_run(tmp, name, base, ranks, batch,
+                                                                                  backend, model, args.epochs)
+                        emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[backend, kind], "samples/s",
+                             model=model, backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs,
+                             repeat=rep)
+                        emit("train_scaling", f"step_ms_{ranks}_ranks", sum(split.values()), "ms/step", model=model,
+                             backend=backend, scaling=kind, repeat=rep, split=split,
+                             epoch_overhead_ms=round(epoch_ms, 1),
+                             outside_compute=round(split.get("data", 0) + split.get("sync", 0), 3), per_rank=per_rank)
+                measure(runs)
                 if args.control:
                     pair = independent_pair(tmp, f"{model}pair{rep}", base, model, args.epochs)
                     pair_rate = sum(r[0] for r in pair) / 2
                     for i, (rate, split, _, _) in enumerate(pair):
                         emit("train_scaling", "step_ms_independent_pair", sum(split.values()), "ms/step", model=model,
                              process=i, repeat=rep, split=split, samples_per_s=rate)
-                    ranks, batch, kind, backend = after[0]
-                    rates[backend, kind] = one_run(tmp, f"{model}after{rep}", base, ranks, batch, backend, model,
-                                                   args.epochs)[0]
-                    emit("train_scaling", "samples_per_s_1_ranks", rates[backend, kind], "samples/s", model=model,
-                         backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs, repeat=rep)
+                measure(after)
                 # the 1-rank reference: the mean of the runs before and after the round's 2-rank runs (the machine
                 # drifts by 10-20 % over minutes; bracketing cancels a linear drift)
                 one = (rates["none", "base"] + rates["none", "base_after"]) / 2

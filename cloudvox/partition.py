@@ -40,7 +40,7 @@ def balanced_shards(costs, parts: int, weights=None) -> "np.ndarray":
             raise ValueError(f"weights must be {parts} positive numbers, got {weights!r}")
         speed = (w / w.sum()).tolist()
         cap = [int(np.ceil(n * s - 1e-9)) for s in speed]
-        cap[int(np.argmax(w))] += n - sum(cap) if sum(cap) < n else 0
+        cap[int(np.argmax(w))] += max(0, n - sum(cap))  # rounding can leave the caps one short of n
     load, count = [0.0] * parts, [0] * parts
     out = np.empty(n, dtype=np.int64)
     for k in np.argsort(-costs, kind="stable"):

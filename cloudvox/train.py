@@ -374,8 +374,8 @@ class Trainer:
             else:
                 loss.backward()
             busy += timer.mark("backward")
-            # this rank's work and time to the allreduce: its speed, for the next shares (_stop_agreed)
-            self._window += (busy, len(rows) if costs is None else float(costs[batches[step][rows]].sum()))
+            if self._rebalance:  # this rank's work and time to the allreduce: its speed, for the next shares
+                self._window += (busy, len(rows) if costs is None else float(costs[batches[step][rows]].sum()))
             self.dist.reduce_gradients(self.model)
             timer.mark("allreduce")
             if self.scaler:
