@@ -34,11 +34,17 @@ def features(config: str, ranks: int = 2) -> Path:
             raise SystemExit(f"{config} reads the shared data, absent here ({missing[0]}): put the shared folder beside "
                              "the project or set CLOUDVOX_SHARED_DATA")
         cmd += ["--input", *inputs]
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE")
+    env = mpi_env()
     print(f"featurizing {config} -> {output} (once)", file=sys.stderr, flush=True)
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
     return output
+
+
+def mpi_env(**extra) -> dict:
+    """The environment for ``mpirun`` from a benchmark: Open MPI as root, oversubscription, one BLAS thread per
+    rank, no HDF5 file locking; ``extra`` on top."""
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE", **extra)
 
 
 def load_reference():

@@ -19,7 +19,6 @@ Usage: python bench/train_scaling.py [--epochs 6] [--repeats 3] [--backends horo
 """
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, features  # noqa: E402
+from common import ROOT, emit, features, mpi_env  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -42,8 +41,7 @@ def free_port():
 def launch(ranks, backend, config, model, core=None):
     """``mpirun -n ranks cloudvox train`` started (one BLAS thread per rank, each rank bound to a core as
     mpirun does: rank r to core r, or to ``core``); the process."""
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
+    env = mpi_env(MASTER_PORT=str(free_port()))
     cmd = ["mpirun", "-n", str(ranks)] + ([] if core is None else ["--cpu-set", str(core), "--bind-to", "core"])
     cmd += [str(Path(sys.executable).parent / "cloudvox"), "train", model, str(config), "--backend", backend]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)

@@ -24,7 +24,7 @@ from .domain import DomainReference, fit_uncertainty, uncertainty
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .tasks import DESCRIPTOR_KEYS, get_model
-from .train import SingleProcess, TrainConfig, Trainer, load_checkpoint
+from .train import MemberProcess, SingleProcess, TrainConfig, Trainer, load_checkpoint
 
 log = logging.getLogger(__name__)
 __all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "predict_structures",
@@ -143,24 +143,39 @@ def ensemble_members(run_dir: Path) -> List[Path]:
 
 
 def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -> Dict:
-    """K members, one after the other (each a complete run: seed + k, the same split), then the ensemble
-    evaluated in the parent run directory (mean and standard deviation of the members' predictions)."""
+    """K members (each a complete run: seed + k, the same split), then the ensemble evaluated in the parent run
+    directory (mean and standard deviation of the members' predictions). By default the members train one
+    after the other, each data-parallel over every rank; with ``train.members_over_ranks`` member k trains
+    alone on rank k % ranks (:class:`cloudvox.train.MemberProcess`), and the ranks meet once, when all are done."""
     import copy
     run_dir = Path(cfg["run_dir"])
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    summaries = []
+    spread = bool(cfg["train"].get("members_over_ranks")) and dist.size > 1
+    if spread and k_members % dist.size:
+        log.warning("%d members over %d ranks: some ranks train one member more, the others wait for them",
+                    k_members, dist.size)
+    stopped = None
     for k in range(k_members):
+        if spread and k % dist.size != dist.rank:
+            continue
         member = copy.deepcopy(cfg)
         member["run_dir"] = str(run_dir / MEMBER.format(k))
         member["train"] = dict(cfg["train"], seed=int(cfg["train"].get("seed", 0)) + k, ensemble=1)
         if resume and (Path(member["run_dir"]) / "evaluation.json").exists():
             continue  # finished before the interruption
-        summary = train_run(member, dist, resume=resume, on_trainer=on_trainer)
+        summary = train_run(member, MemberProcess(dist.rank, dist.local_rank) if spread else dist, resume=resume,
+                            on_trainer=on_trainer)
         if summary.get("stopped"):
-            return summary  # interrupted: --resume continues with this member
-        summaries.append(summary)
+            stopped = summary  # interrupted: --resume continues with this member
+            break
+    if spread:  # every rank's members are done (or one rank was stopped): agree before evaluating
+        any_stopped = float(dist.allreduce_sum(torch.tensor([float(stopped is not None)]))[0]) > 0
+        if any_stopped:
+            return stopped or dict(stopped=True, history=[])
+    elif stopped is not None:
+        return stopped
     if dist.is_main:
         for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):  # the members' common split
             shutil.copyfile(split, run_dir / split.name)

@@ -69,6 +69,9 @@ class TrainConfig:
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
     ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
     #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
+    members_over_ranks: bool = False  # an ensemble on several ranks: member k trained alone on rank k % ranks
+    #                    (no gradient exchange: K models in the time of K / ranks), instead of every member
+    #                    data-parallel over all ranks; rank 0 then evaluates the ensemble
 
     @classmethod
     def from_dict(cls, d: Optional[Dict]) -> "TrainConfig":
@@ -89,6 +92,11 @@ class SingleProcess:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def shows_progress(self) -> bool:
+        """Whether this process draws progress bars: the job's rank 0 only."""
+        return self.is_main
+
     def device(self, requested: str) -> torch.device:
         return pick_device(requested, self.local_rank)
 
@@ -108,6 +116,19 @@ class SingleProcess:
         """Average the gradients over the ranks, after the backward and before clipping and the step
         (Horovod and DDP on CPU: one fused allreduce; DDP on GPUs: its reducer has done it during the backward;
         one process: nothing)."""
+
+
+class MemberProcess(SingleProcess):
+    """One rank of a job training a model of its own (an ensemble's members spread over the ranks): a single
+    process for its trainer (it writes its own run directory), on the device of its local rank, that draws
+    progress only where it is the job's rank 0."""
+
+    def __init__(self, job_rank: int, local_rank: int = 0):
+        self.job_rank, self.local_rank = int(job_rank), int(local_rank)
+
+    @property
+    def shows_progress(self) -> bool:
+        return self.job_rank == 0
 
 
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
@@ -352,7 +373,7 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         timer = StepTimer(self.device, cfg.exact_timing)
         bar = None
-        if self.dist.is_main:
+        if self.dist.shows_progress:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {self.epoch}", leave=False, disable=None)
         costs = self._costs(self.train_set)

@@ -7,37 +7,55 @@ MAE over the structures MACE could predict (those whose elements its training se
 MAE, epochs, wall time and training samples/s, with MACE's row from ``bench/peers/mace_perovskites.py``'s
 output (``--mace``, JSON lines). Run the trainings in parallel as separate processes
 (``--train atomcloud`` / ``--train voxelnet``, one core each), then ``--report`` for the table.
-Usage: python bench/peers/compare.py [--train atomcloud voxelnet] [--minutes 60] [--set KEY=VALUE ...] [--report]
+With ``--ranks R --ensemble K`` a model is trained as an ensemble of K members spread over R ranks
+(``mpirun -n R cloudvox train``, ``train.members_over_ranks``: member k alone on rank k % R, one core each),
+each member with ``--minutes`` x R / K, so that the ensemble takes ``--minutes`` of the machine's R cores; its
+row is named by ``--name`` (its run directory under runs/peers).
+Usage: python bench/peers/compare.py [--train atomcloud voxelnet] [--minutes 60] [--set KEY=VALUE ...]
+       [--ranks 2 --ensemble 6 --name atomcloud_ensemble] [--report]
 """
 import argparse
 import csv
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, emit, features, single_core  # noqa: E402
+from common import ROOT, emit, features, mpi_env, single_core  # noqa: E402
 
 CONFIGS = {"atomcloud": "jobs/configs/atomcloud_perovskites.yaml", "voxelnet": "jobs/configs/voxelnet_cross.yaml"}
 LABELS = {"atomcloud": "AtomCloudNet", "voxelnet": "VoxelNet (cross-spectrum, radial readout)"}
 
 
-def run_dir(model: str) -> Path:
-    return ROOT / "runs" / "peers" / model
+def run_dir(name: str) -> Path:
+    return ROOT / "runs" / "peers" / name
 
 
-def train(model: str, minutes: float, sets) -> None:
+def train(model: str, minutes: float, sets, ranks: int = 1, members: int = 1, name: str = "") -> None:
+    """Train ``model`` on the split for ``minutes`` of wall time: in this process, or as ``members`` ensemble
+    members spread over ``ranks`` ranks (each member ``minutes * ranks / members``)."""
     from cloudvox.config import load_run_config
-    from cloudvox.runs import train_run
     data = features("bench/configs/perovskites_16_all.yaml")
-    cfg = load_run_config(str(ROOT / CONFIGS[model]), [f"data.path={data}", f"run_dir={run_dir(model)}",
-                                                       f"train.max_minutes={minutes}", "train.epochs=100000",
-                                                       *sets])
+    run = run_dir(name or model)
+    per_member = minutes * ranks / members if members > 1 else minutes
+    extra = [f"train.ensemble={members}", "train.members_over_ranks=true"] if members > 1 else []
+    cfg = load_run_config(str(ROOT / CONFIGS[model]), [f"data.path={data}", f"run_dir={run}",
+                                                       f"train.max_minutes={per_member}", "train.epochs=100000",
+                                                       *extra, *sets])
     t = time.perf_counter()
-    train_run(cfg)
-    (run_dir(model) / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
+    if ranks > 1:
+        import yaml
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "bench_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        subprocess.run(["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", model,
+                        str(run / "bench_config.yaml"), "--backend", "ddp"], env=mpi_env(), cwd=ROOT, check=True)
+    else:
+        from cloudvox.runs import train_run
+        train_run(cfg)
+    (run / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
 
 
 def mace_rows(path: Path):
@@ -48,17 +66,22 @@ def mace_rows(path: Path):
 def report(mace_path: Path) -> None:
     mace = mace_rows(mace_path)
     skip = set(mace.get("test_mae", {}).get("not_predicted", []))
-    for model in CONFIGS:
-        run = run_dir(model)
+    for model, run in runs_to_report():
         if not (run / "evaluation.json").exists():
             continue
         ev = json.loads((run / "evaluation.json").read_text())["metrics"]
-        hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        members = sorted(run.glob("member-*")) or [run]
+        hists = [[json.loads(x) for x in (m / "metrics.jsonl").read_text().splitlines()] for m in members]
+        hist = [r for h in hists for r in h]
         rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == "test"]
-        same = [abs(float(r["prediction"]) - float(r["target"])) for r in rows if r["id"] not in skip]
-        emit("peers", "row", LABELS[model], "", test_mae=round(ev["test"]["mae"], 4),
+        # MACE's ids: those its output names as predicted, or else those with no element unseen in training
+        same = [abs(float(r["prediction"]) - float(r["target"])) for r in rows
+                if (r["id"] not in skip if skip else "never seen in training" not in r["flag"])]
+        label = LABELS[model] + (f", ensemble of {len(members)}" if len(members) > 1 else "")
+        emit("peers", "row", label, "", run=run.name, test_mae=round(ev["test"]["mae"], 4),
              test_mae_mace_ids=round(statistics.fmean(same), 4), n_test=len(rows), n_mace_ids=len(same),
-             val_mae=round(min(r["val_mae"] for r in hist if "val_mae" in r), 4), epochs=len(hist),
+             val_mae=round(ev["val"]["mae"], 4), best_member_val_mae=round(min(r["val_mae"] for r in hist if "val_mae" in r), 4),
+             epochs=[len(h) for h in hists] if len(hists) > 1 else len(hist),
              wall_s=float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").exists() else None,
              samples_per_s=round(statistics.median(r["samples_per_s"] for r in hist[1:] or hist), 1))
     if mace:
@@ -69,6 +92,15 @@ def report(mace_path: Path) -> None:
              samples_per_s=round(mace["train_samples_per_s"]["value"], 1))
 
 
+def runs_to_report():
+    """(model, run directory) of every run under runs/peers: a model's own, and ensembles named after it."""
+    root = ROOT / "runs" / "peers"
+    for run in sorted(root.iterdir()) if root.exists() else []:
+        model = next((m for m in CONFIGS if run.name == m or run.name.startswith(m + "_")), None)
+        if model and run.is_dir():
+            yield model, run
+
+
 def main():
     single_core()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,6 +108,9 @@ def main():
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--set", action="append", default=[], help="a config override for the trained models")
     ap.add_argument("--mace", default="out/peers/mace/results.jsonl", help="mace_perovskites.py's JSON lines")
+    ap.add_argument("--ranks", type=int, default=1, help="ranks (cores) the ensemble's members spread over")
+    ap.add_argument("--ensemble", type=int, default=1, help="members (train.ensemble), over --ranks")
+    ap.add_argument("--name", default="", help="run directory under runs/peers (default: the model)")
     ap.add_argument("--report", action="store_true", help="only the table, from existing runs")
     args = ap.parse_args()
     import logging
@@ -84,7 +119,7 @@ def main():
     torch.set_num_threads(1)
     if not args.report:
         for model in args.train:
-            train(model, args.minutes, args.set)
+            train(model, args.minutes, args.set, args.ranks, args.ensemble, args.name)
     report(ROOT / args.mace)
 
 

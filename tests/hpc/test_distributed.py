@@ -138,3 +138,24 @@ def test_sigusr1_checkpoints_every_rank_at_the_same_step_and_exits_cleanly(tiny,
     assert "stopped at epoch" in err and ck["epoch"] < 500
     train(2, write_config(tmp_path / "c.yaml", tiny, run, epochs=int(ck["epoch"]) + 1), "ddp", "--resume")
     assert load_checkpoint(run / "checkpoint_last.pt")["epoch"] == int(ck["epoch"]) + 1
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ddp"])
+def test_ensemble_members_over_ranks_equal_members_trained_one_after_the_other(tiny, tmp_path, backend):
+    """train.members_over_ranks: member k trains alone on rank k % 2 (no gradient exchange), the same model
+    as member k of a one-process ensemble; three members over two ranks (rank 0 trains two); rank 0 then
+    evaluates the ensemble with every member's spread."""
+    from cloudvox.runs import ensemble_members
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(0, write_config(tmp_path / "one.yaml", tiny, one, ensemble=3), "none")
+    proc = train(2, write_config(tmp_path / "two.yaml", tiny, two, ensemble=3, members_over_ranks=True), backend)
+    assert [m.name for m in ensemble_members(two)] == ["member-0", "member-1", "member-2"]
+    for a, b in zip(ensemble_members(one), ensemble_members(two)):
+        pa, pb = params(a), params(b)
+        for k in pa:
+            torch.testing.assert_close(pb[k], pa[k], rtol=1e-5, atol=1e-5)
+        assert all("ranks_step_ms" not in r for r in history(b))  # trained by one rank, not data-parallel
+    assert "3 members over 2 ranks" in proc.stderr
+    e1, e2 = (json.loads((r / "evaluation.json").read_text())["metrics"]["test"] for r in (one, two))
+    assert e2["mae"] == pytest.approx(e1["mae"], rel=1e-5) and e2["mean_ensemble_std"] > 0
+    assert (two / "split_test.txt").read_text() == (one / "split_test.txt").read_text()
