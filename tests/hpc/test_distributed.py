@@ -159,3 +159,24 @@ def test_ensemble_members_over_ranks_equal_members_trained_one_after_the_other(t
     e1, e2 = (json.loads((r / "evaluation.json").read_text())["metrics"]["test"] for r in (one, two))
     assert e2["mae"] == pytest.approx(e1["mae"], rel=1e-5) and e2["mean_ensemble_std"] > 0
     assert (two / "split_test.txt").read_text() == (one / "split_test.txt").read_text()
+
+
+def test_ensemble_members_over_ranks_stop_and_resume(tiny, tmp_path):
+    """A stop on the ranks training members on their own (here after 3 steps of each rank's first member)
+    ends every rank without evaluating; --resume continues each rank's member to the same models as an
+    uninterrupted one-process ensemble."""
+    from cloudvox.runs import ensemble_members
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(0, write_config(tmp_path / "one.yaml", tiny, one, ensemble=2), "none")
+    cfg = dict(ensemble=2, members_over_ranks=True)
+    train(2, write_config(tmp_path / "two.yaml", tiny, two, stop_after_steps=3, **cfg), "ddp")
+    assert not (two / "evaluation.json").exists()
+    for member in ensemble_members(two):
+        ck = load_checkpoint(member / "checkpoint_last.pt")
+        assert (ck["epoch"], ck["step_in_epoch"]) == (0, 3)
+    train(2, write_config(tmp_path / "two.yaml", tiny, two, **cfg), "ddp", "--resume")
+    assert (two / "evaluation.json").exists()
+    for a, b in zip(ensemble_members(one), ensemble_members(two)):
+        pa, pb = params(a), params(b)
+        for k in pa:
+            torch.testing.assert_close(pb[k], pa[k], rtol=1e-5, atol=1e-5)
