@@ -60,6 +60,8 @@ def report(run: Path, args, common):
     rows = list(csv.DictReader(open(run / "predictions.csv")))
     for split in ("test", "holdout"):
         r = [x for x in rows if x["split"] == split]
+        if not r:  # a run without a held-out chemistry (e.g. bench/peers' ensembles): its test split only
+            continue
         err = np.abs(np.array([float(x["prediction"]) - float(x["target"]) for x in r]))
         std = np.array([float(x["ensemble_std"]) for x in r])
         sigma = np.array([float(x["uncertainty"]) for x in r])
@@ -76,6 +78,8 @@ def report(run: Path, args, common):
             emit("uncertainty", f"flagged_share_{name}", float(hit.mean()), "fraction", **info)
             if large.any():
                 emit("uncertainty", f"large_errors_flagged_share_{name}", float(hit[large].mean()), "fraction", **info)
+    if not any(x["split"] == "holdout" for x in rows):
+        return
     both = [x for x in rows if x["split"] in ("test", "holdout")]
     err = np.abs(np.array([float(x["prediction"]) - float(x["target"]) for x in both]))
     sigma = np.array([float(x["uncertainty"]) for x in both])
