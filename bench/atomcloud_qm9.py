@@ -3,8 +3,11 @@ learning curve over training-set sizes (default 1,000 and 10,000), and training 
 
 Featurizes all 130,831 QM9 molecules (point clouds only) from the qm9pack package first if needed
 (jobs/configs/qm9.yaml, under mpirun). The network and schedule are jobs/configs/atomcloud_qm9.yaml.
+With ``--ensemble K --train-ranks R`` each size trains K members spread over R ranks (``mpirun``,
+``train.members_over_ranks``, one core each), each member with ``--minutes`` x R / K: the ensemble takes
+``--minutes`` of the machine's R cores.
 Usage: python bench/atomcloud_qm9.py [--train-size 10000] [--curve 1000 10000] [--epochs 200 | --minutes 120]
-                                     [--set network.l_max=1 ...] [--profile]
+                                     [--ensemble 4 --train-ranks 2] [--set network.l_max=1 ...] [--profile]
        python bench/atomcloud_qm9.py --profile-only   # step rate and operator profile only
 """
 import argparse
@@ -14,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, features  # noqa: E402
+from common import ROOT, emit, features, run_figures, train_config  # noqa: E402
 
 
 def main():
@@ -24,33 +27,38 @@ def main():
     ap.add_argument("--epochs", type=int, default=None, help="default: the config's")
     ap.add_argument("--ranks", type=int, default=2, help="MPI ranks for featurization")
     ap.add_argument("--minutes", type=float, default=0.0, help="training budget per size (train.max_minutes; 0: epochs)")
+    ap.add_argument("--ensemble", type=int, default=1, help="members per size (train.ensemble)")
+    ap.add_argument("--train-ranks", type=int, default=1, help="ranks (cores) the members spread over")
     ap.add_argument("--set", action="append", default=[], help="a config override, e.g. network.l_max=1")
     ap.add_argument("--profile", action="store_true", help="print where the time of a training step goes")
     ap.add_argument("--profile-only", action="store_true", help="only the profile and training step rate")
     args = ap.parse_args()
     data = features("jobs/configs/qm9.yaml", args.ranks)
     from cloudvox.config import load_run_config as load_config
-    from cloudvox.runs import train_run
     sizes = [] if args.profile_only else sorted(set(args.curve + [args.train_size]))
+    members = max(1, args.ensemble)
     for size in sizes:
-        sets = [f"data.path={data}", f"data.split.sizes=[{size}, 1000, 10000]", f"run_dir=runs/atomcloud_qm9_{size}"]
+        name = f"runs/atomcloud_qm9_{size}" + (f"_ensemble{members}" if members > 1 else "")
+        sets = [f"data.path={data}", f"data.split.sizes=[{size}, 1000, 10000]", f"run_dir={name}"]
         if args.epochs:
             sets.append(f"train.epochs={args.epochs}")
         if args.minutes:  # the cosine schedule is fitted to the budget; the epoch count only caps it
-            sets += [f"train.max_minutes={args.minutes}"] + ([] if args.epochs else ["train.epochs=100000"])
+            per_member = args.minutes * args.train_ranks / members if members > 1 else args.minutes
+            sets += [f"train.max_minutes={per_member}"] + ([] if args.epochs else ["train.epochs=100000"])
+        if members > 1:
+            sets += [f"train.ensemble={members}", "train.members_over_ranks=true"]
         sets += args.set
         cfg = load_config(str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml"), sets)
         cfg["run_dir"] = str(ROOT / cfg["run_dir"])
-        t = time.perf_counter()
-        summary = train_run(cfg)
-        wall = time.perf_counter() - t
-        hist = summary["history"]
-        rate = statistics.median(r["samples_per_s"] for r in hist[1:]) if len(hist) > 1 else hist[0]["samples_per_s"]
-        common = dict(train_size=size, epochs=summary["epochs"], n_test=summary["metrics"]["test"]["n"],
-                      val_mae=round(summary["best_val_mae"], 4), sets=args.set)
-        emit("atomcloud_qm9", "test_mae", summary["metrics"]["test"]["mae"], "kcal/mol", **common)
+        wall = train_config("atomcloud", cfg, args.train_ranks)
+        fig = run_figures(Path(cfg["run_dir"]))
+        test = fig["metrics"]["test"]
+        common = dict(train_size=size, epochs=fig["epochs"] if members > 1 else fig["epochs"][0], n_test=test["n"],
+                      members=members, val_mae=round(fig["metrics"]["val"]["mae"], 4),
+                      best_member_val_mae=round(fig["best_member_val_mae"], 4), sets=args.set)
+        emit("atomcloud_qm9", "test_mae", test["mae"], "kcal/mol", **common)
         emit("atomcloud_qm9", "wall_time", wall, "s", **common)
-        emit("atomcloud_qm9", "train_molecules_per_s", rate, "molecules/s", **common)
+        emit("atomcloud_qm9", "train_molecules_per_s", fig["samples_per_s"], "molecules/s", **common)
     if args.profile or args.profile_only:
         profile(load_config(str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml"), [f"data.path={data}"]))
 

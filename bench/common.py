@@ -47,6 +47,38 @@ def mpi_env(**extra) -> dict:
                 OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE", **extra)
 
 
+def train_config(model: str, cfg: dict, ranks: int = 1) -> float:
+    """Train the resolved run config ``cfg`` in this process, or with ``ranks`` > 1 under ``mpirun -n ranks
+    cloudvox train MODEL`` (DDP; the config written to RUN/bench_config.yaml): an ensemble with
+    ``train.members_over_ranks`` spreads its members over the ranks. The wall time, s."""
+    run = Path(cfg["run_dir"])
+    t = time.perf_counter()
+    if ranks > 1:
+        import yaml
+        run.mkdir(parents=True, exist_ok=True)
+        path = run / "bench_config.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        subprocess.run(["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", model,
+                        str(path), "--backend", "ddp"], env=mpi_env(), cwd=ROOT, check=True)
+    else:
+        from cloudvox.runs import train_run
+        train_run(cfg)
+    return time.perf_counter() - t
+
+
+def run_figures(run: Path) -> dict:
+    """A finished run's figures from its files, for one model or an ensemble (RUN/member-k): ``metrics`` (split ->
+    evaluation metrics), ``epochs`` (per member), ``best_member_val_mae`` and ``samples_per_s`` (the median
+    over every member's epochs after the first)."""
+    members = sorted(Path(run).glob("member-*")) or [Path(run)]
+    hists = [[json.loads(x) for x in (m / "metrics.jsonl").read_text().splitlines()] for m in members]
+    rates = [r["samples_per_s"] for h in hists for r in (h[1:] or h)]
+    return dict(metrics=json.loads((Path(run) / "evaluation.json").read_text())["metrics"],
+                epochs=[len(h) for h in hists],
+                best_member_val_mae=min(r["val_mae"] for h in hists for r in h if "val_mae" in r),
+                samples_per_s=statistics.median(rates))
+
+
 def load_reference():
     path = shared_dir() / "bench" / "original_voxelnet_reference.py"
     spec = importlib.util.spec_from_file_location("original_voxelnet_reference", path)

@@ -142,6 +142,23 @@ def ensemble_members(run_dir: Path) -> List[Path]:
     return members
 
 
+STOPPED_RANK = "stopped-rank-{}"  # members over ranks: rank r was stopped before its members were done
+
+
+def _wait_for_members(run_dir: Path, k_members: int, poll_s: float = 2.0) -> bool:
+    """Members over ranks: wait, reading the run directory, until every member is evaluated (True) or a rank
+    was stopped (False). A file system wait, not a collective: ranks whose members end hours apart would
+    outlast a process group's timeout (DDP's 30 minutes) in a barrier; once all are done they meet within
+    ``poll_s``."""
+    import time
+    while True:
+        if any(run_dir.glob(STOPPED_RANK.format("*"))):
+            return False
+        if all((run_dir / MEMBER.format(k) / "evaluation.json").exists() for k in range(k_members)):
+            return True
+        time.sleep(poll_s)
+
+
 def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -> Dict:
     """K members (each a complete run: seed + k, the same split), then the ensemble evaluated in the parent run
     directory (mean and standard deviation of the members' predictions). By default the members train one
@@ -153,9 +170,13 @@ def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     spread = bool(cfg["train"].get("members_over_ranks")) and dist.size > 1
-    if spread and k_members % dist.size:
-        log.warning("%d members over %d ranks: some ranks train one member more, the others wait for them",
-                    k_members, dist.size)
+    if spread:
+        if k_members % dist.size:
+            log.warning("%d members over %d ranks: some ranks train one member more, the others wait for them",
+                        k_members, dist.size)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOPPED_RANK.format(dist.rank)).unlink(missing_ok=True)  # an earlier job's
+        dist.barrier()  # the ranks start together: no rank can see another's stale marker
     stopped = None
     for k in range(k_members):
         if spread and k % dist.size != dist.rank:
@@ -170,12 +191,12 @@ def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -
         if summary.get("stopped"):
             stopped = summary  # interrupted: --resume continues with this member
             break
-    if spread:  # every rank's members are done (or one rank was stopped): agree before evaluating
-        any_stopped = float(dist.allreduce_sum(torch.tensor([float(stopped is not None)]))[0]) > 0
-        if any_stopped:
-            return stopped or dict(stopped=True, history=[])
-    elif stopped is not None:
+    if spread and stopped is not None:  # the others learn of it from the marker, when their members are done
+        (run_dir / STOPPED_RANK.format(dist.rank)).write_text(f"{stopped.get('epoch', '')}\n")
+    if stopped is not None:
         return stopped
+    if spread and not _wait_for_members(run_dir, k_members):
+        return dict(stopped=True, history=[])  # another rank was stopped: --resume continues its member
     if dist.is_main:
         for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):  # the members' common split
             shutil.copyfile(split, run_dir / split.name)

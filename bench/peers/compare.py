@@ -18,13 +18,11 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, emit, features, mpi_env, single_core  # noqa: E402
+from common import ROOT, emit, features, run_figures, single_core, train_config  # noqa: E402
 
 CONFIGS = {"atomcloud": "jobs/configs/atomcloud_perovskites.yaml", "voxelnet": "jobs/configs/voxelnet_cross.yaml"}
 LABELS = {"atomcloud": "AtomCloudNet", "voxelnet": "VoxelNet (cross-spectrum, radial readout)"}
@@ -45,17 +43,8 @@ def train(model: str, minutes: float, sets, ranks: int = 1, members: int = 1, na
     cfg = load_run_config(str(ROOT / CONFIGS[model]), [f"data.path={data}", f"run_dir={run}",
                                                        f"train.max_minutes={per_member}", "train.epochs=100000",
                                                        *extra, *sets])
-    t = time.perf_counter()
-    if ranks > 1:
-        import yaml
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "bench_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        subprocess.run(["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", model,
-                        str(run / "bench_config.yaml"), "--backend", "ddp"], env=mpi_env(), cwd=ROOT, check=True)
-    else:
-        from cloudvox.runs import train_run
-        train_run(cfg)
-    (run / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
+    wall = train_config(model, cfg, ranks)
+    (run / "wall_s.txt").write_text(f"{wall:.1f}\n")
 
 
 def mace_rows(path: Path):
@@ -69,21 +58,20 @@ def report(mace_path: Path) -> None:
     for model, run in runs_to_report():
         if not (run / "evaluation.json").exists():
             continue
-        ev = json.loads((run / "evaluation.json").read_text())["metrics"]
-        members = sorted(run.glob("member-*")) or [run]
-        hists = [[json.loads(x) for x in (m / "metrics.jsonl").read_text().splitlines()] for m in members]
-        hist = [r for h in hists for r in h]
+        fig = run_figures(run)
+        ev = fig["metrics"]
         rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == "test"]
         # MACE's ids: those its output names as predicted, or else those with no element unseen in training
         same = [abs(float(r["prediction"]) - float(r["target"])) for r in rows
                 if (r["id"] not in skip if skip else "never seen in training" not in r["flag"])]
-        label = LABELS[model] + (f", ensemble of {len(members)}" if len(members) > 1 else "")
+        members = len(fig["epochs"])
+        label = LABELS[model] + (f", ensemble of {members}" if members > 1 else "")
         emit("peers", "row", label, "", run=run.name, test_mae=round(ev["test"]["mae"], 4),
              test_mae_mace_ids=round(statistics.fmean(same), 4), n_test=len(rows), n_mace_ids=len(same),
-             val_mae=round(ev["val"]["mae"], 4), best_member_val_mae=round(min(r["val_mae"] for r in hist if "val_mae" in r), 4),
-             epochs=[len(h) for h in hists] if len(hists) > 1 else len(hist),
+             val_mae=round(ev["val"]["mae"], 4), best_member_val_mae=round(fig["best_member_val_mae"], 4),
+             epochs=fig["epochs"] if members > 1 else fig["epochs"][0],
              wall_s=float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").exists() else None,
-             samples_per_s=round(statistics.median(r["samples_per_s"] for r in hist[1:] or hist), 1))
+             samples_per_s=round(fig["samples_per_s"], 1))
     if mace:
         t, v = mace["test_mae"], mace["val_mae"]
         emit("peers", "row", t["model"], "", test_mae=None, test_mae_mace_ids=round(t["value"], 4),
