@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, features, run_figures, train_config  # noqa: E402
+from common import ROOT, emit, ensemble_sets, features, run_figures, train_config  # noqa: E402
 
 
 def main():
@@ -42,11 +42,9 @@ def main():
         sets = [f"data.path={data}", f"data.split.sizes=[{size}, 1000, 10000]", f"run_dir={name}"]
         if args.epochs:
             sets.append(f"train.epochs={args.epochs}")
-        if args.minutes:  # the cosine schedule is fitted to the budget; the epoch count only caps it
-            per_member = args.minutes * args.train_ranks / members if members > 1 else args.minutes
-            sets += [f"train.max_minutes={per_member}"] + ([] if args.epochs else ["train.epochs=100000"])
-        if members > 1:
-            sets += [f"train.ensemble={members}", "train.members_over_ranks=true"]
+        if args.minutes and not args.epochs:  # the cosine schedule is fitted to the budget; epochs only cap it
+            sets.append("train.epochs=100000")
+        sets += ensemble_sets(args.minutes, args.train_ranks, members)
         sets += args.set
         cfg = load_config(str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml"), sets)
         cfg["run_dir"] = str(ROOT / cfg["run_dir"])

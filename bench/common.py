@@ -47,6 +47,15 @@ def mpi_env(**extra) -> dict:
                 OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE", **extra)
 
 
+def ensemble_sets(minutes: float, ranks: int = 1, members: int = 1) -> list:
+    """Config overrides for a training budget of ``minutes`` (0: none) on ``ranks`` cores: one model, or
+    ``members`` > 1 ensemble members spread over the ranks, each with ``minutes`` x ranks / members."""
+    sets = [f"train.ensemble={members}", "train.members_over_ranks=true"] if members > 1 else []
+    if minutes:
+        sets.append(f"train.max_minutes={minutes * ranks / members if members > 1 else minutes}")
+    return sets
+
+
 def train_config(model: str, cfg: dict, ranks: int = 1) -> float:
     """Train the resolved run config ``cfg`` in this process, or with ``ranks`` > 1 under ``mpirun -n ranks
     cloudvox train MODEL`` (DDP; the config written to RUN/bench_config.yaml): an ensemble with

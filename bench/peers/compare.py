@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, emit, features, run_figures, single_core, train_config  # noqa: E402
+from common import ROOT, emit, ensemble_sets, features, run_figures, single_core, train_config  # noqa: E402
 
 CONFIGS = {"atomcloud": "jobs/configs/atomcloud_perovskites.yaml", "voxelnet": "jobs/configs/voxelnet_cross.yaml"}
 LABELS = {"atomcloud": "AtomCloudNet", "voxelnet": "VoxelNet (cross-spectrum, radial readout)"}
@@ -38,11 +38,8 @@ def train(model: str, minutes: float, sets, ranks: int = 1, members: int = 1, na
     from cloudvox.config import load_run_config
     data = features("bench/configs/perovskites_16_all.yaml")
     run = run_dir(name or model)
-    per_member = minutes * ranks / members if members > 1 else minutes
-    extra = [f"train.ensemble={members}", "train.members_over_ranks=true"] if members > 1 else []
-    cfg = load_run_config(str(ROOT / CONFIGS[model]), [f"data.path={data}", f"run_dir={run}",
-                                                       f"train.max_minutes={per_member}", "train.epochs=100000",
-                                                       *extra, *sets])
+    cfg = load_run_config(str(ROOT / CONFIGS[model]), [f"data.path={data}", f"run_dir={run}", "train.epochs=100000",
+                                                       *ensemble_sets(minutes, ranks, members), *sets])
     wall = train_config(model, cfg, ranks)
     (run / "wall_s.txt").write_text(f"{wall:.1f}\n")
 
