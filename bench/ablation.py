@@ -31,6 +31,9 @@ MODELS = {  # model -> (config, base overrides, {variant: overrides})
         "cutoff6": ["network.cutoff=6.0", "network.avg_neighbors=40"],   # more periodic images
         "props": [f"network.embed_properties={PROPS}"],  # element embeddings from element properties
         "lr5e-3": ["train.lr=0.005"],
+        # regularisation (issue 19: the members memorise, train MAE 0.003-0.009 against 0.042 on validation)
+        "ema": ["train.ema=0.999"],                       # evaluate a moving average of the weights
+        "wd": ["train.weight_decay=0.05"],                # decoupled weight decay (AdamW)
     }),
     "voxelnet": ("jobs/configs/voxelnet_cross.yaml", ["data.path=out/bench/perovskites_16_all.h5"], {
         "base": [],
@@ -47,6 +50,8 @@ MODELS = {  # model -> (config, base overrides, {variant: overrides})
         "no_cross": ["descriptor.cross=false"],                  # element channels only
         "shells": ["network.global_pool=shells"],                # readout: radial shells of the grid
         "mean": ["network.global_pool=mean"],                    # readout: one mean per feature map
+        "ema": ["train.ema=0.999"],
+        "wd": ["train.weight_decay=0.05"],
     }),
 }
 FEATURES = "bench/configs/perovskites_16_all.yaml"  # the feature file every variant reads unless it changes it

@@ -9,6 +9,7 @@ seeded by (seed, epoch, step), and the torch RNG state is saved in every checkpo
 a checkpoint continues exactly as the uninterrupted run would have (on CPU).
 """
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,8 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adamw"  # adam | adamw
     weight_decay: float = 0.0
+    ema: float = 0.0  # > 0: validation, checkpoints and evaluation use an exponential moving average of the weights
+    #                   with this decay per optimiser step (0.99-0.999; ramped up over the first steps), 0: off
     schedule: str = "cosine"  # cosine | plateau | none
     warmup_epochs: int = 0
     min_lr_ratio: float = 0.01
@@ -280,6 +283,10 @@ class Trainer:
         self._rebalance = cfg.rebalance and (self.device.type == "cpu" or cfg.exact_timing)
         self._window = np.zeros(2)  # this rank's busy seconds and work (costs) since the last agreement
         self._writer = None
+        # the moving average of the parameters (cfg.ema): None when off
+        self.ema_params: Optional[List[torch.Tensor]] = ([p.detach().clone() for p in self.model.parameters()]
+                                                         if cfg.ema > 0 else None)
+        self.ema_steps = 0
 
     # --- schedule ------------------------------------------------------------------------------------------
     def lr_at(self, epoch: float) -> float:
@@ -291,12 +298,48 @@ class Trainer:
             return self.base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
         return None  # plateau / none: leave the optimiser's lr
 
+    # --- weight averaging ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- d ema + (1 - d) params after an optimiser step, d = min(cfg.ema, (1 + n) / (10 + n))."""
+        self.ema_steps += 1
+        d = min(self.cfg.ema, (1.0 + self.ema_steps) / (10.0 + self.ema_steps))
+        params = [p.detach() for p in self.model.parameters()]
+        torch._foreach_mul_(self.ema_params, d)
+        torch._foreach_add_(self.ema_params, params, alpha=1.0 - d)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Within: the model holds the averaged weights (no-op without ``ema``); the trained ones after."""
+        if self.ema_params is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        raw = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, self.ema_params):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(params, raw):
+                    p.copy_(r)
+
     # --- checkpoints -------------------------------------------------------------------------------------
     def state(self, step_in_epoch: int = 0) -> Dict:
+        """The checkpoint: ``model`` holds the weights to evaluate (the average, with ``ema``), ``trained`` the
+        optimiser's own weights that training resumes from (with ``ema`` only)."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+        extra = {}
+        if self.ema_params is not None:
+            extra = dict(trained={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                         ema_steps=self.ema_steps)
+        with self.averaged():
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return dict(format=CHECKPOINT_FORMAT, model=weights, optimizer=self.optimizer.state_dict(), **extra,
                     plateau=self.plateau.state_dict() if self.plateau else None,
                     scaler=self.scaler.state_dict() if self.scaler else None,
                     epoch=self.epoch, step_in_epoch=step_in_epoch, best=self.best, best_epoch=self.best_epoch,
@@ -314,6 +357,11 @@ class Trainer:
         """Load a checkpoint to continue training; returns the step within the epoch to resume at."""
         ck = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(ck["model"])
+        if self.ema_params is not None:  # the average from "model", the weights to go on from "trained"
+            self.ema_params = [p.detach().clone() for p in self.model.parameters()]
+            self.ema_steps = int(ck.get("ema_steps", 0))
+        if ck.get("trained") is not None:
+            self.model.load_state_dict(ck["trained"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.plateau and ck.get("plateau"):
             self.plateau.load_state_dict(ck["plateau"])
@@ -408,6 +456,8 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            if self.ema_params is not None:
+                self._update_ema()
             timer.mark("optimizer")
             sums[:2].add_(torch.stack([per.detach().sum(), (pred.detach().float() - y).abs().sum()]))
             seen += len(y)
@@ -493,7 +543,8 @@ class Trainer:
         return out[0].numpy(), out[1].numpy(), out[2].numpy()
 
     def validate(self) -> Dict[str, float]:
-        pred, y, _ = self.predict(self.val_set)
+        with self.averaged():
+            pred, y, _ = self.predict(self.val_set)
         return dict(val_mae=float(np.abs(pred - y).mean()) * self.scale,
                     val_rmse=float(np.sqrt(((pred - y) ** 2).mean())) * self.scale)
 

@@ -121,6 +121,30 @@ def test_resume_gives_the_uninterrupted_run(tiny, tmp_path):
         assert (run / name).exists() and (run / name).stat().st_size > 0, name
 
 
+def test_weight_average_is_what_is_validated_and_evaluated_and_resumes_exactly(tiny, tmp_path):
+    """train.ema: the checkpoint's ``model`` is the moving average (not the trained weights, kept as ``trained``),
+    validation and the final evaluation use it, and a run stopped and resumed ends where the uninterrupted one does."""
+    full = train_run(config(tiny, tmp_path / "full", epochs=4, ema=0.9))
+    train_run(config(tiny, tmp_path / "part", epochs=4, ema=0.9, stop_after_epochs=2))
+    resumed = train_run(config(tiny, tmp_path / "part", epochs=4, ema=0.9), resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")
+    for key in ("model", "trained"):
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0)
+    assert a["ema_steps"] == b["ema_steps"] > 0
+    assert [r["val_mae"] for r in full["history"]] == [r["val_mae"] for r in resumed["history"]]
+    moved = [k for k in a["model"] if a["model"][k].is_floating_point()
+             and not torch.allclose(a["model"][k], a["trained"][k])]
+    assert moved  # the average is not the last weights
+    ev = evaluate(tmp_path / "full", tiny, out_dir=tmp_path / "ev")
+    assert ev["metrics"]["test"]["mae"] == pytest.approx(full["metrics"]["test"]["mae"])
+    best = load_checkpoint(tmp_path / "full" / "checkpoint_best.pt")
+    plain = train_run(config(tiny, tmp_path / "plain", epochs=4))
+    assert plain["metrics"]["test"]["mae"] != pytest.approx(full["metrics"]["test"]["mae"])  # ema changes the result
+    assert "trained" in best and "trained" not in load_checkpoint(tmp_path / "plain" / "checkpoint_best.pt")
+
+
 def test_evaluate_and_predict_round_trip(tiny, tmp_path):
     from cloudvox.io import read_aflow
     from tests.conftest import fixture_file
