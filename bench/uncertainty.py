@@ -40,9 +40,12 @@ def main():
     from cloudvox.config import load_run_config
     from cloudvox.runs import train_run
     run = ROOT / args.run_dir
+    if args.report_only:  # the run's own settings, not this script's defaults
+        import yaml
+        used = yaml.safe_load((run / "config.yaml").read_text())
+        return report(run, args, dict(run_dir=args.run_dir, members=used["train"].get("ensemble", 1),
+                                      hold_out=used["data"].get("split", {}).get("hold_out") or []))
     common = dict(config=args.config, members=args.members, epochs=args.epochs, hold_out=args.hold_out)
-    if args.report_only:
-        return report(run, args, common)
     data = features("bench/configs/perovskites_16_all.yaml")
     cfg = load_run_config(str(ROOT / args.config),
                           [f"data.path={data}", f"run_dir={run}", f"train.epochs={args.epochs}",
