@@ -337,8 +337,11 @@ class Trainer:
         if self.ema_params is not None:
             extra = dict(trained={k: v.detach().clone() for k, v in self.model.state_dict().items()},
                          ema_steps=self.ema_steps)
-        with self.averaged():
-            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.ema_params is None:  # saved before the next step changes them: no copy needed
+            weights = self.model.state_dict()
+        else:
+            with self.averaged():
+                weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return dict(format=CHECKPOINT_FORMAT, model=weights, optimizer=self.optimizer.state_dict(), **extra,
                     plateau=self.plateau.state_dict() if self.plateau else None,
                     scaler=self.scaler.state_dict() if self.scaler else None,
