@@ -115,10 +115,13 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
-    def reduce_gradients(self, model: torch.nn.Module) -> None:
+    def reduce_gradients(self, model: torch.nn.Module, meanwhile: Optional[Callable[[], None]] = None) -> None:
         """Average the gradients over the ranks, after the backward and before clipping and the step
         (Horovod and DDP on CPU: one fused allreduce; DDP on GPUs: its reducer has done it during the backward;
-        one process: nothing)."""
+        one process: nothing), and call ``meanwhile()`` while the allreduce is in flight (the trainer reads
+        the next batch there)."""
+        if meanwhile is not None:
+            meanwhile()
 
 
 class MemberProcess(SingleProcess):
@@ -428,9 +431,20 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {self.epoch}", leave=False, disable=None)
         costs = self._costs(self.train_set)
-        loader = self._loader(self.train_set, batches[start_step:], lambda: self.rank_speeds)
-        for step, (rows, batch) in enumerate(loader, start_step):
-            busy = timer.mark("data")
+        batches_in = iter(self._loader(self.train_set, batches[start_step:], lambda: self.rank_speeds))
+        ahead = {}
+
+        def read_ahead():
+            """The next step's batch, read while this step's gradients are averaged (a rank that reaches the
+            allreduce first would wait idle for the other; at one rank it changes nothing)."""
+            timer.mark("allreduce")
+            ahead["item"] = next(batches_in, None)
+            ahead["data"] = timer.mark("data" if ahead["item"] is not None else "allreduce")
+
+        read_ahead()
+        step = start_step
+        while ahead["item"] is not None:
+            (rows, batch), busy = ahead["item"], ahead["data"]
             global_count = len(batches[step])
             gen = step_generator(cfg.seed, self.epoch, step)
             batch[K.GLOBAL_ROWS] = (rows, global_count)
@@ -448,7 +462,7 @@ class Trainer:
             busy += timer.mark("backward")
             if self._rebalance:  # this rank's work and time to the allreduce: its speed, for the next shares
                 self._window += (busy, len(rows) if costs is None else float(costs[batches[step][rows]].sum()))
-            self.dist.reduce_gradients(self.model)
+            self.dist.reduce_gradients(self.model, meanwhile=read_ahead)
             timer.mark("allreduce")
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)  # after the reduction: every rank sees the same inf/nan
@@ -475,6 +489,7 @@ class Trainer:
                 self.save("checkpoint_last.pt", step + 1)
                 raise StopTraining(self.epoch, step + 1)
             timer.mark("sync")
+            step += 1
         if bar is not None:
             bar.close()
         sums[2] = seen

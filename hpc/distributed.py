@@ -11,7 +11,7 @@ import datetime
 import inspect
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -22,10 +22,12 @@ from .launcher import LaunchEnv, launch_env
 log = logging.getLogger(__name__)
 
 
-def average_flat_gradients(model: torch.nn.Module, allreduce_average) -> None:
+def average_flat_gradients(model: torch.nn.Module, start_average, meanwhile: Optional[Callable[[], None]] = None) -> None:
     """Every gradient of ``model`` averaged over the ranks by one allreduce per dtype of one flat buffer:
-    ``allreduce_average(k, flat)`` averages ``flat`` in place. A parameter without a gradient on this rank's
-    batch sends zeros, so that every rank sends one layout."""
+    ``start_average(k, flat)`` starts averaging ``flat`` in place and returns a callable that waits for it to
+    finish. ``meanwhile()`` runs while the allreduces are in flight (the trainer reads the next batch there:
+    a rank that arrives first would otherwise wait idle for the other). A parameter without a gradient on
+    this rank's batch sends zeros, so that every rank sends one layout."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
@@ -33,13 +35,20 @@ def average_flat_gradients(model: torch.nn.Module, allreduce_average) -> None:
     by_dtype = {}
     for p in params:
         by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for k, grads in enumerate(by_dtype.values()):
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        allreduce_average(k, flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+    pending = []
+    try:
+        for k, grads in enumerate(by_dtype.values()):
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            pending.append((grads, flat, start_average(k, flat)))
+        if meanwhile is not None:
+            meanwhile()
+    finally:  # even when ``meanwhile`` raised: never leave a collective in flight
+        for grads, flat, wait in pending:
+            wait()
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
 
 
 class HorovodBackend(SingleProcess):
@@ -75,14 +84,17 @@ class HorovodBackend(SingleProcess):
     def wrap(self, model, optimizer):
         return model, optimizer  # gradients are averaged by reduce_gradients, between backward and step
 
-    def reduce_gradients(self, model) -> None:
+    def reduce_gradients(self, model, meanwhile=None) -> None:
         """One fused allreduce (average) of every gradient after the backward: one negotiation with Horovod's
-        background thread per step. Measured on 2 CPU ranks (docs/scaling.md), Horovod's DistributedOptimizer,
-        which submits each gradient as the backward produces it, waited 2.9-8.8 ms per step for these
-        ~0.3 MB of gradients, tensors spread over several negotiation cycles; the backward is too short to
-        hide them. Clipping and mixed-precision unscaling then see the averaged gradients on every rank."""
-        average_flat_gradients(model, lambda k, flat: self.hvd.allreduce_(flat, op=self.hvd.Average,
-                                                                         name=f"cloudvox.gradients.{k}"))
+        background thread per step, submitted asynchronously, ``meanwhile()`` run while it is in flight.
+        Measured on 2 CPU ranks (docs/scaling.md), Horovod's DistributedOptimizer, which submits each gradient
+        as the backward produces it, waited 2.9-8.8 ms per step for these ~0.3 MB of gradients, tensors
+        spread over several negotiation cycles; the backward is too short to hide them. Clipping and
+        mixed-precision unscaling then see the averaged gradients on every rank."""
+        def start(k, flat):
+            handle = self.hvd.allreduce_async_(flat, op=self.hvd.Average, name=f"cloudvox.gradients.{k}")
+            return lambda: self.hvd.synchronize(handle)
+        average_flat_gradients(model, start, meanwhile)
 
     def broadcast_state(self, model, optimizer) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -140,25 +152,42 @@ class DDPBackend(SingleProcess):
         return ddp, optimizer
 
     def _all_reduce(self, t: torch.Tensor) -> None:
-        """Sum ``t`` over the ranks in place. A CPU (gloo) collective is waited for by polling with
-        ``sched_yield`` instead of blocking: gloo moves the data through TCP and its own threads, and a rank
-        that blocks lets its core go idle between the transfer's wake-ups. Measured on 2 ranks x 1 core
-        (docs/scaling.md), 0.3 MB after 20 ms of compute: 3.6-3.8 ms blocking, 0.6 ms polling (the same
-        after a 20 ms sleep: it is the wake-ups, not the other rank's load); 1 float: 0.6 ms either way."""
-        work = self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, async_op=True)
-        if t.device.type == "cpu":
-            while not work.is_completed():
-                os.sched_yield()
-        work.wait()
+        """Sum ``t`` over the ranks in place."""
+        self._start_all_reduce(t)()
 
-    def reduce_gradients(self, model) -> None:
-        """CPU: one fused allreduce (sum, then divided by the rank count) of every gradient after the backward.
-        GPU: nothing (DDP's reducer averaged them during the backward)."""
-        if self.fused:
-            def average(_, flat):
-                self._all_reduce(flat)
+    def _start_all_reduce(self, t: torch.Tensor) -> Callable[[], None]:
+        """Start summing ``t`` over the ranks in place; the callable that waits for it. A CPU (gloo)
+        collective is waited for by polling with ``sched_yield`` instead of blocking: gloo moves the data
+        through TCP and its own threads, and a rank that blocks lets its core go idle between the transfer's
+        wake-ups. Measured on 2 ranks x 1 core (docs/scaling.md), 0.3 MB after 20 ms of compute: 3.6-3.8 ms
+        blocking, 0.6 ms polling (the same after a 20 ms sleep: it is the wake-ups, not the other rank's
+        load); 1 float: 0.6 ms either way."""
+        work = self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, async_op=True)
+
+        def wait():
+            if t.device.type == "cpu":
+                while not work.is_completed():
+                    os.sched_yield()
+            work.wait()
+        return wait
+
+    def reduce_gradients(self, model, meanwhile=None) -> None:
+        """CPU: one fused allreduce (sum, then divided by the rank count) of every gradient after the backward,
+        ``meanwhile()`` run while it is in flight. GPU: nothing but ``meanwhile()`` (DDP's reducer averaged
+        them during the backward)."""
+        if not self.fused:
+            if meanwhile is not None:
+                meanwhile()
+            return
+
+        def start(_, flat):
+            wait = self._start_all_reduce(flat)
+
+            def finish():
+                wait()
                 flat.div_(self.size)
-            average_flat_gradients(model, average)
+            return finish
+        average_flat_gradients(model, start, meanwhile)
 
     def broadcast_state(self, model, optimizer) -> None:
         for p in model.state_dict().values():

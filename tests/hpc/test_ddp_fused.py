@@ -1,5 +1,6 @@
-"""DDP on CPU: the fused allreduce after the backward gives the gradients of DDP's own reducer (2 processes,
-gloo over 127.0.0.1, spawned here: no MPI needed)."""
+"""DDP on CPU: the fused allreduce after the backward gives the gradients of DDP's own reducer, with the
+trainer's ``meanwhile`` run while it is in flight, and also when that raises (2 processes, gloo over
+127.0.0.1, spawned here: no MPI needed)."""
 import queue
 import time
 
@@ -26,19 +27,33 @@ def worker(rank: int, port: int, out):
         # the first one's store still closing (it hung once on a CI machine)
         env = LaunchEnv(rank=rank, size=2, local_rank=rank, launcher="test", master_port=port)
         backend = DDPBackend(env, timeout_minutes=2.0, fused=True)
-        grads = {}
-        for fused in (True, False):
-            backend.fused = fused
+        grads, calls = {}, []
+
+        def meanwhile():  # what the trainer does there: read the next batch
+            calls.append(True)
+
+        def failing():
+            raise ValueError("a bad batch")
+
+        for path in ("fused", "reducer", "fused, meanwhile raised"):
+            backend.fused = path != "reducer"
             model = net()
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
             step_model, _ = backend.wrap(model, opt)
             g = torch.Generator().manual_seed(100 + rank)  # each rank its own batch
             x = torch.randn(7 + rank, 5, generator=g, dtype=torch.float64)
             step_model(x).pow(2).mean().backward()
-            backend.reduce_gradients(model)
-            grads[fused] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        out.put((rank, {n: (grads[True][n] - grads[False][n]).abs().max().item() for n in grads[True]},
-                 {n: g.abs().max().item() for n, g in grads[True].items()}))
+            if path == "fused, meanwhile raised":  # the collective still completes: no rank left hanging
+                with pytest.raises(ValueError):
+                    backend.reduce_gradients(model, meanwhile=failing)
+            else:
+                backend.reduce_gradients(model, meanwhile=meanwhile)
+            grads[path] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert len(calls) == 2, calls  # once per reduction, on either path
+        ref = grads["reducer"]
+        out.put((rank, {f"{path}: {n}": (grads[path][n] - ref[n]).abs().max().item() for path in grads for n in ref
+                        if path != "reducer"},
+                 {n: g.abs().max().item() for n, g in ref.items()}))
     except Exception as e:  # reported to the test instead of a hung queue
         out.put((rank, repr(e), None))
     finally:
@@ -79,6 +94,7 @@ def test_fused_allreduce_equals_the_ddp_reducer():
     results = collect(procs, out)
     for rank, (diff, size) in results.items():
         assert isinstance(diff, dict), f"rank {rank}: {diff}"
-        assert set(diff) == {"0.weight", "0.bias", "2.bias", "3.weight", "3.bias"}
+        assert {k.split(": ")[1] for k in diff} == {"0.weight", "0.bias", "2.bias", "3.weight", "3.bias"}
+        assert len(diff) == 10  # both fused paths
         assert max(diff.values()) < 1e-12  # the same averaged gradients
         assert min(size.values()) > 1e-6  # and real ones
