@@ -220,7 +220,8 @@ def test_cross_spectrum_radial_run_round_trip_and_rotation_spread(tiny, tmp_path
 
 def test_persistent_loader_workers_train_exactly_as_in_process_loading(tiny, tmp_path):
     """num_workers > 0: one loader and worker process per dataset for the whole run (batches set per epoch),
-    the same batches in the same order as in-process loading: equal parameters, and the step split recorded."""
+    the same batches in the same order as in-process loading: equal parameters, and the step split recorded
+    with one step per batch."""
     a = train_run(config(tiny, tmp_path / "inline", epochs=2))
     b = train_run(config(tiny, tmp_path / "workers", epochs=2, num_workers=1))
     pa = load_checkpoint(tmp_path / "inline" / "checkpoint_last.pt")["model"]
@@ -230,6 +231,9 @@ def test_persistent_loader_workers_train_exactly_as_in_process_loading(tiny, tmp
     assert a["history"][-1]["train_mae"] == b["history"][-1]["train_mae"]
     assert {"step_ms_data", "step_ms_forward", "step_ms_backward", "step_ms_optimizer", "step_ms_sync"} <= set(
         b["history"][-1])
+    # one step per batch (the next batch is read during the previous step's allreduce: one data mark each)
+    n_train = len((tmp_path / "inline" / "split_train.txt").read_text().split())
+    assert a["history"][-1]["train_steps"] == b["history"][-1]["train_steps"] == -(-n_train // 8)
 
 
 def test_ensemble_trains_members_and_reports_their_mean_and_spread(tiny, tmp_path):
