@@ -434,14 +434,17 @@ class Trainer:
         batches_in = iter(self._loader(self.train_set, batches[start_step:], lambda: self.rank_speeds))
         ahead = {}
 
+        def read():
+            ahead["item"] = next(batches_in, None)
+            ahead["data"] = timer.mark("data" if ahead["item"] is not None else "allreduce")
+
         def read_ahead():
             """The next step's batch, read while this step's gradients are averaged (a rank that reaches the
             allreduce first would wait idle for the other; at one rank it changes nothing)."""
             timer.mark("allreduce")
-            ahead["item"] = next(batches_in, None)
-            ahead["data"] = timer.mark("data" if ahead["item"] is not None else "allreduce")
+            read()
 
-        read_ahead()
+        read()  # the first batch: the time since the epoch began is its data wait, as for every other
         step = start_step
         while ahead["item"] is not None:
             (rows, batch), busy = ahead["item"], ahead["data"]

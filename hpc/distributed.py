@@ -176,9 +176,7 @@ class DDPBackend(SingleProcess):
         ``meanwhile()`` run while it is in flight. GPU: nothing but ``meanwhile()`` (DDP's reducer averaged
         them during the backward)."""
         if not self.fused:
-            if meanwhile is not None:
-                meanwhile()
-            return
+            return super().reduce_gradients(model, meanwhile)
 
         def start(_, flat):
             wait = self._start_all_reduce(flat)
