@@ -56,20 +56,46 @@ def collate_reciprocal(sets: Sequence[ReciprocalSet], dtype=torch.float32) -> Re
     halves = {bool(s.half) for s in sets}
     if len(halves) > 1:
         raise ValueError("a batch mixes half and full reciprocal sets")
-    counts = np.array([len(s.G) for s in sets], dtype=np.int64)
-    K = max([len(s.channels) for s in sets] + [1])
-    G = np.concatenate([s.G for s in sets]) if len(sets) else np.empty((0, 3))
-    values = np.zeros((int(counts.sum()), K), dtype=np.float32 if dtype == torch.float32 else np.float64)
-    slot_channel = np.full((len(sets), K), -1, dtype=np.int64)
-    start = 0
-    for b, s in enumerate(sets):
-        c, p = s.amp.shape
-        values[start:start + p, :c] = s.amp.T
-        slot_channel[b, :c] = s.channels
-        start += p
-    return ReciprocalBatch(torch.from_numpy(G).to(dtype), torch.from_numpy(values).to(dtype),
-                           torch.from_numpy(slot_channel), torch.from_numpy(np.repeat(np.arange(len(sets)), counts)),
-                           tuple(int(x) for x in counts), bool(halves.pop()) if halves else False)
+    return pack_reciprocal([s.G for s in sets], [s.amp for s in sets], [s.channels for s in sets],
+                           bool(halves.pop()) if halves else False, dtype)
+
+
+def padded_rows(rows: Sequence[np.ndarray], width: Optional[int] = None, fill: int = -1) -> np.ndarray:
+    """(S, width) int64: row s holds ``rows[s]`` (1-D integer arrays) followed by ``fill``; width defaults to the
+    longest row. One vectorised assignment (a batch's channel ids and slots are built per step)."""
+    lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    width = int(lengths.max(initial=0)) if width is None else width
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    if len(rows):
+        out[np.arange(width) < lengths[:, None]] = np.concatenate(rows)
+    return out
+
+
+def pack_reciprocal(G: Sequence[np.ndarray], amp: Sequence[np.ndarray], slots: Optional[Sequence[np.ndarray]],
+                    half: bool, dtype=torch.float32) -> ReciprocalBatch:
+    """The batch of S structures' reciprocal arrays (what :func:`collate_reciprocal` does with the sets'
+    fields, for a loader that keeps the arrays): G[s] (P_s, 3) 1/Angstrom, amp[s] (C_s, P_s) values (best in
+    column-major order: each point's C_s values are then contiguous), slots[s] (C_s,) the channel of each (None:
+    each structure's own channels 0 .. C_s - 1, the compact slots of element channels).
+    When every structure has the batch's K channels (the usual case within one chemistry) the values are one
+    concatenation; otherwise each set is copied into its rows of a zero-padded (P, K) matrix."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    counts = np.fromiter((len(g) for g in G), np.int64, len(G))
+    c = np.fromiter((len(a) for a in amp), np.int64, len(amp))
+    K = max(int(c.max(initial=0)), 1)
+    if len(G) and (c == K).all():
+        values = np.concatenate([a.T for a in amp]).astype(np_dtype, copy=False)
+    else:
+        values = np.zeros((int(counts.sum()), K), dtype=np_dtype)
+        for start, a in zip(np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist(), amp):
+            values[start:start + a.shape[1], :len(a)] = a.T
+    Gs = np.concatenate(G) if len(G) else np.empty((0, 3))
+    if slots is None:
+        slot_channel = np.where(np.arange(K) < c[:, None], np.arange(K), -1).astype(np.int64)
+    else:
+        slot_channel = padded_rows(slots, K)
+    return ReciprocalBatch(torch.from_numpy(Gs).to(dtype), torch.from_numpy(values), torch.from_numpy(slot_channel),
+                           torch.from_numpy(np.repeat(np.arange(len(G)), counts)), tuple(counts.tolist()), half)
 
 
 def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: float, mode: str = "cartesian",

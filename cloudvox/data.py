@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import properties as K
-from .binning import collate_reciprocal
+from .binning import pack_reciprocal, padded_rows
 from .descriptors import DEFAULT_PROPERTIES
 from .elements import MAX_Z, property_weights
 from .features import DONE, FeatureFile
@@ -301,9 +301,9 @@ class VoxelDataset(_FeatureDataset):
 
     def collate(self, items: List[Dict]) -> Dict:
         """Batch dict: compact voxels with channel ids (element channels) or dense voxels; or reciprocal sets."""
-        batch: Dict = {K.INDEX: torch.tensor([it[K.INDEX] for it in items], dtype=torch.int64)}
+        batch: Dict = {K.INDEX: torch.from_numpy(np.fromiter((it[K.INDEX] for it in items), np.int64, len(items)))}
         if K.TARGET in items[0]:
-            batch[K.TARGET] = torch.tensor(np.array([it[K.TARGET] for it in items]), dtype=torch.float32)
+            batch[K.TARGET] = torch.from_numpy(np.array([it[K.TARGET] for it in items], dtype=np.float32))
         if self.source == "voxels":
             n = items[0]["n"]
             if self.per_element:  # only the structures' own channels, padded to the batch's largest set
@@ -321,18 +321,13 @@ class VoxelDataset(_FeatureDataset):
                     vox[b, torch.from_numpy(it["channels"])[:, None], torch.from_numpy(it["voxel_index"].astype(np.int64))[None, :]] = \
                         torch.from_numpy(it["voxel_values"])
             batch[K.VOXELS] = vox.view(len(items), -1, n, n, n)
-        else:
-            from .descriptors import ReciprocalSet
-            local = []
-            for it in items:  # element channels: bin into each structure's own slots (compact), ids alongside
-                slots = np.arange(len(it["channels"])) if self.per_element else it["channels"]
-                local.append(ReciprocalSet(it["G"], it["amp"], slots, half=it.get("half", False)))
-            batch[K.RECIPROCAL] = collate_reciprocal(local)
+        else:  # element channels: bin into each structure's own slots (compact), ids alongside
+            channels = [it["channels"] for it in items]
+            batch[K.RECIPROCAL] = pack_reciprocal([it["G"] for it in items], [it["amp"] for it in items],
+                                                  None if self.per_element else channels,
+                                                  bool(items[0].get("half", False)) if items else False)
             if self.per_element:
-                ids = np.full((len(items), max(len(it["channels"]) for it in items)), -1, dtype=np.int64)
-                for b, it in enumerate(items):
-                    ids[b, :len(it["channels"])] = it["channels"]
-                batch[K.CHANNEL_IDS] = torch.from_numpy(ids)
+                batch[K.CHANNEL_IDS] = torch.from_numpy(padded_rows(channels))
         return batch
 
 

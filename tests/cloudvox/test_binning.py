@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from cloudvox.binning import bin_reciprocal, collate_reciprocal
+from cloudvox.binning import bin_reciprocal, collate_reciprocal, pack_reciprocal, padded_rows
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.io import read_aflow, read_prototypes
 
@@ -66,3 +66,43 @@ def test_half_sets_bin_as_the_full_sets(crystals, mode, channels):
         torch.testing.assert_close(got, full, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="mixes half and full"):
         collate_reciprocal([halves[0], halves[1].full()])
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_packed_batch_equals_a_point_by_point_reference(crystals, uniform):
+    """pack_reciprocal (one concatenation when every structure has the batch's K channels, a padded copy
+    otherwise) puts each point's values in its structure's slots and -1 past them, as an explicit loop does."""
+    vox = ReciprocalVoxelizer(n=16, length=8.0, channels="element", cross=True)
+    names = vox.channel_names(crystals)
+    sets = vox.reciprocal_batch(crystals, names, dtype=np.float32, half=True)
+    sizes = [len(s.channels) for s in sets]
+    if uniform:  # the most common channel count among the prototypes, and only those
+        k = max(set(sizes), key=sizes.count)
+        sets = [s for s in sets if len(s.channels) == k][:12]
+    assert len(sets) >= 4 and (len({len(s.channels) for s in sets}) == 1) == uniform
+    amps = [np.asfortranarray(s.amp) for s in sets]
+    for slots in (None, [s.channels for s in sets]):
+        got = pack_reciprocal([s.G for s in sets], amps, slots, True)
+        K = max(len(s.channels) for s in sets)
+        P = sum(len(s.G) for s in sets)
+        values, slot, owner = np.zeros((P, K), np.float32), np.full((len(sets), K), -1), []
+        start = 0
+        for b, s in enumerate(sets):
+            for j in range(len(s.channels)):
+                values[start:start + len(s.G), j] = s.amp[j]
+                slot[b, j] = j if slots is None else s.channels[j]
+            owner += [b] * len(s.G)
+            start += len(s.G)
+        assert got.values.dtype == torch.float32 and got.values.shape == (P, K)
+        np.testing.assert_array_equal(got.values.numpy(), values)
+        np.testing.assert_array_equal(got.slot_channel.numpy(), slot)
+        np.testing.assert_array_equal(got.point_structure.numpy(), owner)
+        np.testing.assert_array_equal(got.G.numpy(), np.concatenate([s.G for s in sets]).astype(np.float32))
+        assert got.point_counts == tuple(len(s.G) for s in sets) and got.half
+
+
+def test_padded_rows():
+    rows = [np.array([3, 1]), np.array([], dtype=np.int64), np.array([7, 8, 9])]
+    np.testing.assert_array_equal(padded_rows(rows), [[3, 1, -1], [-1, -1, -1], [7, 8, 9]])
+    assert padded_rows(rows, 4, fill=0).tolist() == [[3, 1, 0, 0], [0, 0, 0, 0], [7, 8, 9, 0]]
+    assert padded_rows([]).shape == (0, 0)
