@@ -236,6 +236,33 @@ def test_persistent_loader_workers_train_exactly_as_in_process_loading(tiny, tmp
     assert a["history"][-1]["train_steps"] == b["history"][-1]["train_steps"] == -(-n_train // 8)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_micro_batches_give_the_whole_batch_step(tiny, tmp_path, workers):
+    """train.micro_batch = 3 on batches of 8 (chunks of 3, 3, 2, gradients summed before one optimiser step,
+    rotations drawn for the whole batch): the parameters and metrics of micro_batch 0, up to summation order;
+    in process and with a loader worker (which collates the chunks)."""
+    whole = train_run(config(tiny, tmp_path / "whole", epochs=2, grad_clip=0.05))
+    micro = train_run(config(tiny, tmp_path / "micro", epochs=2, grad_clip=0.05, micro_batch=3, num_workers=workers))
+    pa = load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt")["model"]
+    pb = load_checkpoint(tmp_path / "micro" / "checkpoint_last.pt")["model"]
+    assert any((v != 0).any() for v in pa.values())
+    for k in pa:
+        torch.testing.assert_close(pb[k], pa[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(whole["history"], micro["history"]):
+        assert b["train_mae"] == pytest.approx(a["train_mae"], rel=1e-5)
+        assert b["val_mae"] == pytest.approx(a["val_mae"], rel=1e-5)
+        assert b["train_steps"] == a["train_steps"]  # one step per batch, whatever its chunks
+
+
+def test_chunks_split_rows_and_items_alike():
+    from cloudvox.train import chunk_rows_of, collate_chunks
+    rows = np.array([4, 9, 1, 7, 3, 8, 2])
+    assert [c.tolist() for c in chunk_rows_of(rows, 3)] == [[4, 9, 1], [7, 3, 8], [2]]
+    assert [c.tolist() for c in chunk_rows_of(rows, 0)] == [rows.tolist()]
+    assert collate_chunks(list, 3, list("abcdefg")) == [list("abc"), list("def"), list("g")]
+    assert collate_chunks(list, 0, list("ab")) == [list("ab")] and collate_chunks(list, 4, []) == [[]]
+
+
 def test_ensemble_trains_members_and_reports_their_mean_and_spread(tiny, tmp_path):
     """train.ensemble = 3: three members (seeds 0, 1, 2; one split) in RUN/member-k; evaluate and predict give
     the members' mean with their standard deviation next to each prediction."""

@@ -63,11 +63,14 @@ def single(tiny, tmp_path_factory):
     return d / "run"
 
 
-@pytest.mark.parametrize("backend, rebalance", [("horovod", False), ("ddp", False), ("ddp", True)])
-def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, backend, rebalance):
+@pytest.mark.parametrize("backend, rebalance, micro", [("horovod", False, 0), ("ddp", False, 0), ("ddp", True, 0),
+                                                     ("horovod", False, 3), ("ddp", False, 3)])
+def test_two_ranks_equal_one_at_the_same_global_batch(tiny, single, tmp_path, backend, rebalance, micro):
     run = tmp_path / "run"
-    # rebalance: shares by the ranks' measured speeds, agreed every 2 steps (any split gives the same gradient)
-    train(2, write_config(tmp_path / "c.yaml", tiny, run, rebalance=rebalance, stop_check_every=2), backend)
+    # rebalance: shares by the ranks' measured speeds, agreed every 2 steps (any split gives the same gradient);
+    # micro: each rank's 4 samples in chunks of 3 and 1, gradients summed before the allreduce
+    train(2, write_config(tmp_path / "c.yaml", tiny, run, rebalance=rebalance, stop_check_every=2, micro_batch=micro),
+          backend)
     a, b = params(single), params(run)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
