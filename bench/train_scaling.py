@@ -15,7 +15,7 @@ one alone is what the two cores allow, the ceiling of the 2-rank efficiency here
 also printed against it, ``against_pair``). Also the gradient bytes exchanged per step (inputs to
 docs/scaling.md).
 Usage: python bench/train_scaling.py [--epochs 6] [--repeats 3] [--backends horovod ddp] [--models voxelnet atomcloud]
-       [--control]
+       [--control] [--set train.micro_batch=16 ...]
 """
 import argparse
 import json
@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (1 rank, then each backend at 2)")
     ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
     ap.add_argument("--models", nargs="+", default=["voxelnet", "atomcloud"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for both models' runs (e.g. train.micro_batch=16)")
     ap.add_argument("--control", action="store_true",
                     help="also two 1-rank trainings at once, no communication: the ceiling the two cores allow")
     args = ap.parse_args()
@@ -108,6 +110,8 @@ def main():
     vox["data"].update(path=str(data), split=dict(by=None, sizes=[2800, 200, 200], seed=0))
     cloud = yaml.safe_load((ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml").read_text())
     cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[2800, 100, 100], seed=0))
+    from cloudvox.config import apply_overrides
+    vox, cloud = apply_overrides(vox, args.set), apply_overrides(cloud, args.set)
     runs = [(1, 32, "base", "none")] + [(2, b, kind, be) for be in args.backends for b, kind in ((64, "weak"), (32, "strong"))]
     after = [(1, 32, "base_after", "none")]  # the 1-rank run again at the round's end: the reference is their mean
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +129,7 @@ def main():
                                                                                   backend, model, args.epochs)
                         emit("train_scaling", f"samples_per_s_{ranks}_ranks", rates[backend, kind], "samples/s",
                              model=model, backend=backend, global_batch=batch, scaling=kind, epochs=args.epochs,
-                             repeat=rep)
+                             repeat=rep, overrides=args.set)
                         emit("train_scaling", f"step_ms_{ranks}_ranks", sum(split.values()), "ms/step", model=model,
                              backend=backend, scaling=kind, repeat=rep, split=split,
                              epoch_overhead_ms=round(epoch_ms, 1),

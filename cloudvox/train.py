@@ -461,6 +461,7 @@ class Trainer:
             (rows, chunks), busy = ahead["item"], ahead["data"]
             global_count = len(batches[step])
             self.optimizer.zero_grad()
+            done = []  # each chunk's (per-sample loss, prediction, target), summed into the metrics after the step
             no_sync = getattr(self.model_for_step, "no_sync", contextlib.nullcontext)  # DDP's reducer: once
             for j, (chunk_rows, batch) in enumerate(zip(chunk_rows_of(rows, cfg.micro_batch), chunks)):
                 # the same generator for every chunk: random draws are made for the global batch, then indexed
@@ -478,8 +479,7 @@ class Trainer:
                     else:
                         loss.backward()
                     busy += timer.mark("backward")
-                sums[:2].add_(torch.stack([per.detach().sum(), (pred.detach().float() - y).abs().sum()]))
-                seen += len(y)
+                done.append((per.detach(), pred.detach(), y))
             if self._rebalance:  # this rank's work and time to the allreduce: its speed, for the next shares
                 self._window += (busy, len(rows) if costs is None else float(costs[batches[step][rows]].sum()))
             self.dist.reduce_gradients(self.model, meanwhile=read_ahead)
@@ -496,6 +496,9 @@ class Trainer:
             if self.ema_params is not None:
                 self._update_ema()
             timer.mark("optimizer")
+            for per, pred, y in done:
+                sums[:2].add_(torch.stack([per.sum(), (pred.float() - y).abs().sum()]))
+                seen += len(y)
             if bar is not None:
                 bar.update(1)
                 if step % 25 == 0:
