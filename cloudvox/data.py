@@ -307,12 +307,10 @@ class VoxelDataset(_FeatureDataset):
         if self.source == "voxels":
             n = items[0]["n"]
             if self.per_element:  # only the structures' own channels, padded to the batch's largest set
-                c = max(len(it["channels"]) for it in items)
-                ids = torch.full((len(items), c), -1, dtype=torch.int64)
-                vox = torch.zeros(len(items), c, n ** 3)
+                ids = torch.from_numpy(padded_rows([it["channels"] for it in items]))
+                vox = torch.zeros(len(items), ids.shape[1], n ** 3)
                 for b, it in enumerate(items):
                     m = len(it["channels"])
-                    ids[b, :m] = torch.from_numpy(it["channels"])
                     vox[b, :m, torch.from_numpy(it["voxel_index"].astype(np.int64))] = torch.from_numpy(it["voxel_values"])
                 batch[K.CHANNEL_IDS] = ids
             else:

@@ -100,9 +100,13 @@ def test_augmentation_binning_equals_the_descriptor_of_the_rotated_structure(tin
         np.testing.assert_allclose(x[b].numpy(), expected, rtol=1e-3, atol=1e-6)  # float16 stored values
     # and without rotation the stored voxels come back exactly
     plain = VoxelDataset(tiny, range(6), np.zeros(6), "voxels")
-    xb = plain.collate([plain[k] for k in range(6)])[K.VOXELS]
+    plain_batch = plain.collate([plain[k] for k in range(6)])
+    xb = plain_batch[K.VOXELS]
     x0, _ = task.inputs(batch, torch.device("cpu"), None, rotate=False)
     np.testing.assert_allclose(x0.numpy(), xb.numpy(), rtol=1e-6, atol=1e-9)
+    # both sources give each structure its own channel ids, padded with -1 to the batch's largest set
+    assert ff.per_element and (batch[K.CHANNEL_IDS] >= 0).sum() == sum(len(ds[k]["channels"]) for k in range(6))
+    torch.testing.assert_close(plain_batch[K.CHANNEL_IDS], batch[K.CHANNEL_IDS], rtol=0, atol=0)
 
 
 def test_resume_gives_the_uninterrupted_run(tiny, tmp_path):
