@@ -5,7 +5,9 @@ and cross channels, N=16, the demo network; AtomCloudNet on 2800 QM9 molecules, 
 network) for a few epochs and reports the median training samples/s of the second half of the epochs (once
 every rank's item cache is warm), rank 0's step split, the time per epoch outside the steps, and the parallel
 efficiency (samples/s at 2 ranks) / (2 x samples/s at 1 rank), for weak scaling (32 samples per rank, the
-usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks). With
+usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks). Every run, the
+1-rank references included, goes through forward and backward in chunks of ``--micro-batch`` samples
+(``train.micro_batch``, 16: the measured choice for CPU ranks; 0 for one piece per rank). With
 ``--repeats R`` the runs alternate R times and the medians over rounds are printed with every round's figure.
 Each round runs the 1-rank training before and after its 2-rank runs and takes the mean of the two as its
 reference: this machine drifts by 10-20 % over minutes, and bracketing cancels a linear drift. Every rank's step
@@ -15,7 +17,7 @@ one alone is what the two cores allow, the ceiling of the 2-rank efficiency here
 also printed against it, ``against_pair``). Also the gradient bytes exchanged per step (inputs to
 docs/scaling.md).
 Usage: python bench/train_scaling.py [--epochs 6] [--repeats 3] [--backends horovod ddp] [--models voxelnet atomcloud]
-       [--control] [--set train.micro_batch=16 ...]
+       [--control] [--micro-batch 16] [--set train.lr=0.001 ...]
 """
 import argparse
 import json
@@ -99,6 +101,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (1 rank, then each backend at 2)")
     ap.add_argument("--backends", nargs="+", default=["horovod", "ddp"])
     ap.add_argument("--models", nargs="+", default=["voxelnet", "atomcloud"])
+    ap.add_argument("--micro-batch", type=int, default=16,
+                    help="train.micro_batch of every run (0: each rank's share in one piece); 16 is the measured "
+                         "choice for CPU ranks (docs/scaling.md)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for both models' runs (e.g. train.micro_batch=16)")
     ap.add_argument("--control", action="store_true",
@@ -111,6 +116,7 @@ def main():
     cloud = yaml.safe_load((ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml").read_text())
     cloud["data"].update(path=str(qm9), split=dict(by=None, sizes=[2800, 100, 100], seed=0))
     from cloudvox.config import apply_overrides
+    args.set = [f"train.micro_batch={args.micro_batch}"] + args.set
     vox, cloud = apply_overrides(vox, args.set), apply_overrides(cloud, args.set)
     runs = [(1, 32, "base", "none")] + [(2, b, kind, be) for be in args.backends for b, kind in ((64, "weak"), (32, "strong"))]
     after = [(1, 32, "base_after", "none")]  # the 1-rank run again at the round's end: the reference is their mean
