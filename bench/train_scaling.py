@@ -105,7 +105,7 @@ def main():
                     help="train.micro_batch of every run (0: each rank's share in one piece); 16 is the measured "
                          "choice for CPU ranks (docs/scaling.md)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides for both models' runs (e.g. train.micro_batch=16)")
+                    help="config overrides for both models' runs (e.g. train.lr=0.001)")
     ap.add_argument("--control", action="store_true",
                     help="also two 1-rank trainings at once, no communication: the ceiling the two cores allow")
     args = ap.parse_args()
