@@ -26,6 +26,8 @@ MODELS = {  # model -> (config, base overrides, {variant: overrides})
         "l1": ["network.l_max=1"],                        # angular resolution
         "no_body": ["network.body_features=false"],       # without the 2- and 3-body invariants in the head
         "layers4": ["network.layers=4"],                  # more message passing (body order)
+        "products": ["network.products=all"],            # 3-body invariants of the messages in every layer
+        "products_hidden": ["network.products=hidden"],   # the same in the layers with l > 0 outputs only
         "wide": ["network.scalars=64", "network.vectors=32", "network.tensors=16", "network.embed=64"],
         "radial16": ["network.n_basis=16", "network.radial_hidden=64"],  # more radial channels
         "cutoff6": ["network.cutoff=6.0", "network.avg_neighbors=40"],   # more periodic images

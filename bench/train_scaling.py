@@ -7,7 +7,8 @@ every rank's item cache is warm), rank 0's step split, the time per epoch outsid
 efficiency (samples/s at 2 ranks) / (2 x samples/s at 1 rank), for weak scaling (32 samples per rank, the
 usual data-parallel setting) and strong scaling (a global batch of 32 split over the ranks). Every run, the
 1-rank references included, goes through forward and backward in chunks of ``--micro-batch`` samples
-(``train.micro_batch``, 16: the measured choice for CPU ranks; 0 for one piece per rank). With
+(``train.micro_batch``, 16: 1.09x for VoxelNet at 2 CPU ranks against one piece, neutral for AtomCloudNet;
+0 for one piece per rank). With
 ``--repeats R`` the runs alternate R times and the medians over rounds are printed with every round's figure.
 Each round runs the 1-rank training before and after its 2-rank runs and takes the mean of the two as its
 reference: this machine drifts by 10-20 % over minutes, and bracketing cancels a linear drift. Every rank's step

@@ -101,25 +101,34 @@ class CloudConvolution(nn.Module):
     scatter-add, instead of one e3nn instruction each: training is 2-2.4x faster on CPU than with
     e3nn's TensorProduct (same paths).
 
+    With ``products`` (orders l > 0), each such order's aggregated messages A_l (A, 2l+1, U) also give the
+    per-atom invariants mean_m A_lm^2 (A, U), mixed into the scalar outputs with the scalar messages: products of
+    two sums over neighbours, i.e. 3-body terms sum_jk R(r_ij) R(r_ik) P_l(cos theta_jik) of learned radial
+    functions and neighbour features, in every layer (the ACE B-basis at correlation order 2). Per atom, not per
+    edge; an order used only for products needs its messages but gets no output channels.
+
     Args:
         irreps_in: channels per order of the input. irreps_out: channels per order of the output.
         l_sh: highest spherical-harmonic order. n_basis: radial basis size. radial_hidden: radial MLP width.
         avg_neighbors: typical neighbour count (sums over neighbours are divided by its square root).
+        products: orders l > 0 whose invariants feed the scalar outputs (empty: messages are linear only).
     """
 
     def __init__(self, irreps_in: Irreps, irreps_out: Irreps, l_sh: int, n_basis: int, radial_hidden: int,
-                 avg_neighbors: float):
+                 avg_neighbors: float, products: Sequence[int] = ()):
         super().__init__()
         from e3nn import o3
         self.irreps_in = {l: m for l, m in irreps_in.items() if m > 0}
         self.irreps_out = {l: m for l, m in irreps_out.items() if m > 0}
+        self.products = sorted(l for l in set(products) if l > 0)
         self.n_gates = sum(m for l, m in self.irreps_out.items() if l > 0)
         n_sh = (l_sh + 1) ** 2
+        reached = {**{l: 1 for l in self.products}, **self.irreps_out}  # orders whose messages are made
         mids: Dict[int, int] = {}  # l3 -> channels of the mixed (pre-linear) features
         self.plan = []  # per input order: (l1, n_paths, [(l3, first column)], offset of its radial weights)
         n_weights = 0
         for l1, u in self.irreps_in.items():
-            paths = tensor_product_paths(l1, l_sh, self.irreps_out)
+            paths = tensor_product_paths(l1, l_sh, reached)
             cols, col_path = [], []
             table = torch.zeros(n_sh, sum(2 * l3 + 1 for _, l3 in paths), 2 * l1 + 1, dtype=torch.float64)
             c = 0
@@ -139,8 +148,14 @@ class CloudConvolution(nn.Module):
         self.radial = nn.Sequential(nn.Linear(n_basis, radial_hidden, bias=False), nn.SiLU(),
                                     nn.Linear(radial_hidden, n_weights, bias=False))
         # linear mixing per output order (the l = 0 block also makes the gates), and the self-connection
+        self.products = [l for l in self.products if l in mids]
+        self.product_rows = sum(mids[l] for l in self.products)  # the last rows of mix["0"]: the invariants'
         self.mix = nn.ParameterDict()
         for l3, U in mids.items():
+            if l3 not in self.irreps_out:
+                continue  # an order for products only
+            if l3 == 0:
+                U += self.product_rows  # the invariants join the scalar messages
             width = self.irreps_out[l3] + (self.n_gates if l3 == 0 else 0)
             self.mix[str(l3)] = nn.Parameter(torch.randn(U, width) / math.sqrt(U))
         self.self_connection = nn.ParameterDict({
@@ -170,10 +185,14 @@ class CloudConvolution(nn.Module):
             agg = agg.index_add_(0, src, msg.view(E, -1)).view(A, -1, u)  # sum over neighbours
             for l3, c in cols:
                 mids.setdefault(l3, []).append(agg[:, c:c + 2 * l3 + 1, :])
+        merged = {l3: torch.cat(parts, dim=2) if len(parts) > 1 else parts[0] for l3, parts in mids.items()}  # (A, 2l3+1, U)
+        if self.products:  # mean_m (A_lm / sqrt(avg))^2, divided by the norm applied after the mixing below
+            inv = [(merged[l] * merged[l]).mean(1, keepdim=True) * self.norm for l in self.products]  # (A, 1, U_l)
+            merged[0] = torch.cat([merged[0]] + inv, dim=2)
         out = {}
-        for l3, parts in mids.items():
-            m = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # (A, 2l3+1, U)
-            out[l3] = (m @ self.mix[str(l3)]) * self.norm
+        for l3, m in merged.items():
+            if l3 in self.irreps_out:
+                out[l3] = (m @ self.mix[str(l3)]) * self.norm
         n0 = self.irreps_out[0]
         gates = torch.sigmoid(out[0][:, 0, n0:])
         res = {0: torch.nn.functional.silu(out[0][:, :, :n0])}
@@ -187,6 +206,14 @@ class CloudConvolution(nn.Module):
         return res
 
 
+# network.products -> the orders l > 0 whose message invariants feed a layer's scalars, from (its outputs, hidden orders)
+PRODUCT_ORDERS = {
+    "none": lambda out, hidden: (),
+    "hidden": lambda out, hidden: [l for l in out if l > 0],  # layers with l > 0 outputs: no extra messages
+    "all": lambda out, hidden: [l for l in hidden if l > 0],  # every layer, the scalars-only last one included
+}
+
+
 class AtomCloudNet(nn.Module):
     """E(3)-invariant regressor on atom clouds.
 
@@ -198,6 +225,9 @@ class AtomCloudNet(nn.Module):
         (the power mean (mean |x|^p)^(1/p) of the original, p = ``power``). avg_neighbors: normalisation.
         body_features: concatenate invariant 2-body (sum_j B(r_ij)) and 3-body (sum_jk B(r_ij) B(r_ik)
         P_l(cos theta_jik), computed as |sum_j B(r_ij) Y_l(r_ij)|^2, O(edges)) features to the head's input.
+        products: "none", "hidden" or "all": the invariants of the aggregated l > 0 messages (mean_m A_lm^2) join
+            the scalar messages (:class:`CloudConvolution`), 3-body terms of learned radial functions, in the layers
+            with l > 0 outputs ("hidden") or in every layer ("all": the last layer then makes l > 0 messages too).
         embed_properties: element property names (:func:`cloudvox.elements.property_weights`): the atom
             embedding becomes a learned linear function of the element's standardised properties plus a free
             per-element part that starts at zero, so elements share what they have in common and an element
@@ -207,8 +237,11 @@ class AtomCloudNet(nn.Module):
     def __init__(self, cutoff: float = 3.0, layers: int = 2, l_max: int = 2, scalars: int = 32, vectors: int = 16,
                  tensors: int = 8, n_basis: int = 8, radial_hidden: int = 32, embed: int = 32,
                  head: Sequence[int] = (64,), pooling: str = "sum", power: float = 2.0, avg_neighbors: float = 12.0,
-                 body_features: bool = False, embed_properties: Optional[Sequence[str]] = None):
+                 body_features: bool = False, embed_properties: Optional[Sequence[str]] = None,
+                 products: str = "none"):
         super().__init__()
+        if products not in PRODUCT_ORDERS:
+            raise ValueError(f"products must be one of {', '.join(PRODUCT_ORDERS)}, not {products!r}")
         if pooling not in ("sum", "mean", "power"):
             raise ValueError(f"pooling must be sum, mean or power, not {pooling!r}")
         muls = {0: scalars, 1: vectors, 2: tensors}
@@ -221,7 +254,8 @@ class AtomCloudNet(nn.Module):
         for k in range(layers):
             # the last layer makes scalars only: the head reads l = 0 (and every parameter gets a gradient)
             out = hidden if k < layers - 1 else {0: hidden[0]}
-            block = CloudConvolution(irreps, out, l_max, n_basis, radial_hidden, avg_neighbors)
+            block = CloudConvolution(irreps, out, l_max, n_basis, radial_hidden, avg_neighbors,
+                                     products=PRODUCT_ORDERS[products](out, hidden))
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
@@ -237,7 +271,7 @@ class AtomCloudNet(nn.Module):
         self.config = dict(cutoff=cutoff, layers=layers, l_max=l_max, scalars=scalars, vectors=vectors, tensors=tensors,
                            n_basis=n_basis, radial_hidden=radial_hidden, embed=embed, head=list(head), pooling=pooling,
                            power=power, avg_neighbors=avg_neighbors, body_features=body_features,
-                           embed_properties=list(embed_properties) if embed_properties else None)
+                           embed_properties=list(embed_properties) if embed_properties else None, products=products)
 
     def edges(self, batch: Dict[str, torch.Tensor]):
         """Spherical harmonics (E, (l_max+1)^2) and radial basis (E, n_basis) of every edge, once per batch."""

@@ -64,12 +64,15 @@ def test_crystal_and_supercell_give_the_same_energy_per_atom(net):
         assert predict(net, [c.rotated(R)])[0] == pytest.approx(e1 * len(c), rel=RTOL)
 
 
-def test_convolution_is_equivariant_for_every_order(rng):
+@pytest.mark.parametrize("products", [(), (1, 2)])
+def test_convolution_is_equivariant_for_every_order(rng, products):
     """Each order l of a layer's output rotates with its Wigner matrix (float64), for rotations and reflections,
-    from an input with orders 0, 1, 2: every tensor-product path is checked, not only the invariant output."""
+    from an input with orders 0, 1, 2: every tensor-product path is checked, not only the invariant output
+    (with and without the many-body products in the scalars)."""
     from cloudvox.models.atomcloud import CloudConvolution, rotate_features
     torch.manual_seed(1)
-    conv = CloudConvolution({0: 5, 1: 3, 2: 2}, {0: 4, 1: 3, 2: 2}, 2, 8, 16, 4.0).double()
+    conv = CloudConvolution({0: 5, 1: 3, 2: 2}, {0: 4, 1: 3, 2: 2}, 2, 8, 16, 4.0, products=products).double()
+    assert (conv.product_rows > 0) == bool(products)
     net = AtomCloudNet(cutoff=3.0, l_max=2).double()
     m = molecule(rng, 7)
     item = cloud_item(0, m.cart_coords, m.numbers, None, 3.0)
@@ -112,3 +115,32 @@ def test_property_embedding_starts_from_the_properties_and_loads_old_checkpoints
     fresh = AtomCloudNet(cutoff=3.0, layers=1, scalars=4, vectors=0, tensors=0, embed=6)
     fresh.load_state_dict(old)
     torch.testing.assert_close(fresh.embedding(z), plain.embedding(z))
+
+
+def test_many_body_products_are_invariant_feed_the_scalars_and_train_every_parameter(rng):
+    """``products="all"``: the invariants of the aggregated l > 0 messages join the scalars of every layer, the last
+    (scalars-only) layer included, which makes its l > 0 messages for that alone."""
+    torch.manual_seed(2)
+    net = AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2, products="all").double()
+    assert [b.products for b in net.blocks] == [[1, 2], [1, 2]]
+    hidden = AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2, products="hidden")
+    assert [b.products for b in hidden.blocks] == [[1, 2], []]
+    with pytest.raises(ValueError, match="products must be one of none, hidden, all"):
+        AtomCloudNet(products="yes")
+    assert set(net.blocks[-1].mix) == {"0"}  # no l > 0 output channels in the last layer
+    m = molecule(rng, 8)
+    base = predict(net.eval(), [m])[0]
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    for v in (m.rotated(R), m.rotated(-np.eye(3)), m.permuted(rng.permutation(len(m)))):
+        assert predict(net, [v])[0] == pytest.approx(base, rel=RTOL, abs=1e-12)
+    batch = collate_clouds([cloud_item(0, m.cart_coords, m.numbers, None, 3.0)])
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    net.train()
+    net(batch, n_structures=1).sum().backward()
+    silent = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent  # DDP needs every parameter in the graph
+    last = net.blocks[-1]
+    assert 0 < last.product_rows < last.mix["0"].shape[0]
+    with torch.no_grad():
+        last.mix["0"][-last.product_rows:] = 0  # drop what the products contribute to the last layer
+    assert abs(predict(net.eval(), [m])[0] - base) > 1e-6  # they fed the output
