@@ -112,10 +112,13 @@ class CloudConvolution(nn.Module):
         l_sh: highest spherical-harmonic order. n_basis: radial basis size. radial_hidden: radial MLP width.
         avg_neighbors: typical neighbour count (sums over neighbours are divided by its square root).
         products: orders l > 0 whose invariants feed the scalar outputs (empty: messages are linear only).
+        receiver: scale each mixed output channel by (1 + a linear function of the receiving atom's input scalars),
+            so that the receiver's species and state multiply what its neighbours send within the layer (without
+            it they only add, through the self-connection). The factors start at 1 (zero weights).
     """
 
     def __init__(self, irreps_in: Irreps, irreps_out: Irreps, l_sh: int, n_basis: int, radial_hidden: int,
-                 avg_neighbors: float, products: Sequence[int] = ()):
+                 avg_neighbors: float, products: Sequence[int] = (), receiver: bool = False):
         super().__init__()
         from e3nn import o3
         self.irreps_in = {l: m for l, m in irreps_in.items() if m > 0}
@@ -162,6 +165,9 @@ class CloudConvolution(nn.Module):
             str(l): nn.Parameter(torch.randn(self.irreps_in[l], m) / math.sqrt(self.irreps_in[l]))
             for l, m in self.irreps_out.items() if l in self.irreps_in})
         self.norm = 1.0 / math.sqrt(avg_neighbors)
+        # receiver factors: (scalars in) -> one factor per mixed output column of each order, zero at the start
+        self.receiver = nn.ParameterDict({key: nn.Parameter(torch.zeros(self.irreps_in[0], m.shape[1]))
+                                          for key, m in self.mix.items()}) if receiver else None
 
     def forward(self, h: Dict[int, torch.Tensor], sh: torch.Tensor, basis: torch.Tensor, src: torch.Tensor,
                 dst: torch.Tensor) -> Dict[int, torch.Tensor]:
@@ -192,7 +198,9 @@ class CloudConvolution(nn.Module):
         out = {}
         for l3, m in merged.items():
             if l3 in self.irreps_out:
-                out[l3] = (m @ self.mix[str(l3)]) * self.norm
+                out[l3] = (m @ self.mix[str(l3)]) * self.norm  # (A, 2l3+1, width)
+                if self.receiver is not None:  # (A, 1, width) invariant factors: equivariance kept
+                    out[l3] = out[l3] * (1 + h[0] @ self.receiver[str(l3)])
         n0 = self.irreps_out[0]
         gates = torch.sigmoid(out[0][:, 0, n0:])
         res = {0: torch.nn.functional.silu(out[0][:, :, :n0])}
@@ -228,6 +236,9 @@ class AtomCloudNet(nn.Module):
         products: "none", "hidden" or "all": the invariants of the aggregated l > 0 messages (mean_m A_lm^2) join
             the scalar messages (:class:`CloudConvolution`), 3-body terms of learned radial functions, in the layers
             with l > 0 outputs ("hidden") or in every layer ("all": the last layer then makes l > 0 messages too).
+        receiver: in every layer, each output channel is scaled by 1 + a linear function of the receiving atom's
+            scalars (:class:`CloudConvolution`): the receiver's species and state couple with its environment
+            within a layer (a bilinear term, as NequIP's species-dependent self-interaction), not only at the head.
         embed_properties: element property names (:func:`cloudvox.elements.property_weights`): the atom
             embedding becomes a learned linear function of the element's standardised properties plus a free
             per-element part that starts at zero, so elements share what they have in common and an element
@@ -238,7 +249,7 @@ class AtomCloudNet(nn.Module):
                  tensors: int = 8, n_basis: int = 8, radial_hidden: int = 32, embed: int = 32,
                  head: Sequence[int] = (64,), pooling: str = "sum", power: float = 2.0, avg_neighbors: float = 12.0,
                  body_features: bool = False, embed_properties: Optional[Sequence[str]] = None,
-                 products: str = "none"):
+                 products: str = "none", receiver: bool = False):
         super().__init__()
         if products not in PRODUCT_ORDERS:
             raise ValueError(f"products must be one of {', '.join(PRODUCT_ORDERS)}, not {products!r}")
@@ -255,7 +266,7 @@ class AtomCloudNet(nn.Module):
             # the last layer makes scalars only: the head reads l = 0 (and every parameter gets a gradient)
             out = hidden if k < layers - 1 else {0: hidden[0]}
             block = CloudConvolution(irreps, out, l_max, n_basis, radial_hidden, avg_neighbors,
-                                     products=PRODUCT_ORDERS[products](out, hidden))
+                                     products=PRODUCT_ORDERS[products](out, hidden), receiver=receiver)
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
@@ -271,7 +282,8 @@ class AtomCloudNet(nn.Module):
         self.config = dict(cutoff=cutoff, layers=layers, l_max=l_max, scalars=scalars, vectors=vectors, tensors=tensors,
                            n_basis=n_basis, radial_hidden=radial_hidden, embed=embed, head=list(head), pooling=pooling,
                            power=power, avg_neighbors=avg_neighbors, body_features=body_features,
-                           embed_properties=list(embed_properties) if embed_properties else None, products=products)
+                           embed_properties=list(embed_properties) if embed_properties else None, products=products,
+                           receiver=receiver)
 
     def edges(self, batch: Dict[str, torch.Tensor]):
         """Spherical harmonics (E, (l_max+1)^2) and radial basis (E, n_basis) of every edge, once per batch."""

@@ -64,15 +64,20 @@ def test_crystal_and_supercell_give_the_same_energy_per_atom(net):
         assert predict(net, [c.rotated(R)])[0] == pytest.approx(e1 * len(c), rel=RTOL)
 
 
-@pytest.mark.parametrize("products", [(), (1, 2)])
-def test_convolution_is_equivariant_for_every_order(rng, products):
+@pytest.mark.parametrize("products,receiver", [((), False), ((1, 2), False), ((1, 2), True)])
+def test_convolution_is_equivariant_for_every_order(rng, products, receiver):
     """Each order l of a layer's output rotates with its Wigner matrix (float64), for rotations and reflections,
     from an input with orders 0, 1, 2: every tensor-product path is checked, not only the invariant output
-    (with and without the many-body products in the scalars)."""
+    (with and without the many-body products in the scalars, and with receiver factors)."""
     from cloudvox.models.atomcloud import CloudConvolution, rotate_features
     torch.manual_seed(1)
-    conv = CloudConvolution({0: 5, 1: 3, 2: 2}, {0: 4, 1: 3, 2: 2}, 2, 8, 16, 4.0, products=products).double()
+    conv = CloudConvolution({0: 5, 1: 3, 2: 2}, {0: 4, 1: 3, 2: 2}, 2, 8, 16, 4.0, products=products,
+                            receiver=receiver).double()
     assert (conv.product_rows > 0) == bool(products)
+    if receiver:  # trained factors, not the identity they start as
+        with torch.no_grad():
+            for w in conv.receiver.values():
+                w.normal_()
     net = AtomCloudNet(cutoff=3.0, l_max=2).double()
     m = molecule(rng, 7)
     item = cloud_item(0, m.cart_coords, m.numbers, None, 3.0)
@@ -144,3 +149,32 @@ def test_many_body_products_are_invariant_feed_the_scalars_and_train_every_param
     with torch.no_grad():
         last.mix["0"][-last.product_rows:] = 0  # drop what the products contribute to the last layer
     assert abs(predict(net.eval(), [m])[0] - base) > 1e-6  # they fed the output
+
+
+def test_receiver_factors_start_as_identity_then_couple_receiver_and_environment(rng):
+    """``receiver=True``: the same predictions as without it at the start (factors of 1), every factor weight gets a
+    gradient, and once trained the receiving atom's own scalars change what its aggregated messages contribute
+    (invariance kept)."""
+    torch.manual_seed(3)
+    plain = AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2).double()
+    net = AtomCloudNet(cutoff=3.0, layers=2, l_max=2, scalars=8, vectors=4, tensors=2, receiver=True).double()
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".receiver." in k for k in missing)
+    m = molecule(rng, 8)
+    base = predict(plain.eval(), [m])[0]
+    assert predict(net.eval(), [m])[0] == pytest.approx(base, rel=1e-12)
+    batch = collate_clouds([cloud_item(0, m.cart_coords, m.numbers, None, 3.0)])
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    net.train()
+    net(batch, n_structures=1).sum().backward()
+    grads = [p.grad for n, p in net.named_parameters() if ".receiver." in n]
+    assert len(grads) == 2 * 3 - 2 and all(g is not None and g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if ".receiver." in n:
+                p.normal_(std=0.3)
+    moved = predict(net.eval(), [m])[0]
+    assert abs(moved - base) > 1e-6
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    for v in (m.rotated(R), m.rotated(-np.eye(3)), m.permuted(rng.permutation(len(m)))):
+        assert predict(net, [v])[0] == pytest.approx(moved, rel=RTOL, abs=1e-12)
