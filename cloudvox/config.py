@@ -245,7 +245,7 @@ def validate_run(raw: Dict[str, Any]) -> Dict[str, Any]:
 
 
 TRAIN_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "plateau", "none"),
-                 "loss": ("l1", "mse", "huber"), "lr_scaling": ("none", "linear", "sqrt")}
+                 "loss": ("l1", "mse", "huber", "berhu"), "lr_scaling": ("none", "linear", "sqrt")}
 
 
 def load_run_config(path: Union[str, Path, None], sets: Sequence[str] = (), model: Optional[str] = None) -> Dict:
