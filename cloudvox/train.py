@@ -46,7 +46,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 10
     patience: int = 0  # early stopping on validation MAE (0: never)
-    loss: str = "l1"  # l1 | mse | huber | berhu (L1 below half a target std, quadratic above: fits rare outliers)
+    loss: str = "l1"  # l1 | mse | huber | berhu (L1 below half a target std, quadratic above)
     grad_clip: float = 0.0
     micro_batch: int = 0  # > 0: each rank's share of a batch is run through forward and backward in chunks of at
     # most this many samples, their gradients summed before the one allreduce and optimiser step (the same
@@ -242,7 +242,8 @@ def _berhu(p: torch.Tensor, y: torch.Tensor, c: float = BERHU_THRESHOLD) -> torc
     """Reverse Huber loss per sample, (B,) normalised predictions and targets -> (B,): |x| for |x| <= c and
     (x^2 + c^2) / (2 c) above, continuous with a continuous gradient at c. Small errors keep L1's equal weight
     (the MAE that is reported); a structure the network misses by more than c pulls in proportion to its error,
-    as under MSE, so a rare outlier of the training set is fitted instead of given up."""
+    as under MSE, so a rare outlier of the training set is fitted sooner. On the perovskites it was worse than L1 on
+    validation (docs/accuracy.md, "The loss and the anti-perovskites")."""
     x = (p - y).abs()
     return torch.where(x <= c, x, (x * x + c * c) / (2 * c))
 
