@@ -48,6 +48,9 @@ class FeaturizeConfig:
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
     merge_buffer_mb: float = 64.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
+    collective_timeout: float = 600.0  # s: with several ranks, a rank that neither finishes a block nor reaches
+    # a collective within it ends the job (exit 124), named with its host in one log line; 0: off
+    progress_every: float = 60.0  # s between progress lines when the log is not a terminal (0: none)
 
 
 def _store_items(default: bool = False):

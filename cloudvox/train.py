@@ -76,6 +76,9 @@ class TrainConfig:
     # fewer samples and the others wait less for it; the gradient is the same up to summation order, but the
     # split then depends on timing (runs are not bit for bit repeatable). Off: on 2 ranks x 1 core it halved the
     # ranks' arrival skew at the allreduce and left samples/s unchanged within the machine's drift (docs/scaling.md)
+    collective_timeout: float = 600.0  # s: with several ranks, a rank that does not reach a collective within it
+    # ends the job (exit 124) with one log line naming the missing rank(s) and their hosts (hpc/watchdog.py); 0: off.
+    # Well below a typical time limit, well above a step, a validation pass or a checkpoint write
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
     ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
     #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
@@ -121,6 +124,10 @@ class SingleProcess:
 
     def barrier(self) -> None:
         pass
+
+    def progress(self) -> None:
+        """A unit of work done outside a collective (a batch predicted): a backend's collective timeout
+        then knows this rank is slow, not hung."""
 
     def reduce_gradients(self, model: torch.nn.Module, meanwhile: Optional[Callable[[], None]] = None) -> None:
         """Average the gradients over the ranks, after the backward and before clipping and the step
@@ -594,6 +601,7 @@ class Trainer:
             out[0, pos] = pred.double().cpu()
             out[1, pos] = y.double().cpu()
             out[2, pos] = spread.double().cpu()
+            self.dist.progress()
         out = self.dist.allreduce_sum(out)
         return out[0].numpy(), out[1].numpy(), out[2].numpy()
 

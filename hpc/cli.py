@@ -13,6 +13,8 @@ import logging
 import os
 import shlex
 import sys
+import time
+from pathlib import Path
 from typing import List, Optional
 
 from cloudvox.features import STORE_DEFAULT, STORE_ITEMS
@@ -89,6 +91,24 @@ def log_launch() -> None:
     log.info("%s", describe(launch_env()))
 
 
+def watched_featurize(comm, job):
+    """The featurize job's communicator under a collective-timeout watchdog (several ranks, a timeout > 0),
+    its heartbeats beside the output (``.OUT.h5.watchdog/LAUNCH``); (comm, None) otherwise."""
+    from .watchdog import WatchedComm, Watchdog, launch_folder
+    if comm.Get_size() < 2 or job.collective_timeout <= 0:
+        return comm, None
+    output = Path(job.output)
+    root = output.with_name(f".{output.name}.watchdog")
+    launch = comm.bcast(f"{os.getpid():x}-{int(time.time() * 1e6):x}" if comm.Get_rank() == 0 else None, root=0)
+    if comm.Get_rank() == 0:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        folder = launch_folder(root, launch)
+    else:
+        folder = root / launch
+    watchdog = Watchdog(folder, comm.Get_rank(), comm.Get_size(), job.collective_timeout).start()
+    return WatchedComm(comm, watchdog), watchdog
+
+
 def cmd_featurize(args, command: str) -> int:
     from .comm import abort_on_error, world
     from .featurize import JobError, run_featurize
@@ -99,6 +119,7 @@ def cmd_featurize(args, command: str) -> int:
     comm = world()
     setup_logging(comm.Get_rank(), args.verbose)
     log_launch()
+    comm, watchdog = watched_featurize(comm, job)
     try:
         summary = run_featurize(job, comm, stop=lambda: bool(stop_requested))
     except JobError:  # a refusal every rank agreed on (bad parameters, unwritable or mismatching output)
@@ -106,6 +127,12 @@ def cmd_featurize(args, command: str) -> int:
     except Exception as e:  # a failing rank brings the job down instead of hanging
         abort_on_error(comm, e)
         raise
+    if watchdog is not None:
+        watchdog.close()
+        comm.Barrier()
+        if comm.Get_rank() == 0:
+            import shutil
+            shutil.rmtree(watchdog.folder.parent, ignore_errors=True)
     if comm.Get_rank() == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, default=str))
     return 1 if (job.strict and summary.get("failed")) else 0
@@ -210,13 +237,14 @@ def cmd_train(args, command: str) -> int:
     from cloudvox.config import load_run_config
     from cloudvox.runs import train_run
     from cloudvox.train import keep_freed_memory
-    from .distributed import make_distributed
+    from .distributed import make_distributed, watch
     from .logs import setup_logging
     cfg = load_run_config(args.config, args.set, model=args.model)  # a typo fails here, on every rank alike
     keep_freed_memory()  # reuse the large activation blocks of every step instead of page-faulting them in
     dist = make_distributed(args.backend)
     setup_logging(dist.rank, args.verbose)
     log_launch()
+    watchdog = watch(dist, Path(cfg["run_dir"]), float(cfg["train"]["collective_timeout"]))
 
     def install(trainer):  # every rank checkpoints at one common step and leaves cleanly
         on_stop_signals(lambda: setattr(trainer, "stop_requested", True))
@@ -228,6 +256,8 @@ def cmd_train(args, command: str) -> int:
             log.critical("rank %d failed: %s", dist.rank, e, exc_info=e)
             os._exit(1)
         raise
+    if watchdog is not None:
+        watchdog.close()
     if dist.is_main:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
     return 0

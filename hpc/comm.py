@@ -2,6 +2,7 @@
 
 Nothing here runs at import time; callers obtain a communicator with :func:`world` and pass it on.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -63,41 +64,90 @@ def is_mpi(comm) -> bool:
 class WorkCounter:
     """A job-wide counter that hands out 0, 1, 2, ... once each, to whichever rank asks first.
 
-    Under MPI it is one int64 in a one-sided window on rank 0 (MPI_Fetch_and_op, passive target); with a
-    SerialComm it is a plain integer. Collective to create and to free.
+    Rank 0 holds the count and answers the other ranks' requests by point-to-point messages on a duplicate of
+    ``comm``, each time it asks for a number itself (once per block) and, once it has none left, until every
+    rank has left. Every other rank asks for its next number as soon as it receives one (one request in
+    flight), so the answer arrives while it works on the current block. One-sided MPI (a window on rank 0)
+    would need no answering, but Open MPI 4.1 offers no window between nodes over TCP under
+    MPI_THREAD_MULTIPLE (osc/rdma needs RDMA, osc/ucx the UCX pml, osc/pt2pt refuses the thread level), and
+    where osc/pt2pt works its passive target also only progresses when rank 0 enters MPI. With a
+    SerialComm it is a plain integer. Collective to create and to :meth:`free`.
     """
+    REQUEST, ANSWER, LEAVE = 71, 72, 73
 
     def __init__(self, comm):
-        self.comm = comm
         self._local = 0
-        self._win = None
+        self._comm = None
+        self._report = (0, 0)
+        # a WatchedComm's collective timeout covers the waits for an answer and for the others to leave
+        self._waiting = getattr(comm, "waiting", contextlib.nullcontext)
         if is_mpi(comm) and comm.Get_size() > 1:
-            from mpi4py import MPI
-            import numpy as np
-            self._np, self._MPI = np, MPI
-            size = 8 if comm.Get_rank() == 0 else 0
-            self._win = MPI.Win.Allocate(size, 8, comm=comm)
-            if comm.Get_rank() == 0:
-                self._win.Lock(0, MPI.LOCK_EXCLUSIVE)
-                np.frombuffer(self._win.tomemory(), dtype=np.int64)[:] = 0
-                self._win.Unlock(0)
-            comm.Barrier()
+            self._comm = comm.Dup()
+            self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
+            self._pending = None  # a non-root rank's request in flight (the receive of its answer)
+            self._left = 0  # rank 0: how many other ranks have left
+        self._reports = {0: (0, 0)}  # rank 0: each rank's last report (units done, failures), see totals()
 
-    def next(self) -> int:
-        if self._win is None:
-            self._local += 1
-            return self._local - 1
-        np, MPI = self._np, self._MPI
-        one, out = np.ones(1, np.int64), np.zeros(1, np.int64)
-        self._win.Lock(0, MPI.LOCK_SHARED)
-        self._win.Fetch_and_op(one, out, 0, 0, MPI.SUM)
-        self._win.Unlock(0)
-        return int(out[0])
+    def next(self, done: int = 0, failures: int = 0) -> int:
+        """The next number. ``done``, ``failures``: this rank's totals so far, which ride on its requests to
+        rank 0 (:meth:`totals`: the job's progress, for rank 0's progress lines)."""
+        self._report = (int(done), int(failures))
+        if self._comm is None:
+            self._reports[0] = self._report
+            return self._take()
+        if self._rank == 0:
+            self._reports[0] = self._report
+            self._serve(block=False)
+            return self._take()
+        if self._pending is None:
+            self._ask()
+        with self._waiting():
+            k = self._pending.wait()
+        self._ask()  # the next number travels while this rank works on k
+        return k
+
+    def totals(self):
+        """Rank 0: (units done, failures) summed over the ranks' latest reports (a request behind at most)."""
+        return tuple(int(sum(v)) for v in zip(*self._reports.values()))
+
+    def _take(self) -> int:
+        self._local += 1
+        return self._local - 1
+
+    def _ask(self) -> None:
+        self._comm.send(self._report, dest=0, tag=self.REQUEST)
+        self._pending = self._comm.irecv(source=0, tag=self.ANSWER)
+
+    def _serve(self, block: bool) -> None:
+        """Rank 0: answer every message that has arrived; with ``block``, wait for one first."""
+        from mpi4py import MPI
+        status = MPI.Status()
+        while block or self._comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            block = False
+            report = self._comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+            if report is not None:
+                self._reports[status.Get_source()] = report
+            if status.Get_tag() == self.REQUEST:
+                self._comm.send(self._take(), dest=status.Get_source(), tag=self.ANSWER)
+            else:
+                self._left += 1
 
     def free(self) -> None:
-        if self._win is not None:
-            self._win.Free()
-            self._win = None
+        """Collective: every rank leaves (a number still in flight is dropped; its block stays pending)."""
+        if self._comm is None:
+            return
+        with self._waiting():
+            if self._rank == 0:
+                while self._left < self._size - 1:
+                    self._serve(block=True)
+            else:
+                if self._pending is not None:
+                    self._pending.wait()
+                    self._pending = None
+                self._comm.send(self._report, dest=0, tag=self.LEAVE)
+            self._comm.Barrier()
+        self._comm.Free()
+        self._comm = None
 
 
 def abort_on_error(comm, exc: BaseException) -> None:

@@ -7,10 +7,13 @@ Rank, world size and local rank come from whichever launcher started the job (:m
 MPICH / Intel MPI, a SLURM step or torchrun). torch.distributed does not read MPI's variables itself: they
 are mapped.
 """
+import contextlib
 import datetime
 import inspect
 import logging
 import os
+import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -18,6 +21,7 @@ import torch
 from cloudvox.train import SingleProcess, pick_device
 
 from .launcher import LaunchEnv, launch_env
+from .watchdog import Watchdog, launch_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,36 @@ def average_flat_gradients(model: torch.nn.Module, start_average, meanwhile: Opt
                 offset += g.numel()
 
 
-class HorovodBackend(SingleProcess):
+class Watched:
+    """The collectives of a backend, timed by a :class:`hpc.watchdog.Watchdog` once :func:`watch` attached one."""
+    watchdog: Optional[Watchdog] = None
+
+    def waiting(self):
+        return self.watchdog.waiting() if self.watchdog is not None else contextlib.nullcontext()
+
+    def progress(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.advance()
+
+
+def watch(dist, base: Path, timeout: float) -> Optional[Watchdog]:
+    """Attach a collective-timeout watchdog to ``dist`` (several ranks, ``timeout`` > 0), its heartbeats in
+    ``base/.watchdog/LAUNCH`` (one folder per launch, agreed by one allreduce). Returns it, or None."""
+    if dist.size < 2 or timeout <= 0 or not isinstance(dist, Watched):
+        return None
+    stamp = torch.tensor([(time.time_ns() // 1000 + os.getpid()) % (1 << 62) if dist.rank == 0 else 0],
+                         dtype=torch.int64)
+    launch = f"{int(dist.allreduce_sum(stamp)[0]):x}"
+    if dist.rank == 0:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        folder = launch_folder(base, launch)
+    else:
+        folder = Path(base) / ".watchdog" / launch
+    dist.watchdog = Watchdog(folder, dist.rank, dist.size, timeout).start()
+    return dist.watchdog
+
+
+class HorovodBackend(Watched, SingleProcess):
     """Horovod: gradients averaged by one fused allreduce per step, parameter/optimizer broadcast, allreduce."""
     backend = "horovod"
 
@@ -94,23 +127,27 @@ class HorovodBackend(SingleProcess):
         def start(k, flat):
             handle = self.hvd.allreduce_async_(flat, op=self.hvd.Average, name=f"cloudvox.gradients.{k}")
             return lambda: self.hvd.synchronize(handle)
-        average_flat_gradients(model, start, meanwhile)
+        with self.waiting():
+            average_flat_gradients(model, start, meanwhile)
 
     def broadcast_state(self, model, optimizer) -> None:
-        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        # Horovod initialises an empty optimiser state with a zero-gradient step, which would advance
-        # Adam's step count: broadcast the state only once there is one (after a restore)
-        if optimizer.state_dict()["state"]:
-            self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        with self.waiting():
+            self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+            # Horovod initialises an empty optimiser state with a zero-gradient step, which would advance
+            # Adam's step count: broadcast the state only once there is one (after a restore)
+            if optimizer.state_dict()["state"]:
+                self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def allreduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return self.hvd.allreduce(t, op=self.hvd.Sum)
+        with self.waiting():
+            return self.hvd.allreduce(t, op=self.hvd.Sum)
 
     def barrier(self) -> None:
-        self.hvd.allreduce(torch.zeros(1), op=self.hvd.Sum, name="barrier")
+        with self.waiting():
+            self.hvd.allreduce(torch.zeros(1), op=self.hvd.Sum, name="barrier")
 
 
-class DDPBackend(SingleProcess):
+class DDPBackend(Watched, SingleProcess):
     """torch.distributed: DistributedDataParallel with NCCL on GPUs; on CPU (gloo), one fused allreduce of the
     gradients after the backward, as with Horovod.
 
@@ -175,7 +212,8 @@ class DDPBackend(SingleProcess):
         """CPU: one fused allreduce (sum, then divided by the rank count) of every gradient after the backward,
         ``meanwhile()`` run while it is in flight. GPU: nothing but ``meanwhile()`` (DDP's reducer averaged
         them during the backward)."""
-        if not self.fused:
+        if not self.fused:  # GPU: DDP's reducer waited in the backward; a step is progress
+            self.progress()
             return super().reduce_gradients(model, meanwhile)
 
         def start(_, flat):
@@ -185,22 +223,28 @@ class DDPBackend(SingleProcess):
                 wait()
                 flat.div_(self.size)
             return finish
-        average_flat_gradients(model, start, meanwhile)
+        with self.waiting():
+            average_flat_gradients(model, start, meanwhile)
 
     def broadcast_state(self, model, optimizer) -> None:
-        for p in model.state_dict().values():
-            self.dist.broadcast(p, src=0)
+        with self.waiting():
+            for p in model.state_dict().values():
+                self.dist.broadcast(p, src=0)
 
     def allreduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else t.device
         out = t.to(dev).clone()
-        self._all_reduce(out)
+        with self.waiting():
+            self._all_reduce(out)
         return out.to(t.device)
 
     def barrier(self) -> None:
-        self.dist.barrier()
+        with self.waiting():
+            self.dist.barrier()
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
 

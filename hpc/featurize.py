@@ -37,6 +37,7 @@ from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, 
                                STORE_ITEMS, FeatureFile, deflate, featurize_block, prop_unit, root_attributes,
                                write_features)
 from cloudvox.io.sources import Source
+from cloudvox.progress import Progress
 
 from .comm import WorkCounter
 from .h5mpi import open_file
@@ -64,6 +65,8 @@ class FeaturizeJob:
     overwrite: bool
     strict: bool
     merge_buffer: int = 64 << 20  # bytes of shards (uncompressed) a merging rank holds at once
+    collective_timeout: float = 600.0
+    progress_every: float = 60.0
     command: str = ""
 
     @classmethod
@@ -77,6 +80,7 @@ class FeaturizeJob:
                    descriptor=cfg["descriptor"], store=tuple(cfg["store"]), block_size=int(cfg["block_size"]),
                    limit=cfg["limit"], overwrite=bool(cfg["overwrite"]), strict=bool(cfg["strict"]),
                    merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20),
+                   collective_timeout=float(cfg["collective_timeout"]), progress_every=float(cfg["progress_every"]),
                    command=command)
 
     def voxelizer(self) -> ReciprocalVoxelizer:
@@ -231,17 +235,18 @@ def _featurize_blocks(comm, source: Source, vox, job, pending, parts: Path, attr
     """Take blocks from the job-wide counter until none are left or ``stop()``; returns this rank's busy
     seconds and whether it stopped early."""
     counter = WorkCounter(comm)
-    bar = None
-    if comm.Get_rank() == 0 and pending:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pending), unit="block", desc="featurize", disable=None)
-    busy, stopped = 0.0, False
+    rank = comm.Get_rank()
+    bar = Progress(len(pending), "featurize", unit="blocks", every_s=job.progress_every, enabled=rank == 0 and bool(pending))
+    progress = getattr(comm, "progress", lambda: None)  # a WatchedComm: a block done is progress
+    busy, stopped, done, failures = 0.0, False, 0, 0
     try:
         while True:
             if stop():
                 stopped = True
                 break
-            k = counter.next()
+            k = counter.next(done, failures)
+            if rank == 0:
+                bar.set(*counter.totals())
             if k >= len(pending):
                 break
             a, b = pending[k]
@@ -249,15 +254,14 @@ def _featurize_blocks(comm, source: Source, vox, job, pending, parts: Path, attr
             block = featurize_block(source.records(a, b), a, vox, source.sources, job.store)
             write_features(parts / f"block-{a:010d}-{b:010d}.h5", block, attrs)
             busy += time.perf_counter() - t
-            if bar is not None:
-                bar.n = min(k + 1, len(pending))
-                bar.refresh()
+            done += 1
+            failures += len(block.failures["failures/index"])
+            progress()
     finally:
-        comm.Barrier()
-        counter.free()
-        if bar is not None:
-            bar.n = bar.n if stopped else len(pending)
-            bar.close()
+        counter.free()  # collective: every rank has left the loop
+        if rank == 0 and not stopped:
+            bar.set(*counter.totals())
+        bar.close()
     return busy, stopped
 
 

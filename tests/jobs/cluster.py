@@ -1,12 +1,27 @@
-"""A single-node SLURM cluster on localhost for the job-script tests: slurmctld + slurmd from Debian's
+"""A SLURM cluster on localhost for the job-script tests: slurmctld + one slurmd per node from Debian's
 ``slurm-wlm`` (22.05), no authentication, everything (config, state, spool, logs, PIDs) in one folder.
 
-    cluster = LocalSlurm(folder).start()      # returns once sinfo shows the node idle
-    cluster.env                               # SLURM_CONF=... for sbatch/squeue/scontrol/srun
-    cluster.stop()                            # cancels every job, then stops both daemons by PID
+    cluster = LocalSlurm(folder).start()            # one node: this host, returns once sinfo shows it idle
+    cluster = LocalSlurm(folder, nodes=3).start()   # nodes n1, n2, n3, each a slurmd in its own namespaces
+    cluster.env                                     # SLURM_CONF=... for sbatch/squeue/scontrol/srun
+    cluster.crash("n2"); cluster.start_node("n2")   # a node lost (everything on it dies at once), and back
+    cluster.stop()                                  # cancels every job, then stops every daemon
 
-Usable by hand too: ``python -m tests.jobs.cluster FOLDER`` starts one and prints the SLURM_CONF to export
-(Ctrl-C stops it). The system's /etc/slurm is never read or written.
+Several nodes are emulated on this machine. Each node's slurmd runs inside its own UTS, mount and PID
+namespaces (``unshare --uts --mount --pid --fork --kill-child``): its own hostname ``nX``, its own /proc,
+and an /etc/hosts bind-mounted over the system's that names every node as 127.0.0.1 (so that a rendezvous on
+the first node, ``MASTER_ADDR=n1``, resolves inside the job). The tasks of a job step are children of that
+slurmd, so they see that node's hostname: Open MPI then treats ranks on other nodes as remote (TCP between
+nodes, shared memory within one). Every node listens on its own port of 127.0.0.1 (``Port=`` in its
+``NodeName`` line) and has its own spool and ``TmpFS`` (the PMIx plugins of two nodes would otherwise
+create the same /tmp/spmix_appdir_* and abort). Crashing a node is killing its ``unshare`` process: with
+``--kill-child`` its PID namespace dies, with the slurmd, the slurmstepd's and every task on it, as when a
+node loses power; the controller marks it DOWN after ``SlurmdTimeout`` and requeues its ``--requeue`` jobs.
+Nothing but 127.0.0.1 is ever a target.
+
+Usable by hand too: ``python -m tests.jobs.cluster FOLDER [NODES]`` starts one and prints the SLURM_CONF to
+export (Ctrl-C stops it). The system's /etc/slurm is never read or written; /etc/hosts only inside the nodes'
+mount namespaces.
 """
 import os
 import shutil
@@ -50,13 +65,21 @@ def missing_binaries() -> List[str]:
 
 
 class LocalSlurm:
-    """slurmctld + slurmd on this machine, configured like a small real cluster (requeue allowed, one node
-    with every core, a default partition), with state under ``folder``."""
+    """slurmctld + slurmd's on this machine, configured like a small real cluster (requeue allowed, every node
+    with ``cpus`` cores, a default partition), with state under ``folder``.
 
-    def __init__(self, folder, cpus: Optional[int] = None, node: Optional[str] = None):
+    ``nodes=1``: one slurmd for this host, under its own name (no namespaces). ``nodes>1``: emulated nodes
+    ``n1..nN`` (see the module docstring); the controller runs on this host."""
+
+    SLURMD_TIMEOUT = 10  # s without a node's answer before the controller marks it DOWN (and requeues its jobs)
+
+    def __init__(self, folder, cpus: Optional[int] = None, node: Optional[str] = None, nodes: int = 1):
         self.folder = Path(folder).resolve()
         self.cpus = cpus or os.cpu_count() or 1
-        self.node = node or socket.gethostname().split(".")[0]
+        self.host = socket.gethostname().split(".")[0]
+        self.emulated = nodes > 1
+        self.nodes = [f"n{i + 1}" for i in range(nodes)] if self.emulated else [node or self.host]
+        self.node = self.nodes[0]
         self.conf = self.folder / "slurm.conf"
         self.procs: Dict[str, subprocess.Popen] = {}
 
@@ -75,12 +98,25 @@ class LocalSlurm:
         f = self.folder
         for sub in ("state", "spool", "log"):
             (f / sub).mkdir(parents=True, exist_ok=True)
-        ctld_port, slurmd_port = _free_ports(2)
+        ports = _free_ports(1 + len(self.nodes))
+        ctld_port, node_ports = ports[0], ports[1:]
+        per_node = "-%n" if self.emulated else ""
+        for node in self.nodes:
+            (f / f"spool{per_node.replace('%n', node)}").mkdir(exist_ok=True)
+            (f / f"tmp{per_node.replace('%n', node)}").mkdir(exist_ok=True)
+        if self.emulated:
+            (f / "hosts").write_text("127.0.0.1 localhost " + " ".join(self.nodes) + f" {self.host}\n"
+                                     "::1 localhost ip6-localhost ip6-loopback\n")
+            node_lines = [f"NodeName={n} NodeAddr=127.0.0.1 NodeHostname={n} Port={p} CPUs={self.cpus} "
+                          f"RealMemory={_memory_mb()} State=UNKNOWN" for n, p in zip(self.nodes, node_ports)]
+        else:
+            node_lines = [f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_memory_mb()} "
+                          "State=UNKNOWN"]
         self.conf.write_text("\n".join([
             "ClusterName=cloudvox-test",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
+            f"SlurmctldHost={self.host}(127.0.0.1)",
             f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={slurmd_port}",
+            f"SlurmdPort={node_ports[0]}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/none",
@@ -94,20 +130,23 @@ class LocalSlurm:
             "JobRequeue=1",
             "ReturnToService=2",
             "KillWait=5",
+            f"SlurmdTimeout={self.SLURMD_TIMEOUT}",
+            "MessageTimeout=5",
             "MinJobAge=3600",
             "InactiveLimit=0",
             "JobCompType=jobcomp/none",
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             f"StateSaveLocation={f / 'state'}",
-            f"SlurmdSpoolDir={f / 'spool'}",
+            f"SlurmdSpoolDir={f / ('spool' + per_node)}",
+            f"TmpFS={f / ('tmp' + per_node)}",
             f"SlurmctldPidFile={f / 'slurmctld.pid'}",
-            f"SlurmdPidFile={f / 'slurmd.pid'}",
+            f"SlurmdPidFile={f / ('slurmd' + per_node + '.pid')}",
             f"SlurmctldLogFile={f / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={f / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={f / 'log' / ('slurmd' + per_node + '.log')}",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_memory_mb()} State=UNKNOWN",
+            *node_lines,
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))
@@ -118,35 +157,81 @@ class LocalSlurm:
         if missing:
             raise SlurmError(f"SLURM is not installed (missing {', '.join(missing)}): run bash scripts/setup.sh "
                              "(apt-get install slurm-wlm)")
+        if self.emulated and shutil.which("unshare") is None:
+            raise SlurmError("emulated nodes need unshare (util-linux)")
         self.write_config()
-        env = self.env
-        log = self.folder / "log"
         try:
-            for name, args in (("slurmctld", ["-D", "-i"]), ("slurmd", ["-D", "-N", self.node])):
-                exe = shutil.which(name) or f"/usr/sbin/{name}"
-                out = open(log / f"{name}.stdout", "w")
-                self.procs[name] = subprocess.Popen([exe, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                    start_new_session=True)
-                out.close()
+            self._spawn("slurmctld", [self._exe("slurmctld"), "-D", "-i"])
+            for node in self.nodes:
+                self.start_node(node, wait=False)
             self.wait_idle(timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def wait_idle(self, timeout: float) -> None:
+    @staticmethod
+    def _exe(name: str) -> str:
+        return shutil.which(name) or f"/usr/sbin/{name}"
+
+    def _spawn(self, name: str, argv: List[str]) -> None:
+        with open(self.folder / "log" / f"{name}.stdout", "a") as out:
+            self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def start_node(self, node: str, wait: bool = True, timeout: float = 60.0) -> None:
+        """Start (or restart, after :meth:`crash`) the slurmd of ``node``; with ``wait``, until it is idle."""
+        slurmd = [self._exe("slurmd"), "-D", "-N", node]
+        if not self.emulated:
+            self._spawn("slurmd", slurmd)
+        else:
+            # inside fresh UTS/mount/PID namespaces: the node's hostname, /proc of its PID namespace, and an
+            # /etc/hosts naming every node as 127.0.0.1; exec: slurmd becomes the namespace's init (PID 1)
+            inner = (f"hostname {node} && mount -t proc proc /proc && "
+                     f"mount --bind {self.folder / 'hosts'} /etc/hosts && exec \"$@\"")
+            self._spawn(f"slurmd-{node}", ["unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child",
+                                           "--propagation", "private", "bash", "-c", inner, "node", *slurmd])
+        if wait:
+            self.wait_idle(timeout, nodes=[node])
+
+    def crash(self, node: str) -> None:
+        """Lose ``node`` at once: SIGKILL its namespace (slurmd, step daemons and every task on it die together,
+        nothing is told). The controller notices after ``SLURMD_TIMEOUT``."""
+        p = self.procs.pop(f"slurmd-{node}")
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+
+    def node_states(self) -> Dict[str, str]:
+        r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
+            return {}
+        return dict(line.split() for line in r.stdout.splitlines() if line.strip())
+
+    def wait_node_state(self, node: str, states, timeout: float = 120.0) -> str:
+        """Wait until sinfo shows ``node`` in one of ``states`` (e.g. {"down", "down*"}); returns it."""
+        states = {states} if isinstance(states, str) else set(states)
         deadline = time.time() + timeout
         state = ""
+        while time.time() < deadline:
+            state = self.node_states().get(node, "")
+            if state in states:
+                return state
+            time.sleep(0.5)
+        raise SlurmError(f"node {node} still {state!r} after {timeout:.0f} s (waited for {sorted(states)})")
+
+    def wait_idle(self, timeout: float, nodes: Optional[List[str]] = None) -> None:
+        nodes = list(nodes or self.nodes)
+        deadline = time.time() + timeout
+        states: Dict[str, str] = {}
         while time.time() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
                     raise SlurmError(f"{name} exited with {p.returncode}: {self.log_tail(name)}")
-            r = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
-            state = r.stdout.strip()
-            if r.returncode == 0 and state == "idle":
+            states = self.node_states()
+            if all(states.get(n) == "idle" for n in nodes):
                 return
             time.sleep(0.2)
-        raise SlurmError(f"node not idle after {timeout:.0f} s (state {state!r}): {self.log_tail('slurmctld')}")
+        raise SlurmError(f"nodes not idle after {timeout:.0f} s ({states}): {self.log_tail('slurmctld')}")
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.folder / "log" / f"{name}.log"
@@ -156,7 +241,7 @@ class LocalSlurm:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Cancel every job, then stop the daemons by PID (SIGTERM, SIGKILL after 10 s)."""
+        """Cancel every job, then stop the daemons by PID (SIGTERM, SIGKILL after 10 s): the nodes first."""
         if self.procs.get("slurmctld") is not None and self.procs["slurmctld"].poll() is None:
             subprocess.run(["scancel", "--user", str(os.getuid())], env=self.env, capture_output=True, timeout=30)
             deadline = time.time() + 15
@@ -166,10 +251,11 @@ class LocalSlurm:
                 if r.returncode != 0 or not r.stdout.strip():
                     break
                 time.sleep(0.2)
-        for name in reversed(DAEMONS):
-            p = self.procs.pop(name, None)
-            if p is None or p.poll() is not None:
+        for name in sorted(self.procs, key=lambda n: n == "slurmctld"):
+            p = self.procs.pop(name)
+            if p.poll() is not None:
                 continue
+            # an emulated node's unshare dies of SIGTERM and takes its namespace (the slurmd) with it
             os.kill(p.pid, signal.SIGTERM)
             try:
                 p.wait(timeout=10)
@@ -221,7 +307,7 @@ class LocalSlurm:
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "slurm-local")
-    cluster = LocalSlurm(folder).start()
+    cluster = LocalSlurm(folder, nodes=int(sys.argv[2]) if len(sys.argv) > 2 else 1).start()
     print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C stops the cluster", flush=True)
     try:
         signal.pause()
