@@ -47,6 +47,10 @@ def _featurize_parser(sub) -> None:
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 64 MB)")
+    p.add_argument("--collective-timeout", type=float,
+                   help="seconds a rank may go without finishing a block or reaching a collective (default 600; 0: off)")
+    p.add_argument("--progress-every", type=float,
+                   help="seconds between progress lines when the log is not a terminal (default 60; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output or unfinished run")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is bad")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -56,7 +60,8 @@ def _featurize_parser(sub) -> None:
 FEATURIZE_FLAGS = {  # flag -> (section, key) of the featurize config
     "input": (None, "input"), "format": (None, "format"), "output": (None, "output"), "store": (None, "store"),
     "block_size": (None, "block_size"), "limit": (None, "limit"),
-    "merge_buffer_mb": (None, "merge_buffer_mb"),
+    "merge_buffer_mb": (None, "merge_buffer_mb"), "collective_timeout": (None, "collective_timeout"),
+    "progress_every": (None, "progress_every"),
     "overwrite": (None, "overwrite"), "strict": (None, "strict"), "descriptor": ("descriptor", "mode"),
     "n": ("descriptor", "n"), "length": ("descriptor", "length"), "sigma": ("descriptor", "sigma"),
     "species": ("descriptor", "species"), "channels": ("descriptor", "channels"),

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 MARKERS = {
     "mpi": "runs the real command under mpirun (Open MPI)",
-    "slurm": "submits jobs to the local single-node SLURM cluster the tests start (tests/jobs/cluster.py)",
+    "slurm": "submits jobs to a local SLURM cluster the tests start (tests/jobs/cluster.py)",
+    "multinode": "runs on an emulated cluster of several nodes (namespaces on 127.0.0.1, tests/jobs/cluster.py)",
     "slow": "takes more than ~30 s",
     "shared": "needs the full shared data beside the project (../shared): opt in with --shared",
 }
