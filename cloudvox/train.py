@@ -227,10 +227,14 @@ def random_rotations(count: int, generator: torch.Generator, reflections: bool =
 
 # --------------------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, payload: Dict) -> None:
-    """torch.save to ``path.tmp`` then rename: a checkpoint is never half written."""
+    """torch.save to ``path.tmp``, flushed to the file system (fsync), then renamed: a checkpoint is never half
+    written, and a node lost while writing leaves the previous one complete (the .tmp is never read)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

@@ -158,11 +158,15 @@ class Watchdog:
                 waiting.append(r)
             elif now - seen["progress_at"] >= self.timeout:
                 hung.append(f"{where} is alive but made no progress for {now - seen['progress_at']:.0f} s")
-        live = [r for r in range(self.size) if r == self.rank or not (self._seen.get(r, {}).get("record") or {}).get("done")]
+        others = [r for r in range(self.size)
+                  if r != self.rank and not (self._seen.get(r, {}).get("record") or {}).get("done")]
         if hung:
             return (f"collective timeout ({self.timeout:.0f} s): rank {self.rank} (host {self.host}) waited for "
                     + "; ".join(hung) + "; ending the job", min(waiting))
-        if sorted(waiting) == sorted(live):
+        if not others:
+            return (f"collective timeout ({self.timeout:.0f} s): rank {self.rank} (host {self.host}) waits in a "
+                    "collective that every other rank has already finished; ending the job", self.rank)
+        if sorted(waiting) == sorted([self.rank] + others):
             return (f"collective timeout ({self.timeout:.0f} s): every rank has waited in a collective for "
                     f"{self.timeout:.0f} s (the collective itself hangs: the network?); ending the job", min(waiting))
         return None  # someone is still working and progressing: slow, not hung

@@ -7,6 +7,7 @@
 #   CLOUDVOX_MODULES    modules to load, e.g. "openmpi/4.1 hdf5-mpi" [none]
 #   CLOUDVOX_SRUN_MPI   srun's MPI plugin for the ranks             [pmix; list yours: srun --mpi=list]
 #   CLOUDVOX_SRUN_ARGS  extra srun options, e.g. "--cpu-bind=cores" [none]
+#   CLOUDVOX_MIN_NODES  the fewest nodes a job goes on with after losing nodes [1]
 #
 # Time limit: the scripts ask for --signal=B:USR1@300 (the batch shell gets SIGUSR1 five minutes before
 # the limit; `scancel --batch --signal=USR1 JOBID` does the same by hand). The trap forwards it to the
@@ -14,6 +15,16 @@
 # rank finishes what it is doing (featurize: its current block; train: a checkpoint at one common step)
 # and exits; only then, once the step has ended, the job requeues itself. The requeued job runs the same
 # command and continues (SLURM_RESTART_COUNT counts the restarts).
+#
+# A lost node. By default (--requeue) SLURM ends the job (NODE_FAIL) and requeues it; it starts again when as
+# many nodes as it asked for are free (a spare, or the lost node back) and continues from the newest
+# checkpoint (train: --resume) or the finished blocks (featurize). With `sbatch --no-kill` it goes on at once
+# on fewer nodes instead: SLURM keeps the rest of the allocation, the step ends (a gloo/NCCL rank fails at
+# once; an MPI step is ended by SLURM; a hung rank by the collective timeout), and when the job has fewer
+# nodes than the step started with, and at least CLOUDVOX_MIN_NODES, the same command runs again on the nodes
+# left with as many tasks per node. --no-kill is not the default because losing the node of the batch shell
+# itself then leaves the job holding its other nodes, with nothing running, until its time limit (SLURM
+# 22.05 neither ends nor requeues it).
 
 cloudvox_setup() {
   CLOUDVOX_ROOT=${CLOUDVOX_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -46,22 +57,51 @@ _cloudvox_on_usr1() {
   scancel --signal=USR1 "${SLURM_JOB_ID}" || echo "$(date -Is) scancel --signal=USR1 failed" >&2
 }
 
-# cloudvox_step CMD ARGS...: run CMD on every task (srun), requeue after a clean stop on SIGUSR1, else exit
-# with the step's status (a failing rank ends the step within seconds: --kill-on-bad-exit).
+# _cloudvox_job_nodes: "COUNT NODELIST" of this job's allocation now (the nodes left after a node failure)
+_cloudvox_job_nodes() {
+  local info
+  info=$(scontrol show job -o "${SLURM_JOB_ID}" 2>/dev/null) || { echo "${SLURM_JOB_NUM_NODES:-1} ${SLURM_JOB_NODELIST:-}"; return; }
+  echo "$(sed -n 's/.* NumNodes=\([0-9]*\).*/\1/p' <<< "$info") $(sed -n 's/.* NodeList=\([^ ]*\).*/\1/p' <<< "$info")"
+}
+
+# cloudvox_step CMD ARGS...: run CMD on every task (srun), requeue after a clean stop on SIGUSR1, go on with the
+# nodes left after a node failure, else exit with the step's status (a failing rank ends the step within
+# seconds: --kill-on-bad-exit).
 cloudvox_step() {
   trap _cloudvox_on_usr1 USR1
-  # shellcheck disable=SC2086
-  srun --kill-on-bad-exit=1 --mpi="$CLOUDVOX_SRUN_MPI" ${CLOUDVOX_SRUN_ARGS:-} "$@" &
-  local step=$! status=0
-  while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done   # bash runs the trap between waits
-  wait "$step" || status=$?
-  if [ "$_cloudvox_stop" = 1 ]; then
-    echo "$(date -Is) step ended (status $status) after the stop request: requeueing job ${SLURM_JOB_ID}" >&2
-    scontrol requeue "${SLURM_JOB_ID}" || { echo "$(date -Is) scontrol requeue failed" >&2; exit 1; }
-    sleep 60 &   # the requeue ends this shell; do not report a finished job meanwhile
-    wait $! || true
-    exit 0
-  fi
-  echo "$(date -Is) step ended with status $status" >&2
-  exit "$status"
+  local nodes list left per_node status overlap=""
+  read -r nodes list <<< "$(_cloudvox_job_nodes)"
+  per_node=${SLURM_NTASKS_PER_NODE:-$(( ${SLURM_NTASKS:-1} / ${SLURM_JOB_NUM_NODES:-1} ))}
+  while true; do
+    status=0
+    # shellcheck disable=SC2086
+    srun --kill-on-bad-exit=1 --mpi="$CLOUDVOX_SRUN_MPI" $overlap ${CLOUDVOX_SRUN_ARGS:-} "$@" &
+    local step=$!
+    while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done   # bash runs the trap between waits
+    wait "$step" || status=$?
+    if [ "$_cloudvox_stop" = 1 ]; then
+      echo "$(date -Is) step ended (status $status) after the stop request: requeueing job ${SLURM_JOB_ID}" >&2
+      scontrol requeue "${SLURM_JOB_ID}" || { echo "$(date -Is) scontrol requeue failed" >&2; exit 1; }
+      sleep 60 &   # the requeue ends this shell; do not report a finished job meanwhile
+      wait $! || true
+      exit 0
+    fi
+    if [ "$status" != 0 ]; then
+      read -r left list <<< "$(_cloudvox_job_nodes)"
+      if [ -n "$left" ] && [ "$left" -lt "$nodes" ] && [ "$left" -ge "${CLOUDVOX_MIN_NODES:-1}" ]; then
+        echo "$(date -Is) step ended with status $status after losing $((nodes - left)) node(s): going on with" \
+             "$((left * per_node)) task(s) on the $left node(s) left ($list)" >&2
+        nodes=$left
+        # the lost step keeps its record (and CPUs) until the controller has heard from every node: the new
+        # step shares them (--overlap) instead of waiting for an answer the lost node will never give
+        overlap=--overlap
+        # srun takes the allocation's size from these (set when the job started, stale now)
+        export SLURM_JOB_NUM_NODES=$left SLURM_NNODES=$left SLURM_JOB_NODELIST=$list SLURM_NODELIST=$list \
+               SLURM_NTASKS=$((left * per_node)) SLURM_NPROCS=$((left * per_node))
+        continue
+      fi
+    fi
+    echo "$(date -Is) step ended with status $status" >&2
+    exit "$status"
+  done
 }
