@@ -8,6 +8,9 @@
 #   CLOUDVOX_SRUN_MPI   srun's MPI plugin for the ranks             [pmix; list yours: srun --mpi=list]
 #   CLOUDVOX_SRUN_ARGS  extra srun options, e.g. "--cpu-bind=cores" [none]
 #   CLOUDVOX_MIN_NODES  the fewest nodes a job goes on with after losing nodes [1]
+#   CLOUDVOX_LAUNCHER   srun: srun starts every rank [srun]; torchrun: srun starts one torchrun per node, which
+#                       starts the node's ranks (c10d rendezvous on the first node, MASTER_PORT or 29500 + job
+#                       id mod 1000; training with --backend ddp only; no clean stop on the time-limit signal)
 #
 # Time limit: the scripts ask for --signal=B:USR1@300 (the batch shell gets SIGUSR1 five minutes before
 # the limit; `scancel --batch --signal=USR1 JOBID` does the same by hand). The trap forwards it to the
@@ -74,8 +77,17 @@ cloudvox_step() {
   per_node=${SLURM_NTASKS_PER_NODE:-$(( ${SLURM_NTASKS:-1} / ${SLURM_JOB_NUM_NODES:-1} ))}
   while true; do
     status=0
-    # shellcheck disable=SC2086
-    srun --kill-on-bad-exit=1 --mpi="$CLOUDVOX_SRUN_MPI" $overlap ${CLOUDVOX_SRUN_ARGS:-} "$@" &
+    if [ "${CLOUDVOX_LAUNCHER:-srun}" = torchrun ]; then
+      local first
+      first=$(scontrol show hostnames "$list" | head -n 1)
+      # shellcheck disable=SC2086
+      srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$nodes" $overlap ${CLOUDVOX_SRUN_ARGS:-} \
+        torchrun --nnodes="$nodes" --nproc-per-node="$per_node" --rdzv-backend=c10d --rdzv-id="${SLURM_JOB_ID}" \
+        --rdzv-endpoint="$first:${MASTER_PORT:-$((29500 + SLURM_JOB_ID % 1000))}" --no-python "$@" &
+    else
+      # shellcheck disable=SC2086
+      srun --kill-on-bad-exit=1 --mpi="$CLOUDVOX_SRUN_MPI" $overlap ${CLOUDVOX_SRUN_ARGS:-} "$@" &
+    fi
     local step=$!
     while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done   # bash runs the trap between waits
     wait "$step" || status=$?

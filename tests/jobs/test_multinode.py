@@ -258,3 +258,24 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_and_is_named(cluster, no
     assert f"rank {stopped} (host {host}, pid" in lines[0] and "does not respond" in lines[0], lines
     assert "step ended with status" in log
     print(f"{what}: rank {stopped} stopped, job ended after {time.time() - t0:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------------------
+# torchrun across nodes
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_across_two_nodes_equals_mpirun(cluster, node_env, tiny_features, tmp_path):
+    reference = tmp_path / "reference"
+    train(2, train_config(tmp_path / "reference.yaml", tiny_features, reference, "voxelnet"), "ddp")
+    run = tmp_path / "run"
+    config = train_config(tmp_path / "run.yaml", tiny_features, run, "voxelnet")
+    env = dict(node_env, MASTER_PORT=str(free_port()), CLOUDVOX_LAUNCHER="torchrun")
+    job = cluster.sbatch(*TWO_NODES, *GPU_SCRIPT_ON_CPU, str(ROOT / "jobs" / "train.slurm"), "voxelnet", str(config),
+                         "ddp", cwd=tmp_path, env=env)
+    state = ended(cluster, job)
+    log = log_of(tmp_path, job)
+    assert state == "COMPLETED", log[-3000:]
+    assert "2 rank(s) started by torchrun" in log
+    a, b = params(reference), params(run)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
