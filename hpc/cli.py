@@ -307,6 +307,34 @@ def cmd_predict(args, command: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+def _doctor_parser(sub) -> None:
+    p = sub.add_parser("doctor", help="check what a multi-node job depends on, on every rank, before it starts",
+                       description="Run under the job's launcher (srun, mpirun, torchrun): every rank reports its "
+                                   "launcher, host, MPI, Horovod, h5py, CUDA/NCCL and reaches the rendezvous; rank 0 "
+                                   "prints the checks. Exit 2 when one fails, with the fix.")
+    p.add_argument("--job", choices=["featurize", "train"], default="train", help="what the job will run")
+    p.add_argument("--backend", choices=["auto", "horovod", "ddp"], default="auto", help="the training backend")
+    p.add_argument("--config", help="the job's YAML: its output folder (featurize) or run_dir (train) is checked")
+    p.add_argument("--folder", help="the folder every node must write (default: from --config, else the current one)")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for every rank (default 20)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args, command: str) -> int:
+    from .doctor import run_doctor
+    from .launcher import launch_env
+    from .logs import setup_logging
+    setup_logging(launch_env().rank, args.verbose)
+    folder = args.folder
+    if folder is None and args.config:
+        from cloudvox.config import read_yaml
+        raw = read_yaml(args.config)
+        target = raw.get("output") if args.job == "featurize" else raw.get("run_dir")
+        folder = str(Path(target).parent) if (target and args.job == "featurize") else target
+    return run_doctor(Path(folder or "."), job=args.job, backend=args.backend, timeout=args.timeout)
+
+
 def _show_parser(sub) -> None:
     p = sub.add_parser("show", help="figure of one structure's descriptor (cell, density, reciprocal set, voxels)")
     p.add_argument("input", nargs="?", help="AFLOW .json/.jsonl, CIF/POSCAR/XYZ, QM9 .xyz, or a feature file .h5 "
@@ -434,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _info_parser(sub)
     _fetch_parser(sub)
     _train_parsers(sub)
+    _doctor_parser(sub)
     _show_parser(sub)
     return ap
 

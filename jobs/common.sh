@@ -8,6 +8,7 @@
 #   CLOUDVOX_SRUN_MPI   srun's MPI plugin for the ranks             [pmix; list yours: srun --mpi=list]
 #   CLOUDVOX_SRUN_ARGS  extra srun options, e.g. "--cpu-bind=cores" [none]
 #   CLOUDVOX_MIN_NODES  the fewest nodes a job goes on with after losing nodes [1]
+#   CLOUDVOX_DOCTOR     1: `cloudvox doctor` checks every task before the job's work starts; 0: skip [1]
 #   CLOUDVOX_LAUNCHER   srun: srun starts every rank [srun]; torchrun: srun starts one torchrun per node, which
 #                       starts the node's ranks (c10d rendezvous on the first node, MASTER_PORT or 29500 + job
 #                       id mod 1000; training with --backend ddp only; no clean stop on the time-limit signal)
@@ -50,6 +51,19 @@ cloudvox_setup() {
   export PYTHONUNBUFFERED=1
   echo "$(date -Is) job ${SLURM_JOB_ID:-?} (SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}) on" \
        "${SLURM_JOB_NUM_NODES:-1} node(s), ${SLURM_NTASKS:-1} task(s); cloudvox from $(command -v cloudvox || echo '?')"
+}
+
+# cloudvox_preflight DOCTOR-FLAGS...: `cloudvox doctor` on every task of the job (a few seconds): a failed check
+# ends the job here, with one line per failure naming its fix, before any work is done
+cloudvox_preflight() {
+  [ "${CLOUDVOX_DOCTOR:-1}" = 0 ] && return 0
+  local status=0
+  # shellcheck disable=SC2086
+  srun --kill-on-bad-exit=1 --mpi="$CLOUDVOX_SRUN_MPI" ${CLOUDVOX_SRUN_ARGS:-} cloudvox doctor "$@" || status=$?
+  if [ "$status" != 0 ]; then
+    echo "$(date -Is) cloudvox doctor failed (status $status): fix what its FAIL lines name (CLOUDVOX_DOCTOR=0 skips it)" >&2
+    exit "$status"
+  fi
 }
 
 _cloudvox_stop=0

@@ -84,6 +84,22 @@ def test_two_node_featurize_equals_mpirun(cluster, node_env, featurize_config, t
     lines = re.findall(r"featurize: (\d+)/38 blocks .*blocks/s.*failures (\d+)", log)
     assert lines and int(lines[-1][0]) <= 38
     assert not list(tmp_path.glob(".features.h5.watchdog"))  # the heartbeats are cleaned up
+    # the preflight ran on both nodes first
+    assert re.search(r"doctor: ok   2/2 rank\(s\) wrote to .* from 2 host\(s\) \(n\d, n\d\)", log), log[:3000]
+    assert "doctor: ok   rendezvous n" in log and "FAIL" not in log
+
+
+def test_the_preflight_stops_a_job_launched_without_an_mpi_plugin(cluster, node_env, featurize_config, tmp_path):
+    config, _ = featurize_config
+    out = tmp_path / "features.h5"
+    job = cluster.sbatch(*TWO_NODES, str(ROOT / "jobs" / "featurize.slurm"), str(config), "--output", str(out),
+                         cwd=tmp_path, env=dict(node_env, CLOUDVOX_SRUN_MPI="none"))
+    state = ended(cluster, job)
+    log = log_of(tmp_path, job)
+    assert state == "FAILED", log[-3000:]
+    assert "FAIL featurize needs MPI, and no MPI launcher started the ranks" in log
+    assert "srun --mpi=pmix" in log and "cloudvox doctor failed" in log
+    assert not out.exists() and not (tmp_path / "features.h5.parts").exists()  # before any work
 
 
 # --------------------------------------------------------------------------------------------------------
