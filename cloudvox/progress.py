@@ -35,7 +35,7 @@ class Progress:
         self.total, self.what, self.unit = int(total), what, unit
         self.n = self.start_n = int(initial)
         self.every_s = float(every_s)
-        self.failures = 0
+        self.failures: Optional[int] = None  # shown once counted (featurize); training has none
         self._t0 = self._last = time.monotonic()
         self._bar = None
         self.lines = 0
@@ -65,6 +65,7 @@ class Progress:
             self.log_line(now, **postfix)
 
     def set(self, n: int, failures: Optional[int] = None) -> None:
+        """The count so far (``n`` units done in all), e.g. summed over ranks."""
         self.update(n - self.n, failures)
 
     def line(self, now: Optional[float] = None, **postfix) -> str:
@@ -77,7 +78,8 @@ class Progress:
         text += f", {rate:.3g} {self.unit}/s"
         if rate > 0 and self.total >= self.n:
             text += f", ETA {timedelta(seconds=round((self.total - self.n) / rate))}"
-        text += f", failures {self.failures}"
+        if self.failures is not None:
+            text += f", failures {self.failures}"
         for k, v in postfix.items():
             text += f", {k} {v}"
         return text

@@ -25,6 +25,7 @@ import torch
 
 from . import properties as K
 from .partition import balanced_shards, blockdist
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
@@ -63,6 +64,7 @@ class TrainConfig:
     # GPU steps; on CPU the thread competes with the step for Python's GIL: data wait 3.5 -> 0.1 ms, step +25%)
     lr_scaling: str = "none"  # none | linear | sqrt: scale lr with the number of ranks
     tensorboard: bool = False
+    progress_every: float = 60.0  # s between progress lines in a batch log (output not a terminal; 0: none)
     eval_every: int = 1
     stop_after_epochs: int = 0  # end this process after N epochs (checkpointed; --resume continues), 0: never
     max_minutes: float = 0.0  # wall-clock budget of this process's training (0: none): no epoch starts that would
@@ -463,10 +465,8 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # sums[2]: the count, set at the end
         t0, seen = time.perf_counter(), 0
         timer = StepTimer(self.device, cfg.exact_timing)
-        bar = None
-        if self.dist.shows_progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {self.epoch}", leave=False, disable=None)
+        bar = Progress(len(batches), f"epoch {self.epoch}", unit="steps", initial=start_step, every_s=cfg.progress_every,
+                       enabled=self.dist.shows_progress, leave=False)
         costs = self._costs(self.train_set)
         batches_in = iter(self._loader(self.train_set, batches[start_step:], lambda: self.rank_speeds,
                                        cfg.micro_batch))
@@ -526,20 +526,17 @@ class Trainer:
             for per, pred, y in done:
                 sums[:2].add_(torch.stack([per.sum(), (pred.float() - y).abs().sum()]))
                 seen += len(y)
-            if bar is not None:
-                bar.update(1)
-                if step % 25 == 0:
-                    bar.set_postfix(samples_s=f"{seen * self.dist.size / (time.perf_counter() - t0):.0f}")
+            if bar.enabled:
+                bar.update(1, **({"samples/s": f"{seen * self.dist.size / (time.perf_counter() - t0):.0f}"}
+                                 if step % 25 == 0 else {}))
             self.steps_done += 1
             if self._stop_agreed(step + 1 == len(batches)):
-                if bar is not None:
-                    bar.close()
+                bar.close()
                 self.save("checkpoint_last.pt", step + 1)
                 raise StopTraining(self.epoch, step + 1)
             timer.mark("sync")
             step += 1
-        if bar is not None:
-            bar.close()
+        bar.close()
         sums[2] = seen
         # every rank's step split and sample count ride on the epoch's one reduction of the sums (rank r's row)
         splits = torch.zeros(self.dist.size, len(timer.PHASES) + 1, dtype=torch.float64)

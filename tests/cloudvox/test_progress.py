@@ -21,6 +21,7 @@ def test_a_resumed_count_starts_where_it_was_and_disabled_is_silent(caplog):
     bar = Progress(10, "epoch 3", unit="steps", initial=4, every_s=1e-9, terminal=False)
     bar.set(6)
     assert "epoch 3: 6/10 steps" in caplog.records[-1].getMessage()
+    assert "failures" not in caplog.records[-1].getMessage()  # nothing counted: not shown
     quiet = Progress(10, "x", every_s=1e-9, enabled=False, terminal=False)
     quiet.update(5)
     assert quiet.n == 0 and len(caplog.records) == 1

@@ -119,6 +119,9 @@ def test_two_node_training_equals_mpirun(cluster, node_env, tiny_features, tmp_p
     train(2, train_config(tmp_path / "reference.yaml", tiny_features, reference, model), backend, model=model)
     run = tmp_path / "run"
     config = train_config(tmp_path / "run.yaml", tiny_features, run, model)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"]["progress_every"] = 1e-6  # a progress line every step (it changes nothing trained)
+    config.write_text(yaml.safe_dump(cfg))
     env = dict(node_env, MASTER_PORT=str(free_port()))
     job = cluster.sbatch(*TWO_NODES, *GPU_SCRIPT_ON_CPU, str(ROOT / "jobs" / "train.slurm"), model, str(config),
                          backend, cwd=tmp_path, env=env)
@@ -126,6 +129,7 @@ def test_two_node_training_equals_mpirun(cluster, node_env, tiny_features, tmp_p
     log = log_of(tmp_path, job)
     assert state == "COMPLETED", log[-3000:]
     assert "2 rank(s) started by slurm" in log
+    assert re.search(r"epoch 29: \d+/\d+ steps \(\d+\.\d%\), [\d.]+ steps/s, ETA", log), log[-3000:]
     a, b = params(reference), params(run)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
