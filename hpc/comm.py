@@ -2,6 +2,7 @@
 
 Nothing here runs at import time; callers obtain a communicator with :func:`world` and pass it on.
 """
+import collections
 import contextlib
 import logging
 import os
@@ -66,16 +67,17 @@ class WorkCounter:
 
     Rank 0 holds the count and answers the other ranks' requests by point-to-point messages on a duplicate of
     ``comm``, each time it asks for a number itself (once per block) and, once it has none left, until every
-    rank has left. Every other rank asks for its next number as soon as it receives one (one request in
-    flight), so the answer arrives while it works on the current block. One-sided MPI (a window on rank 0)
+    rank has left. Each rank starts with ``depth`` numbers of its own (rank r: r * depth ...), and asks for
+    another whenever it takes one, so ``depth`` numbers are always on their way or waiting: the answers, which
+    rank 0 gives only between its own blocks, arrive while the rank works. At the end a rank holds at most
+    ``depth`` numbers it has not started, the only imbalance this adds. One-sided MPI (a window on rank 0)
     would need no answering, but Open MPI 4.1 offers no window between nodes over TCP under
-    MPI_THREAD_MULTIPLE (osc/rdma needs RDMA, osc/ucx the UCX pml, osc/pt2pt refuses the thread level), and
-    where osc/pt2pt works its passive target also only progresses when rank 0 enters MPI. With a
+    MPI_THREAD_MULTIPLE (osc/rdma needs RDMA, osc/ucx the UCX pml, osc/pt2pt refuses the thread level). With a
     SerialComm it is a plain integer. Collective to create and to :meth:`free`.
     """
     REQUEST, ANSWER, LEAVE = 71, 72, 73
 
-    def __init__(self, comm):
+    def __init__(self, comm, depth: int = 2):
         self._local = 0
         self._comm = None
         self._report = (0, 0)
@@ -84,8 +86,13 @@ class WorkCounter:
         if is_mpi(comm) and comm.Get_size() > 1:
             self._comm = comm.Dup()
             self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
-            self._pending = None  # a non-root rank's request in flight (the receive of its answer)
+            self._depth = max(1, int(depth))
+            self._pending = collections.deque()  # a non-root rank's requests in flight (receives of their answers)
             self._left = 0  # rank 0: how many other ranks have left
+            # each rank's first numbers are fixed (rank r: r * depth ...), so nobody waits for rank 0's first
+            # block, which is the slowest (a rank that waited for it lost most of a second here)
+            self._ready = collections.deque(self._rank * self._depth + i for i in range(self._depth))
+            self._local = self._size * self._depth
         self._reports = {0: (0, 0)}  # rank 0: each rank's last report (units done, failures), see totals()
 
     def next(self, done: int = 0, failures: int = 0) -> int:
@@ -98,12 +105,13 @@ class WorkCounter:
         if self._rank == 0:
             self._reports[0] = self._report
             self._serve(block=False)
-            return self._take()
-        if self._pending is None:
-            self._ask()
-        with self._waiting():
-            k = self._pending.wait()
-        self._ask()  # the next number travels while this rank works on k
+            return self._ready.popleft() if self._ready else self._take()
+        if self._ready:
+            k = self._ready.popleft()
+        else:
+            with self._waiting():
+                k = self._pending.popleft().wait()
+        self._ask()  # the next numbers travel while this rank works on k
         return k
 
     def totals(self):
@@ -116,7 +124,7 @@ class WorkCounter:
 
     def _ask(self) -> None:
         self._comm.send(self._report, dest=0, tag=self.REQUEST)
-        self._pending = self._comm.irecv(source=0, tag=self.ANSWER)
+        self._pending.append(self._comm.irecv(source=0, tag=self.ANSWER))
 
     def _serve(self, block: bool) -> None:
         """Rank 0: answer every message that has arrived; with ``block``, wait for one first."""
@@ -141,9 +149,8 @@ class WorkCounter:
                 while self._left < self._size - 1:
                     self._serve(block=True)
             else:
-                if self._pending is not None:
-                    self._pending.wait()
-                    self._pending = None
+                while self._pending:
+                    self._pending.popleft().wait()
                 self._comm.send(self._report, dest=0, tag=self.LEAVE)
             self._comm.Barrier()
         self._comm.Free()
