@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,11 +17,12 @@ import torch
 import yaml
 
 from cloudvox.train import load_checkpoint
-from tests.hpc.conftest import assert_same_datasets, run_cloudvox
+from tests.hpc.conftest import assert_same_datasets
 from tests.hpc.test_distributed import free_port, params, train
 from tests.jobs.cluster import LocalSlurm
 from tests.jobs.conftest import ROOT
-from tests.jobs.test_slurm import FIXTURE, GPU_SCRIPT_ON_CPU, log_of, train_config, wait_until
+from tests.jobs.test_slurm import (FIXTURE, GPU_SCRIPT_ON_CPU, featurize_config, log_of,  # noqa: F401
+                                   train_config, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
@@ -57,17 +57,6 @@ def ended(cluster, job, timeout=300):
 # --------------------------------------------------------------------------------------------------------
 # featurize
 # --------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def featurize_config(tmp_path_factory):
-    d = tmp_path_factory.mktemp("featurize_multi")
-    cfg = dict(input=[str(FIXTURE)], format="aflow", output=str(d / "reference.h5"), block_size=8,
-               descriptor=dict(mode="cartesian", n=16, length=40.0, sigma=0.1))
-    path = d / "featurize.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    run_cloudvox(2, "featurize", "--config", str(path))  # the reference: mpirun -n 2 on this host
-    return path, d / "reference.h5"
-
-
 def test_two_node_featurize_equals_mpirun(cluster, node_env, featurize_config, tmp_path):
     config, reference = featurize_config
     out = tmp_path / "features.h5"
