@@ -99,18 +99,13 @@ def log_launch() -> None:
 def watched_featurize(comm, job):
     """The featurize job's communicator under a collective-timeout watchdog (several ranks, a timeout > 0),
     its heartbeats beside the output (``.OUT.h5.watchdog/LAUNCH``); (comm, None) otherwise."""
-    from .watchdog import WatchedComm, Watchdog, launch_folder
+    from .watchdog import WatchedComm, start
     if comm.Get_size() < 2 or job.collective_timeout <= 0:
         return comm, None
     output = Path(job.output)
-    root = output.with_name(f".{output.name}.watchdog")
     launch = comm.bcast(f"{os.getpid():x}-{int(time.time() * 1e6):x}" if comm.Get_rank() == 0 else None, root=0)
-    if comm.Get_rank() == 0:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        folder = launch_folder(root, launch)
-    else:
-        folder = root / launch
-    watchdog = Watchdog(folder, comm.Get_rank(), comm.Get_size(), job.collective_timeout).start()
+    watchdog = start(output.with_name(f".{output.name}.watchdog"), launch, comm.Get_rank(), comm.Get_size(),
+                     job.collective_timeout)
     return WatchedComm(comm, watchdog), watchdog
 
 

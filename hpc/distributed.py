@@ -21,7 +21,7 @@ import torch
 from cloudvox.train import SingleProcess, pick_device
 
 from .launcher import LaunchEnv, launch_env
-from .watchdog import FOLDER, Watchdog, launch_folder
+from .watchdog import FOLDER, Watchdog, start as start_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,7 @@ def watch(dist, base: Path, timeout: float) -> Optional[Watchdog]:
     stamp = torch.tensor([(time.time_ns() // 1000 + os.getpid()) % (1 << 62) if dist.rank == 0 else 0],
                          dtype=torch.int64)
     launch = f"{int(dist.allreduce_sum(stamp)[0]):x}"
-    root = Path(base) / FOLDER
-    if dist.rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-    folder = launch_folder(root, launch) if dist.rank == 0 else root / launch
-    dist.watchdog = Watchdog(folder, dist.rank, dist.size, timeout).start()
+    dist.watchdog = start_watchdog(Path(base) / FOLDER, launch, dist.rank, dist.size, timeout)
     return dist.watchdog
 
 

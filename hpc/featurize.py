@@ -64,9 +64,9 @@ class FeaturizeJob:
     limit: Optional[int]
     overwrite: bool
     strict: bool
+    collective_timeout: float  # seconds (hpc/watchdog.py)
+    progress_every: float  # seconds between progress lines off a terminal
     merge_buffer: int = 64 << 20  # bytes of shards (uncompressed) a merging rank holds at once
-    collective_timeout: float = 600.0
-    progress_every: float = 60.0
     command: str = ""
 
     @classmethod

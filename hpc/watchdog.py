@@ -43,7 +43,7 @@ FOLDER = ".watchdog"
 class Watchdog:
     """The heartbeat and the timeout check of one rank; :meth:`start` runs the thread, :meth:`close` ends it.
 
-    ``folder``: a per-launch folder every rank of the job writes in (see :func:`launch_folder`);
+    ``folder``: a per-launch folder every rank of the job writes in (see :func:`start`);
     ``timeout``: seconds (0 or less: no watchdog); ``interval``: seconds between beats (default timeout / 20,
     between 0.5 and 10)."""
 
@@ -180,15 +180,17 @@ class Watchdog:
         self._exit(EXIT_CODE)
 
 
-def launch_folder(root: Path, launch_id: str) -> Path:
-    """``ROOT/LAUNCH_ID``, every other launch's folder under ``root`` removed (rank 0, before the ranks start
-    their watchdogs): a rank of an earlier launch must never look alive or hung to this one."""
+def start(root: Path, launch_id: str, rank: int, size: int, timeout: float) -> Watchdog:
+    """This rank's watchdog, its heartbeats in ``ROOT/LAUNCH_ID`` (an id every rank of this launch agreed on).
+    Rank 0 first removes every other launch's folder under ``root``: a rank of an earlier launch must never
+    look alive or hung to this one."""
     root = Path(root)
-    if root.is_dir():
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
         for old in root.iterdir():
             if old.name != launch_id:
                 shutil.rmtree(old, ignore_errors=True)
-    return root / launch_id
+    return Watchdog(root / launch_id, rank, size, timeout).start()
 
 
 class WatchedComm:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from hpc.watchdog import EXIT_CODE, Watchdog, launch_folder
+from hpc.watchdog import EXIT_CODE, Watchdog, start
 
 
 def write(folder, rank, beat, progress=0, waiting=False, done=False, host="n2"):
@@ -90,8 +90,10 @@ def test_the_thread_fires_only_while_waiting_and_exits_with_the_code(tmp_path):
         a._stop.set()
 
 
-def test_launch_folder_removes_earlier_launches(tmp_path):
+def test_a_launch_removes_earlier_launches_on_rank_0_only(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "rank-1.json").write_text("{}")
-    assert launch_folder(tmp_path, "new") == tmp_path / "new"
-    assert not (tmp_path / "old").exists()
+    other = start(tmp_path, "new", rank=1, size=2, timeout=0)  # disabled: no thread, no files
+    assert (tmp_path / "old").exists() and other.folder == tmp_path / "new"
+    dog = start(tmp_path, "new", rank=0, size=2, timeout=0)
+    assert dog.folder == tmp_path / "new" and not (tmp_path / "old").exists()
