@@ -48,6 +48,8 @@ class FeaturizeConfig:
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
     merge_buffer_mb: float = 64.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
+    merge_writers: int = 0  # ranks that write the output: 0 one per node (more than one: OUT.h5 is virtual
+    # datasets over OUT.h5.segments/, see docs/hdf5_layout.md); N: N writers
     collective_timeout: float = 600.0  # s: with several ranks, a rank that neither finishes a block nor reaches
     # a collective within it ends the job (exit 124), named with its host in one log line; 0: off
     progress_every: float = 60.0  # s between progress lines when the log is not a terminal (0: none)
@@ -271,4 +273,6 @@ def validate_featurize(raw: Dict[str, Any]) -> Dict[str, Any]:
     unknown = set(cfg["store"]) - set(_store_items())
     if unknown:
         raise ConfigError(f"store: unknown item(s) {sorted(unknown)}; choose from {', '.join(_store_items())}")
+    if not isinstance(cfg["merge_writers"], int) or cfg["merge_writers"] < 0:
+        raise ConfigError(f"merge_writers: {cfg['merge_writers']!r}; use 0 (one writer per node) or a number of writers")
     return cfg

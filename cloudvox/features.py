@@ -41,6 +41,14 @@ occupied voxels only); :class:`FeatureFile` returns dense tensors for any specie
 A file is written as ``NAME.part`` and renamed when complete. The same layout serves the per-block shard
 files of a parallel job (:func:`write_features`), which are concatenated into the final file.
 
+Segments. A job with several writers (by default one per node, ``merge_writers``) writes ``NAME`` with the root
+attributes above and every dataset as an HDF5 virtual dataset over ``NAME.segments/segment-K.h5``: segment K
+holds a contiguous run of rows of every dataset (its own structures, their ragged rows and offsets, which
+keep the whole file's values; the last segment also the closing offset), in datasets of the same names,
+dtypes, chunks and filters. The root attribute ``segments`` (JSON list) names them relative to the file's
+folder; HDF5 finds them there wherever the two are moved together, and the reader refuses a file whose
+segments are missing (HDF5 would read their rows as zeros). Readers see one file of the layout above.
+
 What is stored (``store``, default ``reciprocal`` + ``cloud``): a crystal's descriptor is its reciprocal
 set; its voxels are binned from it when read (:meth:`FeatureFile.sparse_voxels`, or on the training device
 under random rotations), so they are stored only when ``voxels`` is asked for. A molecule's reciprocal set
@@ -328,6 +336,12 @@ class FeatureFile:
         self.channel_names: List[str] = json.loads(f.attrs["channel_names"])
         self.n = int(f["structures/status"].shape[0])
         self.version = int(f.attrs["format_version"])
+        self.segments: List[Path] = [self.path.parent / s for s in json.loads(f.attrs.get("segments", "[]"))]
+        missing = [s for s in self.segments if not s.is_file()]
+        if missing:  # HDF5 would read the missing rows as zeros
+            raise ValueError(f"{self.path} reads its datasets from {len(self.segments)} segment files beside it and "
+                             f"{len(missing)} are missing (first: {missing[0]}); copy or move {self.path.name} "
+                             f"together with its folder {Path(self.segments[0]).parent.name}/")
 
     @property
     def h5(self):
@@ -550,7 +564,7 @@ class FeatureFile:
         st = self.status
         return dict(path=str(self.path), structures=self.n, done=int((st == DONE).sum()), failed=int((st == FAILED).sum()),
                     descriptor=self.params, species=self.species, properties=self.prop_names,
-                    size_bytes=self.path.stat().st_size, cloudvox_version=str(self.h5.attrs["cloudvox_version"]),
+                    size_bytes=sum(p.stat().st_size for p in [self.path] + self.segments), cloudvox_version=str(self.h5.attrs["cloudvox_version"]),
                     created=str(self.h5.attrs["created"]), input=json.loads(self.h5.attrs["input"]))
 
 

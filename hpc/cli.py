@@ -47,6 +47,9 @@ def _featurize_parser(sub) -> None:
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 64 MB)")
+    p.add_argument("--merge-writers", type=int,
+                   help="ranks that write the output: 0 one per node (default), N: N writers; with more than one, "
+                        "OUT.h5 reads its datasets from OUT.h5.segments/ beside it")
     p.add_argument("--collective-timeout", type=float,
                    help="seconds a rank may go without finishing a block or reaching a collective (default 600; 0: off)")
     p.add_argument("--progress-every", type=float,
@@ -60,7 +63,8 @@ def _featurize_parser(sub) -> None:
 FEATURIZE_FLAGS = {  # flag -> (section, key) of the featurize config
     "input": (None, "input"), "format": (None, "format"), "output": (None, "output"), "store": (None, "store"),
     "block_size": (None, "block_size"), "limit": (None, "limit"),
-    "merge_buffer_mb": (None, "merge_buffer_mb"), "collective_timeout": (None, "collective_timeout"),
+    "merge_buffer_mb": (None, "merge_buffer_mb"), "merge_writers": (None, "merge_writers"),
+    "collective_timeout": (None, "collective_timeout"),
     "progress_every": (None, "progress_every"),
     "overwrite": (None, "overwrite"), "strict": (None, "strict"), "descriptor": ("descriptor", "mode"),
     "n": ("descriptor", "n"), "length": ("descriptor", "length"), "sigma": ("descriptor", "sigma"),

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from cloudvox.progress import Progress
 
 from .comm import WorkCounter
 from .h5mpi import open_file
-from .partition import pending_blocks, weighted_split
+from .partition import pending_blocks, weighted_split, writer_groups
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -67,6 +68,7 @@ class FeaturizeJob:
     collective_timeout: float  # seconds (hpc/watchdog.py)
     progress_every: float  # seconds between progress lines off a terminal
     merge_buffer: int = 64 << 20  # bytes of shards (uncompressed) a merging rank holds at once
+    merge_writers: int = 0  # 0: one writer per node; N: N writers (hpc.partition.writer_groups)
     command: str = ""
 
     @classmethod
@@ -79,7 +81,7 @@ class FeaturizeJob:
         return cls(inputs=[str(p) for p in cfg["input"]], format=cfg["format"], output=str(cfg["output"]),
                    descriptor=cfg["descriptor"], store=tuple(cfg["store"]), block_size=int(cfg["block_size"]),
                    limit=cfg["limit"], overwrite=bool(cfg["overwrite"]), strict=bool(cfg["strict"]),
-                   merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20),
+                   merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20), merge_writers=int(cfg["merge_writers"]),
                    collective_timeout=float(cfg["collective_timeout"]), progress_every=float(cfg["progress_every"]),
                    command=command)
 
@@ -154,14 +156,14 @@ def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: Fa
                     blocks=len(pending) + len(done), wall_seconds=time.perf_counter() - t0, ranks=size)
 
     t_merge = time.perf_counter()
-    _merge(comm, job, parts, output, attrs, identity)
+    merge = _merge(comm, job, parts, output, attrs, identity)
     merge_time = time.perf_counter() - t_merge
     busy_all = comm.allgather(busy)
     summary = _summary_from_file(output, time.perf_counter() - t0, size) if rank == 0 else None
     if rank == 0:
         mean = float(np.mean(busy_all))
         summary.update(load_imbalance=(max(busy_all) / mean) if mean > 0 else 1.0, busy_seconds=busy_all,
-                       merge_seconds=merge_time, blocks_computed=len(pending))
+                       merge_seconds=merge_time, merge=merge, blocks_computed=len(pending))
         _log_summary(summary, output)
     return comm.bcast(summary, root=0)
 
@@ -202,8 +204,9 @@ def _prepare(job: FeaturizeJob, output: Path, parts: Path, identity: Dict) -> st
             shutil.rmtree(parts)
         return "complete"
     if job.overwrite:
-        if parts.exists():
-            shutil.rmtree(parts)
+        for folder in (parts, output.with_name(output.name + SEGMENTS)):
+            if folder.exists():
+                shutil.rmtree(folder)
         if output.exists():
             output.unlink()
     manifest = parts / MANIFEST
@@ -319,13 +322,19 @@ def _duplicates(headers: List[Dict]) -> List[Tuple[int, int]]:
     return out
 
 
-def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, identity: Dict) -> None:
-    """Concatenate the shards into OUT.h5.part, renamed OUT.h5: every rank reads and compresses the chunks of a
-    contiguous, size-balanced run of shards (in groups of at most ``merge_buffer`` bytes) and rank 0 writes
-    them as they are (HDF5 direct chunk writes, serial h5py). Parallel HDF5's collective writes of compressed
-    datasets failed at a million structures on this stack (HDF5 1.10.8 and Open MPI 4.1.4: OMPIO "Bad
-    address", a ROMIO segfault in the metadata cache's sync point, and with the 1.8 file format a stall in
-    v1 B-tree inserts); compression, the merge's real cost, stays spread over the ranks."""
+def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, identity: Dict) -> Dict[str, object]:
+    """Concatenate the shards into OUT.h5; returns the merge's figures (on rank 0; None elsewhere).
+
+    Every rank reads a contiguous, size-balanced run of shards (in groups of at most ``merge_buffer`` bytes)
+    and compresses their whole chunks; a writer writes them unchanged (HDF5 direct chunk writes, serial h5py).
+    The ranks form writer groups (:func:`hpc.partition.writer_groups`: by default one per node), each the
+    writer of one contiguous run of rows of every dataset, its *segment*. With one group the segment is the
+    file itself (``OUT.h5.part``, renamed ``OUT.h5``). With several, each writer writes
+    ``OUT.h5.segments/segment-K.h5`` and rank 0 writes ``OUT.h5``: the root attributes and every dataset as an
+    HDF5 virtual dataset over the segments, so the write side grows with the nodes and no chunk crosses the
+    network. Parallel HDF5's collective writes of compressed datasets, the other way to many writers, failed at
+    a million structures on this stack (HDF5 1.10.8 and Open MPI 4.1.4: OMPIO "Bad address", a ROMIO segfault
+    in the metadata cache's sync point, and with the 1.8 file format a stall in v1 B-tree inserts)."""
     rank, size = comm.Get_rank(), comm.Get_size()
     shards = sorted(parts.glob("block-*.h5"), key=_range_of)
 
@@ -337,46 +346,163 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
         return found, dups
     headers, duplicates = _agree(comm, on_root)
     part_path = output.with_name(output.name + ".part")
+    final_segments = output.with_name(output.name + SEGMENTS)
     n = sum(h["size"] for h in headers)
     plan = _layout_plan(headers, n, extra_failures=len(duplicates))  # the same on every rank
-    spans = weighted_split([h["bytes"] for h in headers], size)
-    groups = [_buffer_groups(headers, a, b, job.merge_buffer) for a, b in spans]
-    rounds = max(len(g) for g in groups) if groups else 0
-    mine = groups[rank]
-    prep = _ChunkPrep(plan)
-    failed_rows = [row for row, _ in duplicates]
+    hosts = comm.allgather(socket.gethostname())
+    groups = writer_groups(hosts, job.merge_writers)
+    slots = dict(zip([r for g in groups for r in g], weighted_split([h["bytes"] for h in headers], size)))
+    segments = _segments(headers, plan, [(slots[g[0]][0], slots[g[-1]][1]) for g in groups], len(duplicates))
+    k = next(i for i, g in enumerate(groups) if rank in g)
+    seg, writer, A = segments[k], groups[k][0], segments[k]["shards"][0]
+    mine = _buffer_groups(headers, *slots[rank], job.merge_buffer)
+    rounds = max(len(_buffer_groups(headers, *slots[r], job.merge_buffer)) for r in range(size))
+    prep = _ChunkPrep(seg["plan"])
+    row0, row1 = seg["rows"]["structures/status"]
+    failed_rows = [row - row0 for row, _ in duplicates if row0 <= row < row1]
+    bases = {name: seg["rows"][name][0] for name in RAGGED}
     f = sink = None
-    if rank == 0:
-        species = sorted({e for h in headers for e in h["elements"]})
-        root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
-        f = open_file(part_path, "w")
-        for k, v in root.items():
-            f.attrs[k] = v
-        _create_layout(f, plan)
-        sink = _ChunkSink(f, plan)
+    if rank == writer and seg["nonempty"]:
+        if len(groups) == 1:
+            f = open_file(part_path, "w")
+            _root_attributes(f, attrs, headers, identity, job)
+        else:
+            (parts / SEGMENTS).mkdir(exist_ok=True)
+            f = open_file(parts / SEGMENTS / _segment_name(k), "w")
+        _create_layout(f, seg["plan"])
+        sink = _ChunkSink(f, seg["plan"])
+    stats = dict(prep_seconds=0.0, write_seconds=0.0, bytes=0)
     try:
         for g in range(rounds + 1):  # the last round: what waited for the rest of its chunk
+            t = time.perf_counter()
             if g < rounds:
                 span = mine[g] if g < len(mine) else (0, 0)
-                ops = _write_rows(prep, headers, span, _load_shards(headers[span[0]:span[1]]), failed_rows)
+                ops = _write_rows(prep, headers[A:seg["shards"][1]], (span[0] - A, span[1] - A) if span[1] > span[0]
+                                  else (0, 0), _load_shards(headers[span[0]:span[1]]), failed_rows, bases, seg["tail"])
             else:
                 ops = prep.flush()
-            if rank == 0:
-                sink.apply(ops)
-                for r in range(1, size):
-                    sink.apply(comm.recv(source=r, tag=g))
+            stats["prep_seconds"] += time.perf_counter() - t
+            if rank == writer:
+                for r in groups[k]:
+                    got = ops if r == writer else comm.recv(source=r, tag=g)
+                    t = time.perf_counter()
+                    stats["bytes"] += _apply(sink, got)
+                    stats["write_seconds"] += time.perf_counter() - t
             else:
-                comm.send(ops, dest=0, tag=g)
-        if rank == 0:
+                comm.send(ops, dest=writer, tag=g)
+        if sink is not None:
+            t = time.perf_counter()
             sink.finish()
-            _record_duplicates(f, duplicates, _shard_values(headers), sum(h["failures"] for h in headers))
+            if seg["tail"]:
+                fail0 = sum(h["failures"] for h in headers[A:seg["shards"][1]])
+                _record_duplicates(f, duplicates, _shard_values(headers), fail0, json.loads(attrs["input"]))
+            f.close()
+            f = None
+            stats["write_seconds"] += time.perf_counter() - t
     finally:
         if f is not None:
             f.close()
+    stats = comm.gather(stats, root=0)
     if rank == 0:
+        t = time.perf_counter()
+        if final_segments.exists():  # an earlier run's
+            shutil.rmtree(final_segments)
+        if len(groups) > 1:
+            with open_file(part_path, "w") as f:
+                _root_attributes(f, attrs, headers, identity, job)
+                _create_virtual_layout(f, plan, segments, output.name + SEGMENTS)
+            os.replace(parts / SEGMENTS, final_segments)
         os.replace(part_path, output)
         shutil.rmtree(parts, ignore_errors=True)
+        figures = dict(writers=len(groups), writer_ranks=[g[0] for g in groups], writer_hosts=[hosts[g[0]] for g in groups],
+                       write_seconds=[stats[g[0]]["write_seconds"] for g in groups],
+                       written_bytes=[stats[g[0]]["bytes"] for g in groups],
+                       prep_seconds=[s["prep_seconds"] for s in stats], finish_seconds=time.perf_counter() - t)
+        log.info("merged %d shards: %d writer(s) (%s), %.1f MB written, slowest writer %.1f s", len(headers),
+                 len(groups), ", ".join(figures["writer_hosts"]), sum(figures["written_bytes"]) / 1e6,
+                 max(figures["write_seconds"]))
     comm.Barrier()
+    return figures if rank == 0 else None
+
+
+SEGMENTS = ".segments"  # OUT.h5.segments/: the segment files of a file written by several writers
+
+
+def _segment_name(k: int) -> str:
+    return f"segment-{k:04d}.h5"
+
+
+def _root_attributes(f, attrs: Dict, headers: List[Dict], identity: Dict, job: FeaturizeJob) -> None:
+    species = sorted({e for h in headers for e in h["elements"]})
+    root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
+    for key, value in root.items():
+        f.attrs[key] = value
+
+
+def _segments(headers: List[Dict], plan: Dict[str, Dict], shard_ranges: List[Tuple[int, int]],
+              n_duplicates: int) -> List[Dict]:
+    """Each writer group's segment: its shards (A, B), its rows (start, stop) of every dataset of ``plan``,
+    its own plan (shapes of its rows, chunks to match) and whether it is the tail (the segment of the last
+    shard, which also holds the duplicate-id failure rows and the closing offsets). Pure: the same on
+    every rank."""
+    sizes = np.array([h["size"] for h in headers], dtype=np.int64)
+    fails = np.array([h["failures"] for h in headers], dtype=np.int64)
+    ragged = {name: np.array([h["ragged"][name] for h in headers], dtype=np.int64) for name in RAGGED}
+    tail = max([k for k, (a, b) in enumerate(shard_ranges) if b > a], default=0)
+    out = []
+    for k, (a, b) in enumerate(shard_ranges):
+        extra = 1 if k == tail else 0
+        rows = {}
+        for name in plan:
+            if name in FAILURES:
+                rows[name] = (int(fails[:a].sum()), int(fails[:b].sum()) + extra * n_duplicates)
+            elif name in RAGGED:
+                rows[name] = (int(ragged[name][:a].sum()), int(ragged[name][:b].sum()))
+            elif name.endswith("_offsets") and name[:-len("_offsets")] in RAGGED:
+                rows[name] = (int(sizes[:a].sum()), int(sizes[:b].sum()) + extra)
+            else:
+                rows[name] = (int(sizes[:a].sum()), int(sizes[:b].sum()))
+        seg_plan = {}
+        for name, d in plan.items():
+            shape = (rows[name][1] - rows[name][0],) + tuple(d["shape"][1:])
+            seg_plan[name] = dict(d, shape=shape, opts=_chunked(shape, d["dtype"], name))
+        out.append(dict(shards=(a, b), rows=rows, plan=seg_plan, tail=k == tail,
+                        nonempty=any(stop > start for start, stop in rows.values())))
+    for name, d in plan.items():  # the segments tile every dataset
+        covered = sorted(s["rows"][name] for s in out if s["rows"][name][1] > s["rows"][name][0])
+        if sum(b - a for a, b in covered) != d["shape"][0] or any(x[1] != y[0] for x, y in zip(covered, covered[1:])):
+            raise RuntimeError(f"merge: segments do not tile {name}: {covered} of {d['shape'][0]}")
+    return out
+
+
+def _create_virtual_layout(f, plan: Dict[str, Dict], segments: List[Dict], folder: str) -> None:
+    """Every dataset of ``plan`` as a virtual dataset over the segment files in ``folder`` (a path relative to
+    the file: HDF5 looks for it beside the file, wherever the two are moved together)."""
+    import h5py
+    names = [f"{folder}/{_segment_name(k)}" for k, s in enumerate(segments) if s["nonempty"]]
+    for name, d in plan.items():
+        if d["shape"][0] == 0:
+            f.create_dataset(name, shape=d["shape"], dtype=d["dtype"])
+        else:
+            layout = h5py.VirtualLayout(shape=d["shape"], dtype=d["dtype"])
+            for k, s in enumerate(segments):
+                a, b = s["rows"][name]
+                if b > a:
+                    layout[a:b] = h5py.VirtualSource(f"{folder}/{_segment_name(k)}", name, shape=s["plan"][name]["shape"])
+            f.create_virtual_dataset(name, layout)
+        if d["unit"] is not None:
+            f[name].attrs["unit"] = d["unit"]
+    f.attrs["segments"] = json.dumps(names)
+
+
+def _apply(sink, ops: List) -> int:
+    """Apply a rank's write operations at its writer; returns their bytes (compressed chunks as stored)."""
+    if sink is None:
+        if ops:
+            raise RuntimeError("merge: rows for a segment without rows")
+        return 0
+    sink.apply(ops)
+    return sum(len(p) if isinstance(p, bytes) else p.nbytes for _, _, _, p in ops)
 
 
 def _buffer_groups(headers: List[Dict], a: int, b: int, limit: int) -> List[Tuple[int, int]]:
@@ -392,12 +518,11 @@ def _buffer_groups(headers: List[Dict], a: int, b: int, limit: int) -> List[Tupl
     return out
 
 
-def _record_duplicates(f, duplicates: List[Tuple[int, int]], ids: Dict, fail0: int) -> None:
+def _record_duplicates(f, duplicates: List[Tuple[int, int]], ids: Dict, fail0: int, sources: List[str]) -> None:
     """A failure row for each later structure with an id seen before (its status is written failed by
-    :func:`_write_rows`); rank 0, after the shards' rows."""
+    :func:`_write_rows`), after the shards' rows: by the writer of the tail segment."""
     if not duplicates:
         return
-    sources = json.loads(f.attrs["input"])
     rows = {name: [] for name in ("index", "id", "source", "line", "reason")}
     for row, first in duplicates:
         sid, src, line = ids["id"](row), ids["source"](row), ids["line"](row)
@@ -592,9 +717,11 @@ class _ChunkSink:
 
 
 def _write_rows(prep: _ChunkPrep, headers: List[Dict], span: Tuple[int, int], data: Dict,
-                failed_rows: Sequence[int] = ()) -> List:
-    """The write operations of the contiguous run of shards ``span`` for every dataset; ``failed_rows``:
-    dataset rows whose status is written as failed (duplicate ids)."""
+                failed_rows: Sequence[int] = (), bases: Optional[Dict[str, int]] = None, closing: bool = True) -> List:
+    """The write operations of the contiguous run of shards ``span`` of ``headers`` (a segment's shards; rows
+    are counted from its first) for every dataset. ``failed_rows``: rows whose status is written as failed
+    (duplicate ids); ``bases``: per ragged dataset, the segment's first row in the whole file (the offsets
+    stored are the file's); ``closing``: the segment ends the file (it holds the closing offset)."""
     plan = prep.plan
     ops: List = []
     row0 = sum(h["size"] for h in headers[:span[0]])
@@ -623,14 +750,14 @@ def _write_rows(prep: _ChunkPrep, headers: List[Dict], span: Tuple[int, int], da
         if name.startswith(("structures/props/", "structures/meta/")):
             prep.write(name, row0, rows_of(name, plan[name]["dtype"]), ops)
     for name in RAGGED:
-        base = sum(h["ragged"][name] for h in headers[:span[0]])
-        prep.write(name, base, rows_of(name, plan[name]["dtype"], RAGGED[name][1]), ops)
+        local = sum(h["ragged"][name] for h in headers[:span[0]])
+        prep.write(name, local, rows_of(name, plan[name]["dtype"], RAGGED[name][1]), ops)
         offsets = []
-        running = base
+        running = local + (bases or {}).get(name, 0)
         for h, arr in sorted(data.get(f"{name}_offsets", []), key=lambda x: x[0]["start"]):
             offsets.append(arr[:-1] + running)
             running += int(arr[-1])
-        if mine and span[1] == len(headers):
+        if mine and span[1] == len(headers) and closing:
             offsets.append(np.array([running], dtype=np.int64))  # the closing offset
         prep.write(f"{name}_offsets", row0, np.concatenate(offsets) if offsets else None, ops)
     return ops

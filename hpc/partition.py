@@ -5,7 +5,7 @@ import numpy as np
 
 from cloudvox.partition import Range, blockdist
 
-__all__ = ["Range", "blockdist", "weighted_split", "pending_blocks", "round_robin"]
+__all__ = ["Range", "blockdist", "weighted_split", "pending_blocks", "round_robin", "writer_groups"]
 
 
 def weighted_split(weights: Sequence[float], parts: int) -> List[Range]:
@@ -42,3 +42,20 @@ def pending_blocks(n: int, block_size: int, done: Iterable[Range] = ()) -> List[
 def round_robin(items: Sequence, parts: int, index: int) -> list:
     """Items index, index + parts, ... : the static fall-back hand-out of blocks."""
     return list(items[index::parts])
+
+
+def writer_groups(hosts: Sequence[str], writers: int = 0) -> List[List[int]]:
+    """The ranks cut into merge groups, each written by its first rank: ``hosts[r]`` is rank r's host name.
+
+    writers 0: one group per host (in order of each host's lowest rank; a host's ranks in rank order), so the
+    chunks never leave their node; N >= 1: N groups of consecutive ranks (at most one per rank)."""
+    if writers < 0:
+        raise ValueError("writers must be >= 0")
+    size = len(hosts)
+    if writers:
+        n = min(writers, size)
+        return [list(range(*blockdist(size, n, k))) for k in range(n)]
+    by_host: dict = {}
+    for r, h in enumerate(hosts):
+        by_host.setdefault(h, []).append(r)
+    return list(by_host.values())

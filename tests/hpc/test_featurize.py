@@ -260,3 +260,83 @@ def test_duplicate_ids_are_found_by_id_even_when_hashes_collide(monkeypatch):
                dict(start=3, ids=np.array([hashes[ids[r]] for r in (3, 4, 5, 6)], dtype=np.uint64), id_rows=np.arange(4))]
     assert fz._duplicates(headers) == [(3, 0), (5, 2), (6, 1)]
     assert fz._duplicates(headers[:1]) == [] and fz._duplicates([]) == []
+
+
+def _headers(rng, n_shards):
+    """Shard headers as the merge sees them (sizes, failures, ragged rows) for the pure segment plan."""
+    from cloudvox.features import RAGGED
+    out, start = [], 0
+    for _ in range(n_shards):
+        size = int(rng.integers(1, 20))
+        out.append(dict(start=start, size=size, failures=int(rng.integers(0, 3)), strings={}, props=[], meta={},
+                        elements=[], bytes=1, ragged={name: int(rng.integers(0, 50)) for name in RAGGED}))
+        start += size
+    return out
+
+
+@pytest.mark.parametrize("n_shards, ranges", [(6, [(0, 2), (2, 6)]), (5, [(0, 5), (5, 5), (5, 5)]),
+                                              (4, [(0, 0), (0, 3), (3, 4)]), (3, [(0, 1), (1, 3), (3, 3)])])
+def test_segments_tile_every_dataset_and_the_tail_holds_the_closing_rows(rng, n_shards, ranges):
+    """Pure: each writer group's segment is a contiguous run of rows of every dataset; together they cover
+    the file once; the segment of the last shard also holds the duplicate-id failures and the closing offset."""
+    import hpc.featurize as fz
+    headers = _headers(rng, n_shards)
+    n = sum(h["size"] for h in headers)
+    plan = fz._layout_plan(headers, n, extra_failures=2)
+    segs = fz._segments(headers, plan, ranges, n_duplicates=2)
+    tail = [k for k, s in enumerate(segs) if s["tail"]]
+    assert tail == [max(k for k, (a, b) in enumerate(ranges) if b > a)]
+    for name, d in plan.items():
+        got = [s["rows"][name] for s in segs]
+        assert sum(b - a for a, b in got) == d["shape"][0], name
+        assert [s["plan"][name]["shape"][0] for s in segs] == [b - a for a, b in got]
+    t = segs[tail[0]]
+    assert t["rows"]["failures/index"][1] == plan["failures/index"]["shape"][0]
+    assert t["rows"]["voxels/index_offsets"][1] == n + 1
+    assert all(s["nonempty"] == (s["shards"][1] > s["shards"][0] or s["tail"]) for s in segs)
+    with pytest.raises(RuntimeError, match="do not tile"):
+        fz._segments(headers, plan, [(0, 1)], n_duplicates=2)
+
+
+def test_several_writers_write_one_file_of_virtual_datasets(aflow_like, tmp_path):
+    """mpirun -n 3 with two writer groups (ranks 0-1 and 2), the aflow-like mix (failures, a duplicate id) and
+    a small merge buffer: the file reads as the one-writer file, value for value; its segments sit beside it;
+    the same command again finds it complete; the pair moved elsewhere still reads; a missing segment is
+    refused by name (not read as zeros), and a one-writer --overwrite leaves no segments behind."""
+    import shutil
+
+    import h5py
+    path, kinds = aflow_like
+    one = tmp_path / "one.h5"
+    run_cloudvox(2, "featurize", "--input", str(path), "--output", str(one), *AFLOW, "--merge-writers", "1")
+    assert not (tmp_path / "one.h5.segments").exists()
+    out = tmp_path / "run" / "mix.h5"
+    args = ["featurize", "--input", str(path), "--output", str(out), *AFLOW, "--merge-writers", "2"]
+    proc = run_cloudvox(3, *args, "--merge-buffer-mb", "0.001")
+    merge = json.loads(proc.stdout.strip().splitlines()[-1])["merge"]
+    assert merge["writers"] == 2 and merge["writer_ranks"] == [0, 2] and min(merge["written_bytes"]) > 0
+    assert_same_datasets(out, one)
+    segments = sorted((tmp_path / "run" / "mix.h5.segments").iterdir())
+    assert [p.name for p in segments] == ["segment-0000.h5", "segment-0001.h5"]
+    with h5py.File(out, "r") as f:
+        assert f["voxels/values"].shape == (0,) and not f["voxels/values"].is_virtual
+        assert f["reciprocal/values"].is_virtual and f["structures/status"].is_virtual
+        assert {s.file_name for s in f["reciprocal/values"].virtual_sources()} == {
+            "mix.h5.segments/segment-0000.h5", "mix.h5.segments/segment-0001.h5"}
+    assert FeatureFile(out).summary()["size_bytes"] == out.stat().st_size + sum(p.stat().st_size for p in segments)
+    again = run_cloudvox(3, *args)
+    assert "already complete" in again.stderr and sorted((tmp_path / "run" / "mix.h5.segments").iterdir()) == segments
+
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "run", moved)
+    out = moved / "mix.h5"
+    assert_same_datasets(out, one)
+    (moved / "mix.h5.segments" / "segment-0001.h5").unlink()
+    with pytest.raises(ValueError, match="segment-0001.h5.*mix.h5.segments/"):
+        FeatureFile(out)
+    args[4] = str(out)
+    refused = run_cloudvox(3, *args, check=False)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    run_cloudvox(2, *args, "--merge-writers", "1", "--overwrite")
+    assert not (moved / "mix.h5.segments").exists()
+    assert_same_datasets(out, one)

@@ -32,3 +32,14 @@ def test_pending_blocks_skip_done_ones():
     assert pending_blocks(10, 4, [(4, 8)]) == [(0, 4), (8, 10)]
     assert pending_blocks(0, 4) == []
     assert round_robin(list(range(7)), 3, 1) == [1, 4]
+
+
+def test_writer_groups_by_host_keep_each_nodes_ranks_together():
+    from hpc.partition import writer_groups
+    assert writer_groups(["n1", "n1", "n2", "n2"]) == [[0, 1], [2, 3]]
+    assert writer_groups(["n1", "n2", "n1", "n2"]) == [[0, 2], [1, 3]]  # cyclic placement: a node's ranks
+    assert writer_groups(["a"]) == [[0]]
+    assert writer_groups(["a"] * 5, writers=2) == [[0, 1, 2], [3, 4]]
+    assert writer_groups(["a", "b"], writers=4) == [[0], [1]]  # at most one writer per rank
+    with pytest.raises(ValueError):
+        writer_groups(["a"], writers=-1)

@@ -69,6 +69,12 @@ def test_two_node_featurize_equals_mpirun(cluster, node_env, featurize_config, t
     assert_same_datasets(out, reference)
     summary = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
     assert summary["ranks"] == 2 and summary["done"] == 300
+    # one writer per node, each its own segment of the file: no chunk crossed between the nodes
+    merge = summary["merge"]
+    assert merge["writers"] == 2 and sorted(merge["writer_hosts"]) == sorted(expand(nodes_of(cluster, job)))
+    assert sorted(p.name for p in (tmp_path / "features.h5.segments").iterdir()) == ["segment-0000.h5",
+                                                                                     "segment-0001.h5"]
+    assert not (tmp_path / "features.h5.parts").exists()
     # progress lines in the batch log (not a terminal): done/total, rate, ETA, failures so far
     lines = re.findall(r"featurize: (\d+)/38 blocks .*blocks/s.*failures (\d+)", log)
     assert lines and int(lines[-1][0]) <= 38
