@@ -42,7 +42,7 @@ from cloudvox.progress import Progress
 
 from .comm import WorkCounter
 from .h5mpi import open_file
-from .partition import pending_blocks, weighted_split, writer_groups
+from .partition import blockdist, pending_blocks, weighted_split, writer_groups
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -338,13 +338,18 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
     rank, size = comm.Get_rank(), comm.Get_size()
     shards = sorted(parts.glob("block-*.h5"), key=_range_of)
 
-    def on_root():  # the duplicate check's hashes stay on rank 0: only the headers travel
-        found = [_shard_header(p) for p in shards]
-        dups = _duplicates(found)
-        for h in found:
+    t = time.perf_counter()  # every rank reads the headers of a share of the shards (a file open each)
+    found = comm.gather([_shard_header(p) for p in shards[slice(*blockdist(len(shards), size, rank))]], root=0)
+
+    def on_root():  # the duplicate check's hashes stay on rank 0: only the headers travel on
+        headers = [h for part in found for h in part]
+        dups = _duplicates(headers)
+        for h in headers:
             h.pop("ids"), h.pop("id_rows")
-        return found, dups
+        return headers, dups
     headers, duplicates = _agree(comm, on_root)
+    del found
+    headers_seconds = time.perf_counter() - t
     part_path = output.with_name(output.name + ".part")
     final_segments = output.with_name(output.name + SEGMENTS)
     n = sum(h["size"] for h in headers)
@@ -371,7 +376,7 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
             f = open_file(parts / SEGMENTS / _segment_name(k), "w")
         _create_layout(f, seg["plan"])
         sink = _ChunkSink(f, seg["plan"])
-    stats = dict(prep_seconds=0.0, write_seconds=0.0, bytes=0)
+    stats = dict(prep_seconds=0.0, write_seconds=0.0, bytes=0, remote_bytes=0)
     try:
         for g in range(rounds + 1):  # the last round: what waited for the rest of its chunk
             t = time.perf_counter()
@@ -386,8 +391,10 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
                 for r in groups[k]:
                     got = ops if r == writer else comm.recv(source=r, tag=g)
                     t = time.perf_counter()
-                    stats["bytes"] += _apply(sink, got)
+                    nbytes = _apply(sink, got)
                     stats["write_seconds"] += time.perf_counter() - t
+                    stats["bytes"] += nbytes
+                    stats["remote_bytes"] += nbytes if hosts[r] != hosts[writer] else 0
             else:
                 comm.send(ops, dest=writer, tag=g)
         if sink is not None:
@@ -417,6 +424,8 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
         figures = dict(writers=len(groups), writer_ranks=[g[0] for g in groups], writer_hosts=[hosts[g[0]] for g in groups],
                        write_seconds=[stats[g[0]]["write_seconds"] for g in groups],
                        written_bytes=[stats[g[0]]["bytes"] for g in groups],
+                       from_other_nodes_bytes=[stats[g[0]]["remote_bytes"] for g in groups],
+                       headers_seconds=headers_seconds, shards=len(headers),
                        prep_seconds=[s["prep_seconds"] for s in stats], finish_seconds=time.perf_counter() - t)
         log.info("merged %d shards: %d writer(s) (%s), %.1f MB written, slowest writer %.1f s", len(headers),
                  len(groups), ", ".join(figures["writer_hosts"]), sum(figures["written_bytes"]) / 1e6,
