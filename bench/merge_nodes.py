@@ -18,6 +18,7 @@ Usage: python bench/merge_nodes.py [--n 20000] [--repeats 3] [--nodes 2 3] [--wo
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -34,6 +35,12 @@ from tests.jobs.cluster import LocalSlurm  # noqa: E402
 LOOPBACK = dict(OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo", GLOO_SOCKET_IFNAME="lo",
                 HOROVOD_GLOO_IFACE="lo", NCCL_SOCKET_IFNAME="lo")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+TARGET = 110_000_000  # structures: OMat24's size
+NODE_CORES = 128
+NODE_WRITE = 1e9  # B/s one writer writes (its file system stream; stated, not measured: this disk is one VM's)
+FS_BANDWIDTH = 50e9  # B/s a parallel file system takes from all writers together (stated)
+INDEX_RATE = 200e6  # B/s rank 0 reads the input to index it (docs/scaling.md, featurizing all of AFLOW)
+INPUT_BYTES = 580  # per AFLOW-like entry
 
 
 def run_job(cluster: LocalSlurm, work: Path, config: Path, nodes: int, tasks: int, extra) -> dict:
@@ -57,6 +64,51 @@ def run_job(cluster: LocalSlurm, work: Path, config: Path, nodes: int, tasks: in
     return summary
 
 
+def project(runs: dict, layouts, nodes_measured) -> None:
+    """The merge and the job for 110M structures (OMat24's size) on 1, 8 and 64 nodes of NODE_CORES cores,
+    from this run's per-rank rates (featurize, shard headers, merge compression: the two-rank layout) and the
+    stated bandwidths: one writer bounded by NODE_WRITE, per-node writers by min(nodes NODE_WRITE, FS)."""
+    med = statistics.median
+    rs = runs["1x2"]
+    n = rs[0]["structures"]
+    featurize_rate = med(n / sum(r["busy_seconds"]) for r in rs)  # structures per busy second of one rank
+    compress_rate = med(sum(r["merge"]["written_bytes"]) / sum(r["merge"]["prep_seconds"]) for r in rs)  # B/s per rank
+    header_cost = med(r["merge"]["headers_seconds"] * r["ranks"] / r["merge"]["shards"] for r in rs)  # s per shard
+    per_structure = med(r["file_bytes"] / r["structures"] for r in rs)
+    total = TARGET * per_structure
+    shards = TARGET / 256
+    for nodes in (1, 8, 64):
+        ranks = nodes * NODE_CORES
+        parts = dict(index_rank0=TARGET * INPUT_BYTES / INDEX_RATE, featurize=TARGET / (featurize_rate * ranks),
+                     headers=shards * header_cost / ranks, compression=total / (compress_rate * ranks))
+        for writers, bandwidth in (("one", NODE_WRITE), ("per node", min(nodes * NODE_WRITE, FS_BANDWIDTH))):
+            write = total / bandwidth
+            merge = parts["headers"] + max(parts["compression"], write)
+            emit("merge_nodes", "projection_110M", (parts["index_rank0"] + parts["featurize"] + merge) / 60, "min",
+                 nodes=nodes, cores_per_node=NODE_CORES, writers=writers, merge_min=merge / 60,
+                 write_min=write / 60, **{f"{k}_min": v / 60 for k, v in parts.items()}, output_TB=total / 1e12,
+                 assumed=dict(node_write_GBps=NODE_WRITE / 1e9, fs_GBps=FS_BANDWIDTH / 1e9,
+                              index_MBps=INDEX_RATE / 1e6, input_bytes_per_entry=INPUT_BYTES),
+                 measured=dict(featurize_per_rank=featurize_rate, compress_MBps_per_rank=compress_rate / 1e6,
+                               header_ms_per_shard=header_cost * 1e3, bytes_per_structure=per_structure))
+
+
+def read_rate(path: Path, picks, passes: int = 3) -> float:
+    """Median seconds to read the reciprocal values and atoms of ``picks`` (random structures, fresh handle
+    per pass): what a training loader does per item."""
+    from cloudvox.features import FeatureFile
+    times = []
+    for _ in range(passes):
+        ff = FeatureFile(path)
+        t = time.perf_counter()
+        for i in picks:
+            ff.ragged("reciprocal/values", int(i))
+            ff.cloud(int(i))
+        times.append(time.perf_counter() - t)
+        ff.close()
+    return statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20_000)
@@ -78,6 +130,7 @@ def main() -> None:
     for k in args.nodes:
         layouts += [(f"{k}x1 w1", k, 1, ["--merge-writers", "1"]), (f"{k}x1", k, 1, [])]
     runs = {name: [] for name, *_ in layouts}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the cluster on the way out
     cluster = LocalSlurm(work / "slurm", nodes=max(args.nodes), cpus=2).start()
     try:
         for _ in range(args.repeats):
@@ -85,6 +138,12 @@ def main() -> None:
                 t = time.perf_counter()
                 runs[name].append(run_job(cluster, work, config, nodes, tasks, extra))
                 print(f"{name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+                if name in ("1x2", f"{max(args.nodes)}x1"):  # kept for the read comparison
+                    keep = work / ("one" if name == "1x2" else "virtual")
+                    shutil.rmtree(keep, ignore_errors=True)
+                    keep.mkdir()
+                    for p in work.glob("features.h5*"):
+                        shutil.move(str(p), keep / p.name)
     finally:
         cluster.stop()
     med = statistics.median
@@ -104,6 +163,21 @@ def main() -> None:
         emit("merge_nodes", "headers_rank0", med(x["headers_seconds"] for x in m), "s", shards=m[0]["shards"], **common)
         emit("merge_nodes", "file_bytes_per_structure", rs[0]["file_bytes"] / rs[0]["structures"], "B", **common)
         emit("merge_nodes", "job_wall", med(r["wall_seconds"] for r in rs), "s", **common)
+    project(runs, layouts, args.nodes)
+    read_comparison(work, args.seed, max(args.nodes))
+
+
+def read_comparison(work: Path, seed: int, segments: int) -> None:
+    import numpy as np
+
+    from cloudvox.features import DONE, FeatureFile
+    done = np.flatnonzero(FeatureFile(work / "one" / "features.h5").status == DONE)
+    picks = np.random.default_rng(seed).choice(done, size=min(len(done), 3000), replace=False)
+    one, virtual = read_rate(work / "one" / "features.h5", picks), read_rate(work / "virtual" / "features.h5", picks)
+    emit("merge_nodes", "random_read_one_file", len(picks) / one, "structures/s", structures=len(picks))
+    emit("merge_nodes", "random_read_virtual", len(picks) / virtual, "structures/s", structures=len(picks),
+         segments=segments)
+    emit("merge_nodes", "random_read_ratio_virtual_to_one", one / virtual, "x")
 
 
 if __name__ == "__main__":

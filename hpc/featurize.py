@@ -9,10 +9,12 @@ The job (every rank runs :func:`run_featurize` with the same arguments):
    structures balance themselves. Each finished block is written as a shard file
    ``OUT.h5.parts/block-<start>-<stop>.h5`` (written as ``.part``, then renamed): a killed job loses at
    most the blocks in flight, and a restarted one skips the shards that exist.
-3. The shards are concatenated into ``OUT.h5.part`` in dataset order (:func:`_merge`): each rank reads a
-   contiguous, size-balanced run of shards in bounded groups and compresses its whole chunks, rank 0 writes
-   them unchanged (direct chunk writes) with the rows of chunks shared by two ranks. The file is renamed to
-   ``OUT.h5`` when complete and the shards are removed.
+3. The shards are concatenated in dataset order (:func:`_merge`): every rank reads the headers of a share
+   of the shards, then a contiguous, size-balanced run of shards in bounded groups, and compresses its whole
+   chunks; one writer per node (``merge_writers``) writes its node's chunks unchanged (direct chunk writes)
+   with the rows of chunks shared by two ranks. One writer writes ``OUT.h5.part``; several write the segments
+   ``OUT.h5.segments/segment-K.h5`` and rank 0 a ``OUT.h5.part`` of virtual datasets over them. The file is
+   renamed to ``OUT.h5`` when complete and the shards are removed.
 
 Bad records (unparsable, invalid structures) are written with status failed and a reason in /failures,
 and logged by rank 0; they never stop the job. A stop request (``stop()`` true on some rank: SIGUSR1 or
@@ -342,6 +344,7 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
     found = comm.gather([_shard_header(p) for p in shards[slice(*blockdist(len(shards), size, rank))]], root=0)
 
     def on_root():  # the duplicate check's hashes stay on rank 0: only the headers travel on
+        shutil.rmtree(parts / SEGMENTS, ignore_errors=True)  # an interrupted merge's (maybe of more writers)
         headers = [h for part in found for h in part]
         dups = _duplicates(headers)
         for h in headers:

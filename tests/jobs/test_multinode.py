@@ -157,26 +157,36 @@ def requeue_now(cluster, job) -> None:
 
 
 @pytest.mark.slow
-def test_training_goes_on_from_the_newest_checkpoint_on_the_node_left(cluster, restore_nodes, node_env,
-                                                                      tiny_features, tmp_path):
+@pytest.mark.parametrize("lost", ["other", "batch host"])
+def test_training_resumes_from_the_newest_checkpoint_after_a_lost_node(cluster, restore_nodes, node_env,
+                                                                       tiny_features, tmp_path, lost):
+    """Another node lost under ``--no-kill``: the job goes on with one rank on the node left. The batch shell's
+    node lost (default ``--requeue``): the job is requeued and starts again on two free nodes. Either way it
+    resumes from the newest complete checkpoint and ends at the uninterrupted run's parameters."""
     reference = tmp_path / "reference"  # uninterrupted, mpirun -n 2 on this host
     train(2, train_config(tmp_path / "reference.yaml", tiny_features, reference, "voxelnet"), "ddp")
     run = tmp_path / "run"
     config = train_config(tmp_path / "run.yaml", tiny_features, run, "voxelnet")
     env = dict(node_env, MASTER_PORT=str(free_port()))
-    job = cluster.sbatch(*TWO_NODES, "--no-kill", *GPU_SCRIPT_ON_CPU, str(ROOT / "jobs" / "train.slurm"), "voxelnet",
+    no_kill = ["--no-kill"] if lost == "other" else []
+    job = cluster.sbatch(*TWO_NODES, *no_kill, *GPU_SCRIPT_ON_CPU, str(ROOT / "jobs" / "train.slurm"), "voxelnet",
                          str(config), "ddp", cwd=tmp_path, env=env)
     metrics = run / "metrics.jsonl"
     wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 300, "two epochs")
     first, second = expand(nodes_of(cluster, job))
     logged = len(metrics.read_text().splitlines())
-    cluster.crash(second)
+    cluster.crash(second if lost == "other" else first)
+    if lost == "batch host":
+        requeue_now(cluster, job)
     state = ended(cluster, job)
     log = log_of(tmp_path, job)
     assert state == "COMPLETED", log[-4000:]
-    assert cluster.job(job)["Restarts"] == "0" and nodes_of(cluster, job) == first
-    assert f"going on with 1 task(s) on the 1 node(s) left ({first})" in log
-    assert "1 rank(s) started by slurm" in log
+    if lost == "other":
+        assert cluster.job(job)["Restarts"] == "0" and nodes_of(cluster, job) == first
+        assert f"going on with 1 task(s) on the 1 node(s) left ({first})" in log
+        assert "1 rank(s) started by slurm" in log
+    else:
+        assert cluster.job(job)["Restarts"] == "1" and first not in expand(nodes_of(cluster, job))
     resumed = [int(e) for e in re.findall(r"resumed from \S*checkpoint_last\.pt at epoch (\d+)", log)]
     # the newest complete checkpoint: never one older than the epochs logged before the crash
     assert len(resumed) == 1 and logged <= resumed[0] < 30, log[-4000:]
