@@ -2,8 +2,9 @@
 
 The job (every rank runs :func:`run_featurize` with the same arguments):
 
-1. Rank 0 indexes the input (:class:`cloudvox.io.sources.Source`: byte offsets, streamed, no parsing) and
-   broadcasts the index (22 bytes per record); item-based inputs are listed by every rank.
+1. Every rank indexes a share of the input's bytes (:func:`index_in_pieces`: the byte offset of every
+   block's first record, streamed, no parsing) and the ranks exchange the entries (28 bytes per block);
+   item-based inputs are listed by every rank.
 2. The records are cut into fixed blocks (:func:`hpc.partition.pending_blocks`); ranks take the next
    unfinished block from a job-wide counter (:class:`hpc.comm.WorkCounter`), so cheap and expensive
    structures balance themselves. Each finished block is written as a shard file
@@ -29,6 +30,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -39,7 +41,7 @@ from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,
                                STORE_ITEMS, FeatureFile, deflate, featurize_block, prop_unit, root_attributes,
                                write_features)
-from cloudvox.io.sources import Source
+from cloudvox.io.sources import LineIndex, Source, piece_starts, scan_lines, split_bytes
 from cloudvox.progress import Progress
 
 from .comm import WorkCounter
@@ -119,19 +121,10 @@ def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: Fa
         vox = job.voxelizer()
     except ValueError as e:
         raise JobError(f"invalid descriptor parameters: {e}") from None
-    def make_source(index=None) -> Source:
-        try:
-            return Source(job.format, job.inputs, job.limit, index=index)
-        except (FileNotFoundError, ValueError) as e:
-            raise JobError(str(e)) from None
-    # rank 0 indexes line-based input (byte offsets, streamed) and passes the index on: one read of the input
-    made: Dict[str, Source] = {}
-
-    def index_on_root():
-        made["source"] = make_source()
-        return made["source"].line_index()
-    index = _agree(comm, index_on_root)
-    source = made["source"] if rank == 0 else make_source(index)
+    try:  # line-based input is indexed in pieces by every rank (hpc.featurize.index_in_pieces)
+        source = Source(job.format, job.inputs, job.limit, indexer=partial(index_in_pieces, comm, job.block_size))
+    except (FileNotFoundError, ValueError) as e:  # the same inputs on every rank: every rank refuses them
+        raise JobError(str(e)) from None
     output = Path(job.output)
     parts = output.with_name(output.name + ".parts")
     identity = job.identity(source)
@@ -168,6 +161,24 @@ def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: Fa
                        merge_seconds=merge_time, merge=merge, blocks_computed=len(pending))
         _log_summary(summary, output)
     return comm.bcast(summary, root=0)
+
+
+def index_in_pieces(comm, stride: int, files: Sequence[Path], skip_header: bool, limit: Optional[int]) -> LineIndex:
+    """The :class:`LineIndex` of line-based input files (every ``stride``-th record), made by every rank of
+    ``comm`` for a near-equal share of the bytes: one pass counts each share's lines and records, a second
+    finds the entries in it; only the counts and the entries travel (28 bytes per ``stride`` records), so
+    no rank reads more than its share and none holds an entry per record. With a limit, rank 0 indexes up
+    to it alone (a short read)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if limit is not None or size == 1:
+        return _agree(comm, lambda: LineIndex.serial(files, skip_header, limit, stride))
+    sizes = [Path(f).stat().st_size for f in files]
+    mine = split_bytes(sizes, size, rank)
+    counts = [(f, lo, hi, *scan_lines(Path(files[f]), lo, hi, skip_header)[:2]) for f, lo, hi in mine]
+    every = sorted(c for part in comm.allgather(counts) for c in part)
+    starts = dict(zip([c[:2] for c in every], piece_starts(every)))
+    found = [(f, scan_lines(Path(files[f]), lo, hi, skip_header, *starts[(f, lo)], stride)[2]) for f, lo, hi in mine]
+    return LineIndex.from_pieces(files, skip_header, stride, every, [x for part in comm.allgather(found) for x in part])
 
 
 def _agree(comm, fn):

@@ -23,84 +23,206 @@ from .records import Record
 
 
 INDEX_CHUNK = 1 << 24  # bytes read at a time while indexing: memory stays bounded whatever the file size
+INDEX_STRIDE = 256  # records between two entries of a line index (a parallel job uses its block size)
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True  # what bytes.strip() strips: a line of only these is blank
 
 
-def _line_index(path: Path, skip_header: bool, limit: Optional[int] = None, chunk: int = INDEX_CHUNK):
-    """Byte offsets (start, stop) and 1-based numbers of the non-empty lines of a text file.
+def split_bytes(sizes: Sequence[int], parts: int, part: int) -> List[Tuple[int, int, int]]:
+    """The ``part``-th of ``parts`` near-equal byte ranges over files of ``sizes`` bytes laid end to end, as
+    pieces (file, lo, hi) with lo < hi. Pure: every rank computes every other's pieces."""
+    total = int(sum(sizes))
+    a, b = (total * part) // parts, (total * (part + 1)) // parts
+    out, base = [], 0
+    for f, size in enumerate(sizes):
+        lo, hi = max(a, base) - base, min(b, base + size) - base
+        if lo < hi:
+            out.append((f, lo, hi))
+        base += size
+    return out
 
-    Streams the file in ``chunk``-byte pieces (only the offsets are kept) and stops after ``limit``
-    non-empty lines. A line of only whitespace is blank."""
-    want = None if limit is None else limit + (1 if skip_header else 0)
-    starts, stops, numbers = [], [], []
-    found, line_no, pos, line_start = 0, 0, 0, 0
-    pending = b""  # the unfinished line at the end of the previous chunk (to test it for blankness)
+
+def scan_lines(path: Path, lo: int, hi: int, skip_header: bool, first_line: int = 1, first_record: int = 0,
+               stride: int = 0, stop_at: Optional[int] = None, chunk: int = INDEX_CHUNK):
+    """The lines of ``path`` that start in bytes [lo, hi) (a line starts at byte 0 or after a newline; it may
+    end beyond hi): returns (lines, records, checkpoints).
+
+    A record is a line that is not blank (only whitespace) and, with ``skip_header``, not line 1. Given the
+    1-based number of the piece's first line and the index of its first record (known from the pieces before
+    it), ``checkpoints`` lists (record, start byte, line number) of every record whose index is a multiple of
+    ``stride`` (none with stride 0); ``stop_at``: stop after that many records in all (a limit). Streams
+    ``chunk`` bytes at a time; vectorised per chunk."""
+    size = path.stat().st_size
+    hi = min(hi, size)
+    checkpoints: List[Tuple[int, int, int]] = []
+    if lo >= hi:
+        return 0, 0, checkpoints
     with open(path, "rb") as fh:
-        while want is None or found < want:
+        start = 0
+        if lo > 0:  # the first line start at or after lo: just after the first newline at or after lo - 1
+            fh.seek(lo - 1)
+            pos, start = lo - 1, -1
+            while start < 0:
+                data = fh.read(chunk)
+                if not data:
+                    return 0, 0, checkpoints
+                k = data.find(b"\n")
+                start = pos + k + 1 if k >= 0 else -1
+                pos += len(data)
+            if start >= hi:
+                return 0, 0, checkpoints
+        fh.seek(start)
+        pos, line, record, lines = start, first_line, first_record, 0
+        cur_start, cur_nonws, done = start, 0, False
+
+        def take(starts: np.ndarray, nonws: np.ndarray) -> None:
+            nonlocal line, record, lines, done
+            numbers = line + np.arange(len(starts))
+            keep = nonws > 0
+            if skip_header:
+                keep &= starts != 0  # the header: line 1, the one at byte 0 (known without the line number)
+            index = record + np.cumsum(keep) - 1  # each kept line's record index
+            if stop_at is not None and record + int(keep.sum()) >= stop_at:  # the limit: nothing after it
+                cut = int(np.flatnonzero(keep)[stop_at - 1 - record]) + 1 if stop_at > record else 0
+                starts, nonws, numbers, keep, index = starts[:cut], nonws[:cut], numbers[:cut], keep[:cut], index[:cut]
+                done = True
+            if stride:
+                hit = keep & (index % stride == 0)
+                checkpoints.extend(zip(index[hit].tolist(), starts[hit].tolist(), numbers[hit].tolist()))
+            lines += len(starts)
+            line += len(starts)
+            record += int(keep.sum())
+
+        while not done:
             data = fh.read(chunk)
             if not data:
                 break
-            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + pos
-            if len(ends):
-                s = np.concatenate([[line_start], ends[:-1] + 1]).astype(np.int64)
-                e = ends.astype(np.int64)
-                keep = _nonblank(s, e, data, pos, pending)
-                nums = np.arange(line_no + 1, line_no + len(s) + 1)
-                starts.append(s[keep]); stops.append(e[keep]); numbers.append(nums[keep])
-                found += int(keep.sum())
-                line_no += len(s)
-                line_start = int(ends[-1]) + 1
-                pending = data[line_start - pos:]
+            arr = np.frombuffer(data, dtype=np.uint8)
+            nl = np.flatnonzero(arr == 10)
+            cs = np.concatenate([[0], np.cumsum(~_WHITESPACE[arr], dtype=np.int64)])
+            if len(nl):
+                starts = np.concatenate([[cur_start], nl[:-1] + 1 + pos]).astype(np.int64)
+                nonws = np.concatenate([[cur_nonws + cs[nl[0]]], cs[nl[1:]] - cs[nl[:-1] + 1]])
+                inside = starts < hi
+                if not inside.all():
+                    starts, nonws, done = starts[inside], nonws[inside], True
+                take(starts, nonws)
+                cur_start, cur_nonws = int(nl[-1]) + 1 + pos, int(cs[-1] - cs[nl[-1] + 1])
+                done = done or cur_start >= hi
             else:
-                pending += data
+                cur_nonws += int(cs[-1])
             pos += len(data)
-        if (want is None or found < want) and pos > line_start and pending.strip():  # last line, no newline
-            starts.append(np.array([line_start])); stops.append(np.array([pos])); numbers.append(np.array([line_no + 1]))
-    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    starts, stops, numbers = cat(starts), cat(stops), cat(numbers)
-    if skip_header and len(numbers) and numbers[0] == 1:
-        starts, stops, numbers = starts[1:], stops[1:], numbers[1:]
-    if limit is not None:
-        starts, stops, numbers = starts[:limit], stops[:limit], numbers[:limit]
-    return starts, stops, numbers
+        if not done and cur_start < pos and cur_start < hi:  # the last line, without a newline
+            take(np.array([cur_start], dtype=np.int64), np.array([cur_nonws]))
+    return lines, record - first_record, checkpoints
 
 
-def _nonblank(starts: np.ndarray, stops: np.ndarray, data: bytes, pos: int, pending: bytes) -> np.ndarray:
-    """Which of the lines [starts, stops) (file offsets; the first may begin in ``pending``) hold more than
-    whitespace. Long lines always do in practice; short ones are checked byte by byte."""
-    keep = stops - starts > 0
-    for k in np.flatnonzero(keep & (stops - starts < 4)):
-        a, b = int(starts[k]) - pos, int(stops[k]) - pos
-        text = (pending + data[:b]) if a < 0 else data[a:b]
-        keep[k] = bool(text.strip())
-    return keep
+def piece_starts(counts: Sequence[Tuple[int, int, int, int, int]]) -> List[Tuple[int, int]]:
+    """(first line number, first record index) of each piece, from every piece's (file, lo, hi, lines,
+    records) in file and byte order: line numbers start again at 1 in each file, records run on. Pure."""
+    out, line, record, current = [], 1, 0, None
+    for f, _, _, lines, records in counts:
+        if f != current:
+            line, current = 1, f
+        out.append((line, record))
+        line += lines
+        record += records
+    return out
+
+
+@dataclass
+class LineIndex:
+    """Where the records of line-based files (AFLOW JSONL, qm9pack CSV) are: the start byte, file and line
+    number of every ``stride``-th record, 28 bytes per ``stride`` records (a featurize job's stride is its
+    block size, so each block is one read). Records in between are found by reading from the entry before.
+
+    Built by one process (:meth:`serial`, one pass) or in pieces by many (:func:`scan_lines` over
+    :func:`split_bytes`, then :meth:`from_pieces`): the same index either way."""
+    files: List[Path]  # the files that hold records (a limit may end before the last input)
+    skip_header: bool
+    stride: int
+    n: int  # records
+    file_of: np.ndarray  # (ceil(n / stride),) int32
+    start: np.ndarray  # (ceil(n / stride),) int64 byte offsets
+    number: np.ndarray  # (ceil(n / stride),) int64 1-based line numbers
+
+    @classmethod
+    def serial(cls, files: Sequence[Path], skip_header: bool, limit: Optional[int] = None,
+               stride: int = INDEX_STRIDE, chunk: int = INDEX_CHUNK) -> "LineIndex":
+        """Index ``files`` in this process, in one pass; with a limit, files after it are not opened."""
+        found, per_file = [], [0] * len(files)
+        for f, path in enumerate(files):
+            if limit is not None and sum(per_file) >= limit:
+                break
+            _, per_file[f], cps = scan_lines(Path(path), 0, Path(path).stat().st_size, skip_header, 1, sum(per_file),
+                                             stride, limit, chunk)
+            found.append((f, cps))
+        return cls._made(files, skip_header, stride, found, per_file, limit)
+
+    @classmethod
+    def from_pieces(cls, files: Sequence[Path], skip_header: bool, stride: int,
+                    counts: Sequence[Tuple[int, int, int, int, int]],
+                    checkpoints: Sequence[Tuple[int, List[Tuple[int, int, int]]]]) -> "LineIndex":
+        """From every piece's counts (file, lo, hi, lines, records) and checkpoints (file, list) found by
+        :func:`scan_lines` with the starts of :func:`piece_starts`."""
+        per_file = [0] * len(files)
+        for f, _, _, _, records in counts:
+            per_file[f] += records
+        return cls._made(files, skip_header, stride, checkpoints, per_file, None)
+
+    @classmethod
+    def _made(cls, files, skip_header, stride, checkpoints, per_file: List[int], limit: Optional[int]) -> "LineIndex":
+        total = sum(per_file)
+        n = total if limit is None else min(total, int(limit))
+        rows = sorted((rec, f, start, line) for f, cps in checkpoints for rec, start, line in cps if rec < n)
+        if [r[0] for r in rows] != list(range(0, n, stride)):
+            raise RuntimeError(f"line index: entries {[r[0] for r in rows][:5]}... for {n} records of stride {stride}")
+        used = len(files)  # with a limit: up to the file of the last record
+        if limit is not None:
+            used = int(np.searchsorted(np.cumsum(per_file), n, side="left")) + 1 if n else 0
+        return cls(files=[Path(p) for p in files][:used], skip_header=skip_header, stride=stride, n=n,
+                   file_of=np.array([r[1] for r in rows], dtype=np.int32),
+                   start=np.array([r[2] for r in rows], dtype=np.int64),
+                   number=np.array([r[3] for r in rows], dtype=np.int64))
+
+    def lines(self, a: int, b: int):
+        """(file, line number, text bytes) of records a .. b - 1, read from the index entry before a."""
+        k = a // self.stride
+        f, pos, line, rec = int(self.file_of[k]), int(self.start[k]), int(self.number[k]), k * self.stride
+        nxt = -(-b // self.stride)  # the first entry at or after b: the read stops there
+        while rec < b and f < len(self.files):
+            end = int(self.start[nxt]) if nxt < len(self.start) and int(self.file_of[nxt]) == f else None
+            with open(self.files[f], "rb") as fh:  # streamed: a limit may leave a long file unindexed after b
+                fh.seek(pos)
+                tail, last = b"", False
+                while not last:
+                    data = fh.read(INDEX_CHUNK if end is None else min(INDEX_CHUNK, end - pos))
+                    pos += len(data)
+                    if data:
+                        pieces = (tail + data).split(b"\n")
+                        tail = pieces.pop()  # the line that goes on in the next read
+                    else:
+                        pieces, last = [tail], True
+                    for raw in pieces:
+                        if raw.strip() and not (self.skip_header and line == 1):
+                            if rec >= a:
+                                yield f, line, raw
+                            rec += 1
+                            if rec >= b:
+                                return
+                        line += 1
+            f, pos, line = f + 1, 0, 1
 
 
 @dataclass
 class _Lines:
-    files: List[Path]
-    file_of: np.ndarray  # (n,) which file
-    start: np.ndarray  # (n,) byte offsets
-    stop: np.ndarray
-    number: np.ndarray  # (n,) 1-based line numbers
+    index: LineIndex
     parse: Callable[[str, int, str, Path], Record]  # (source, line, text, file) -> Record
 
     def records(self, a: int, b: int) -> List[Record]:
-        out: List[Record] = []
-        k = a
-        while k < b:
-            f = int(self.file_of[k])
-            e = k
-            while e < b and self.file_of[e] == f:
-                e += 1
-            with open(self.files[f], "rb") as fh:
-                fh.seek(int(self.start[k]))
-                blob = fh.read(int(self.stop[e - 1] - self.start[k]))
-            base = int(self.start[k])
-            for j in range(k, e):
-                text = blob[self.start[j] - base:self.stop[j] - base].decode("utf-8", errors="replace")
-                out.append(self.parse(str(self.files[f]), int(self.number[j]), text, self.files[f]))
-            k = e
-        return out
+        files = self.index.files
+        return [self.parse(str(files[f]), line, raw.decode("utf-8", errors="replace"), files[f])
+                for f, line, raw in self.index.lines(a, b)]
 
 
 FORMATS = {
@@ -147,16 +269,18 @@ class Source:
         fmt: one of :data:`FORMATS`.
         inputs: paths (files or folders); empty for the embedded default of "qm9" and "prototypes".
         limit: only the first ``limit`` records (line-based inputs are then indexed only that far).
-        index: the :meth:`line_index` of the same source made elsewhere (a parallel job indexes once, on one
-            rank, and passes it on: every rank reading the whole input would multiply the file system's load).
+        indexer: makes the :class:`LineIndex` of line-based inputs, ``indexer(files, skip_header, limit)``;
+            default :meth:`LineIndex.serial` (this process reads the files). A parallel job passes one that
+            indexes in pieces on every rank (hpc.featurize): every rank reading the whole input would multiply
+            the file system's load.
 
-    Line-based inputs (AFLOW JSONL, qm9pack CSV) are indexed by byte offsets, streamed: no file is read
-    whole. Item-based inputs (one structure per file, AFLUX JSON lists, ASE files) hold one loader per
+    Line-based inputs (AFLOW JSONL, qm9pack CSV) are indexed by the byte offsets of every 256th record,
+    streamed: no file is read whole, and the index holds 28 bytes per 256 records. Item-based inputs (one structure per file, AFLUX JSON lists, ASE files) hold one loader per
     record; frames of an ASE file (not a database) are parsed when the source is made.
     """
 
     def __init__(self, fmt: str, inputs: Sequence[Union[str, Path]] = (), limit: Optional[int] = None,
-                 index: Optional[Tuple[np.ndarray, ...]] = None):
+                 indexer: Optional[Callable[..., LineIndex]] = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown input format {fmt!r}; expected one of {list(FORMATS)}")
         self.fmt = fmt
@@ -172,7 +296,7 @@ class Source:
             files = expand(inputs)
             jsonl = [f for f in files if not _starts_with_bracket(f)]
             if len(jsonl) == len(files):
-                self._lines = self._index(files, False, _parse_aflow_line, limit, index)
+                self._lines = _Lines((indexer or LineIndex.serial)(files, False, limit), _parse_aflow_line)
             else:  # AFLUX JSON lists are loaded whole
                 self._items = [item for f in files for item in _aflow_items(f)]
         elif fmt == "qm9":
@@ -182,8 +306,8 @@ class Source:
             else:
                 csvs = files or qm9pack_files()
                 header = {f: next(csv.reader(open(f, newline="", encoding="utf-8"))) for f in csvs}
-                self._lines = self._index(csvs, True, lambda src, line, text, f: _parse_csv_line(src, line, text, header[f]),
-                                          limit, index)
+                self._lines = _Lines((indexer or LineIndex.serial)(csvs, True, limit),
+                                     lambda src, line, text, f: _parse_csv_line(src, line, text, header[f]))
         elif fmt == "files":
             files = expand(inputs)
             self._items = [(str(f), functools.partial(_first, iter_files, f, k)) for k, f in enumerate(files, 1)]
@@ -193,42 +317,12 @@ class Source:
             self._items = [item for f in expand(inputs) for item in _ase_items(f)]
         else:  # prototypes: 288 small structures, parsed once
             self._items = [(r.source, functools.partial(_same, r)) for r in iter_prototypes(inputs[0] if inputs else None)]
-        self.sources = sorted({str(s) for s in (self._lines.files if self._lines else [i[0] for i in self._items])})
-        total = len(self._lines.start) if self._lines is not None else len(self._items)
+        self.sources = sorted({str(s) for s in (self._lines.index.files if self._lines else [i[0] for i in self._items])})
+        total = self._lines.index.n if self._lines is not None else len(self._items)
         self.n = total if limit is None else min(total, int(limit))
-
-    @staticmethod
-    def _index(files: Sequence[Path], skip_header: bool, parse, limit: Optional[int] = None,
-               index: Optional[Tuple[np.ndarray, ...]] = None) -> _Lines:
-        if index is not None:
-            file_of, start, stop, number = index
-            used = int(file_of.max()) + 1 if len(file_of) else 0
-            return _Lines(list(files)[:used], file_of, start, stop, number, parse)
-        parts = []
-        for f in files:  # files after the one that reaches the limit are not opened
-            left = None if limit is None else limit - sum(len(p[0]) for p in parts)
-            if left is not None and left <= 0:
-                break
-            parts.append(_line_index(f, skip_header, left))
-        files = list(files)[:len(parts)]
-        numbers = np.concatenate([p[2] for p in parts])
-        # 22 bytes per record: the smallest integer types that hold the file and line numbers
-        file_dtype = np.int16 if len(files) < 2 ** 15 else np.int32
-        line_dtype = np.int32 if (numbers.max(initial=0) < 2 ** 31) else np.int64
-        return _Lines(list(files), np.concatenate([np.full(len(p[0]), k, dtype=file_dtype) for k, p in enumerate(parts)]),
-                      np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                      numbers.astype(line_dtype), parse)
 
     def __len__(self) -> int:
         return self.n
-
-    def line_index(self) -> Optional[Tuple[np.ndarray, ...]]:
-        """(file, start, stop, line number) integer arrays of a line-based source (22 bytes per record), for
-        ``Source(..., index=...)``; None for item-based sources."""
-        if self._lines is None:
-            return None
-        L = self._lines
-        return L.file_of, L.start, L.stop, L.number
 
     def __iter__(self):
         for a in range(0, self.n, 256):

@@ -340,3 +340,22 @@ def test_several_writers_write_one_file_of_virtual_datasets(aflow_like, tmp_path
     run_cloudvox(2, *args, "--merge-writers", "1", "--overwrite")
     assert not (moved / "mix.h5.segments").exists()
     assert_same_datasets(out, one)
+
+
+def test_a_csv_with_a_header_indexed_in_pieces_gives_the_one_rank_file(tmp_path):
+    """qm9pack CSV (a header line, one molecule per line) in two files, the first with blank lines: indexed
+    in byte pieces by 3 ranks (cut mid-line), the file is the one rank's, value for value."""
+    from cloudvox.io.qm9 import qm9pack_files
+    with open(qm9pack_files()[0], encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(61)]
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(lines[0] + "".join(x + ("\n" if k % 7 == 0 else "") for k, x in enumerate(lines[1:31])))
+    b.write_text(lines[0] + "".join(lines[31:]))
+    one, three = tmp_path / "one.h5", tmp_path / "three.h5"
+    args = ["--input", str(a), str(b), "--format", "qm9", "--block-size", "8"]
+    run_cloudvox(1, "featurize", *args, "--output", str(one))
+    run_cloudvox(3, "featurize", *args, "--output", str(three))
+    assert_same_datasets(three, one)
+    ff = FeatureFile(three)
+    assert ff.n == 60 and (ff.status == 1).all()
+    assert ff.h5["structures/line"][30] == 2 and ff.h5["structures/line"][29] > 31  # lines counted per file
