@@ -39,7 +39,7 @@ TARGET = 110_000_000  # structures: OMat24's size
 NODE_CORES = 128
 NODE_WRITE = 1e9  # B/s one writer writes (its file system stream; stated, not measured: this disk is one VM's)
 FS_BANDWIDTH = 50e9  # B/s a parallel file system takes from all writers together (stated)
-INDEX_RATE = 200e6  # B/s rank 0 reads the input to index it (docs/scaling.md, featurizing all of AFLOW)
+NODE_READ = 1e9  # B/s one node reads its share of the input to index it (stated; twice: two passes)
 INPUT_BYTES = 580  # per AFLOW-like entry
 
 
@@ -67,7 +67,8 @@ def run_job(cluster: LocalSlurm, work: Path, config: Path, nodes: int, tasks: in
 def project(runs: dict, layouts, nodes_measured) -> None:
     """The merge and the job for 110M structures (OMat24's size) on 1, 8 and 64 nodes of NODE_CORES cores,
     from this run's per-rank rates (featurize, shard headers, merge compression: the two-rank layout) and the
-    stated bandwidths: one writer bounded by NODE_WRITE, per-node writers by min(nodes NODE_WRITE, FS)."""
+    stated bandwidths: the input read twice by the index (every node its share, at NODE_READ), one writer
+    bounded by NODE_WRITE, per-node writers by min(nodes NODE_WRITE, FS)."""
     med = statistics.median
     rs = runs["1x2"]
     n = rs[0]["structures"]
@@ -79,16 +80,17 @@ def project(runs: dict, layouts, nodes_measured) -> None:
     shards = TARGET / 256
     for nodes in (1, 8, 64):
         ranks = nodes * NODE_CORES
-        parts = dict(index_rank0=TARGET * INPUT_BYTES / INDEX_RATE, featurize=TARGET / (featurize_rate * ranks),
+        parts = dict(index=2 * TARGET * INPUT_BYTES / min(nodes * NODE_READ, FS_BANDWIDTH),
+                     featurize=TARGET / (featurize_rate * ranks),
                      headers=shards * header_cost / ranks, compression=total / (compress_rate * ranks))
         for writers, bandwidth in (("one", NODE_WRITE), ("per node", min(nodes * NODE_WRITE, FS_BANDWIDTH))):
             write = total / bandwidth
             merge = parts["headers"] + max(parts["compression"], write)
-            emit("merge_nodes", "projection_110M", (parts["index_rank0"] + parts["featurize"] + merge) / 60, "min",
+            emit("merge_nodes", "projection_110M", (parts["index"] + parts["featurize"] + merge) / 60, "min",
                  nodes=nodes, cores_per_node=NODE_CORES, writers=writers, merge_min=merge / 60,
                  write_min=write / 60, **{f"{k}_min": v / 60 for k, v in parts.items()}, output_TB=total / 1e12,
                  assumed=dict(node_write_GBps=NODE_WRITE / 1e9, fs_GBps=FS_BANDWIDTH / 1e9,
-                              index_MBps=INDEX_RATE / 1e6, input_bytes_per_entry=INPUT_BYTES),
+                              node_read_GBps=NODE_READ / 1e9, input_bytes_per_entry=INPUT_BYTES),
                  measured=dict(featurize_per_rank=featurize_rate, compress_MBps_per_rank=compress_rate / 1e6,
                                header_ms_per_shard=header_cost * 1e3, bytes_per_structure=per_structure))
 

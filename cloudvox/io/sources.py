@@ -1,8 +1,9 @@
 """Random access to the records of an input: what a parallel job needs to parse only its own share.
 
 A :class:`Source` knows how many records an input holds and parses any contiguous run of them. Line-based
-inputs (AFLOW JSONL, qm9pack CSV) are indexed by byte offsets found with one vectorised pass over the bytes,
-so every rank can index a large file cheaply and read only the lines it is given.
+inputs (AFLOW JSONL, qm9pack CSV) are indexed by the byte offsets of every stride-th record
+(:class:`LineIndex`), found by vectorised passes over the bytes: by one process, or in byte shares by every
+rank of a parallel job, which then reads only the lines it is given.
 """
 import csv
 import dataclasses
@@ -78,7 +79,7 @@ def scan_lines(path: Path, lo: int, hi: int, skip_header: bool, first_line: int 
         def take(starts: np.ndarray, nonws: np.ndarray) -> None:
             nonlocal line, record, lines, done
             numbers = line + np.arange(len(starts))
-            keep = nonws > 0
+            keep = nonws.copy()
             if skip_header:
                 keep &= starts != 0  # the header: line 1, the one at byte 0 (known without the line number)
             index = record + np.cumsum(keep) - 1  # each kept line's record index
@@ -97,24 +98,37 @@ def scan_lines(path: Path, lo: int, hi: int, skip_header: bool, first_line: int 
             data = fh.read(chunk)
             if not data:
                 break
-            arr = np.frombuffer(data, dtype=np.uint8)
-            nl = np.flatnonzero(arr == 10)
-            cs = np.concatenate([[0], np.cumsum(~_WHITESPACE[arr], dtype=np.int64)])
+            nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
             if len(nl):
-                starts = np.concatenate([[cur_start], nl[:-1] + 1 + pos]).astype(np.int64)
-                nonws = np.concatenate([[cur_nonws + cs[nl[0]]], cs[nl[1:]] - cs[nl[:-1] + 1]])
+                local = np.concatenate([[cur_start - pos], nl[:-1] + 1])  # the first may begin in an earlier chunk
+                nonws = _has_text(data, local, nl)
+                nonws[0] |= cur_nonws
+                starts = local + pos
                 inside = starts < hi
                 if not inside.all():
                     starts, nonws, done = starts[inside], nonws[inside], True
                 take(starts, nonws)
-                cur_start, cur_nonws = int(nl[-1]) + 1 + pos, int(cs[-1] - cs[nl[-1] + 1])
+                cur_start, cur_nonws = int(nl[-1]) + 1 + pos, bool(data[int(nl[-1]) + 1:].strip())
                 done = done or cur_start >= hi
             else:
-                cur_nonws += int(cs[-1])
+                cur_nonws = cur_nonws or bool(data.strip())
             pos += len(data)
         if not done and cur_start < pos and cur_start < hi:  # the last line, without a newline
             take(np.array([cur_start], dtype=np.int64), np.array([cur_nonws]))
     return lines, record - first_record, checkpoints
+
+
+def _has_text(data: bytes, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """(L,) bool: whether the lines data[max(start, 0):stop] hold more than whitespace. A line whose first or
+    last byte is not whitespace does (nearly every line: O(lines), not O(bytes)); the rest are stripped."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    a = np.maximum(starts, 0)
+    out = stops > a
+    k = np.flatnonzero(out)
+    doubt = _WHITESPACE[arr[a[k]]] & _WHITESPACE[arr[stops[k] - 1]]
+    for j in k[doubt].tolist():
+        out[j] = bool(data[int(a[j]):int(stops[j])].strip())
+    return out
 
 
 def piece_starts(counts: Sequence[Tuple[int, int, int, int, int]]) -> List[Tuple[int, int]]:
