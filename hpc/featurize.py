@@ -349,88 +349,31 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
     a million structures on this stack (HDF5 1.10.8 and Open MPI 4.1.4: OMPIO "Bad address", a ROMIO segfault
     in the metadata cache's sync point, and with the 1.8 file format a stall in v1 B-tree inserts)."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    shards = sorted(parts.glob("block-*.h5"), key=_range_of)
-
-    t = time.perf_counter()  # every rank reads the headers of a share of the shards (a file open each)
-    found = comm.gather([_shard_header(p) for p in shards[slice(*blockdist(len(shards), size, rank))]], root=0)
-
-    def on_root():  # the duplicate check's hashes stay on rank 0: only the headers travel on
-        shutil.rmtree(parts / SEGMENTS, ignore_errors=True)  # an interrupted merge's (maybe of more writers)
-        headers = [h for part in found for h in part]
-        dups = _duplicates(headers)
-        for h in headers:
-            h.pop("ids"), h.pop("id_rows")
-        return headers, dups
-    headers, duplicates = _agree(comm, on_root)
-    del found
+    t = time.perf_counter()
+    headers, duplicates = _headers(comm, parts)
     headers_seconds = time.perf_counter() - t
-    part_path = output.with_name(output.name + ".part")
-    final_segments = output.with_name(output.name + SEGMENTS)
-    n = sum(h["size"] for h in headers)
-    plan = _layout_plan(headers, n, extra_failures=len(duplicates))  # the same on every rank
+    plan = _layout_plan(headers, sum(h["size"] for h in headers), extra_failures=len(duplicates))  # on every rank
     hosts = comm.allgather(socket.gethostname())
     groups = writer_groups(hosts, job.merge_writers)
     slots = dict(zip([r for g in groups for r in g], weighted_split([h["bytes"] for h in headers], size)))
     segments = _segments(headers, plan, [(slots[g[0]][0], slots[g[-1]][1]) for g in groups], len(duplicates))
     k = next(i for i, g in enumerate(groups) if rank in g)
-    seg, writer, A = segments[k], groups[k][0], segments[k]["shards"][0]
-    mine = _buffer_groups(headers, *slots[rank], job.merge_buffer)
     rounds = max(len(_buffer_groups(headers, *slots[r], job.merge_buffer)) for r in range(size))
-    prep = _ChunkPrep(seg["plan"])
-    row0, row1 = seg["rows"]["structures/status"]
-    failed_rows = [row - row0 for row, _ in duplicates if row0 <= row < row1]
-    bases = {name: seg["rows"][name][0] for name in RAGGED}
-    f = sink = None
-    if rank == writer and seg["nonempty"]:
-        if len(groups) == 1:
-            f = open_file(part_path, "w")
-            _root_attributes(f, attrs, headers, identity, job)
-        else:
-            (parts / SEGMENTS).mkdir(exist_ok=True)
-            f = open_file(parts / SEGMENTS / _segment_name(k), "w")
-        _create_layout(f, seg["plan"])
-        sink = _ChunkSink(f, seg["plan"])
-    stats = dict(prep_seconds=0.0, write_seconds=0.0, bytes=0, remote_bytes=0)
-    try:
-        for g in range(rounds + 1):  # the last round: what waited for the rest of its chunk
-            t = time.perf_counter()
-            if g < rounds:
-                span = mine[g] if g < len(mine) else (0, 0)
-                ops = _write_rows(prep, headers[A:seg["shards"][1]], (span[0] - A, span[1] - A) if span[1] > span[0]
-                                  else (0, 0), _load_shards(headers[span[0]:span[1]]), failed_rows, bases, seg["tail"])
-            else:
-                ops = prep.flush()
-            stats["prep_seconds"] += time.perf_counter() - t
-            if rank == writer:
-                for r in groups[k]:
-                    got = ops if r == writer else comm.recv(source=r, tag=g)
-                    t = time.perf_counter()
-                    nbytes = _apply(sink, got)
-                    stats["write_seconds"] += time.perf_counter() - t
-                    stats["bytes"] += nbytes
-                    stats["remote_bytes"] += nbytes if hosts[r] != hosts[writer] else 0
-            else:
-                comm.send(ops, dest=writer, tag=g)
-        if sink is not None:
-            t = time.perf_counter()
-            sink.finish()
-            if seg["tail"]:
-                fail0 = sum(h["failures"] for h in headers[A:seg["shards"][1]])
-                _record_duplicates(f, duplicates, _shard_values(headers), fail0, json.loads(attrs["input"]))
-            f.close()
-            f = None
-            stats["write_seconds"] += time.perf_counter() - t
-    finally:
-        if f is not None:
-            f.close()
+    part_path = output.with_name(output.name + ".part")
+    path = part_path if len(groups) == 1 else parts / SEGMENTS / _segment_name(k)
+    root = dict(attrs, **_root_attributes(headers, identity, job))
+    stats = _write_segment(comm, job, headers, duplicates, segments[k], groups[k], hosts, slots[rank], rounds, path,
+                           root, whole=len(groups) == 1)
     stats = comm.gather(stats, root=0)
+    figures = None
     if rank == 0:
         t = time.perf_counter()
+        final_segments = output.with_name(output.name + SEGMENTS)
         if final_segments.exists():  # an earlier run's
             shutil.rmtree(final_segments)
         if len(groups) > 1:
             with open_file(part_path, "w") as f:
-                _root_attributes(f, attrs, headers, identity, job)
+                f.attrs.update(root)
                 _create_virtual_layout(f, plan, segments, output.name + SEGMENTS)
             os.replace(parts / SEGMENTS, final_segments)
         os.replace(part_path, output)
@@ -445,7 +388,79 @@ def _merge(comm, job: FeaturizeJob, parts: Path, output: Path, attrs: Dict, iden
                  len(groups), ", ".join(figures["writer_hosts"]), sum(figures["written_bytes"]) / 1e6,
                  max(figures["write_seconds"]))
     comm.Barrier()
-    return figures if rank == 0 else None
+    return figures
+
+
+def _headers(comm, parts: Path) -> Tuple[List[Dict], List[Tuple[int, int]]]:
+    """Every shard's header (every rank reads a share: a file open each) and the duplicate ids (found on
+    rank 0, whose hashes stay there); the same on every rank."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    shards = sorted(parts.glob("block-*.h5"), key=_range_of)
+    found = comm.gather([_shard_header(p) for p in shards[slice(*blockdist(len(shards), size, rank))]], root=0)
+
+    def on_root():
+        shutil.rmtree(parts / SEGMENTS, ignore_errors=True)  # an interrupted merge's (maybe of more writers)
+        headers = [h for part in found for h in part]
+        dups = _duplicates(headers)
+        for h in headers:
+            h.pop("ids"), h.pop("id_rows")
+        return headers, dups
+    return _agree(comm, on_root)
+
+
+def _write_segment(comm, job: FeaturizeJob, headers: List[Dict], duplicates: List[Tuple[int, int]], seg: Dict,
+                   group: List[int], hosts: List[str], slot: Tuple[int, int], rounds: int, path: Path,
+                   root: Dict, whole: bool) -> Dict[str, float]:
+    """One writer group's side of the merge: every member prepares (reads, compresses) its slot of shards
+    round by round and sends the operations to the group's writer (its first rank), which writes the segment
+    ``path`` (with the root attributes ``root`` when the segment is the ``whole`` file). Returns this rank's
+    seconds and bytes."""
+    rank, writer, (A, B) = comm.Get_rank(), group[0], seg["shards"]
+    mine = _buffer_groups(headers, *slot, job.merge_buffer)
+    prep = _ChunkPrep(seg["plan"])
+    row0, row1 = seg["rows"]["structures/status"]
+    failed_rows = [row - row0 for row, _ in duplicates if row0 <= row < row1]
+    bases = {name: seg["rows"][name][0] for name in RAGGED}
+    stats = dict(prep_seconds=0.0, write_seconds=0.0, bytes=0, remote_bytes=0)
+    f = sink = None
+    if rank == writer and seg["nonempty"]:
+        path.parent.mkdir(exist_ok=True)
+        f = open_file(path, "w")
+        if whole:
+            f.attrs.update(root)
+        _create_layout(f, seg["plan"])
+        sink = _ChunkSink(f, seg["plan"])
+    try:
+        for g in range(rounds + 1):  # the last round: what waited for the rest of its chunk
+            t = time.perf_counter()
+            if g < rounds:
+                a, b = mine[g] if g < len(mine) else (A, A)
+                ops = _write_rows(prep, headers[A:B], (a - A, b - A), _load_shards(headers[a:b]), failed_rows, bases,
+                                  seg["tail"])
+            else:
+                ops = prep.flush()
+            stats["prep_seconds"] += time.perf_counter() - t
+            if rank != writer:
+                comm.send(ops, dest=writer, tag=g)
+                continue
+            for r in group:
+                got = ops if r == writer else comm.recv(source=r, tag=g)
+                t = time.perf_counter()
+                nbytes = _apply(sink, got)
+                stats["write_seconds"] += time.perf_counter() - t
+                stats["bytes"] += nbytes
+                stats["remote_bytes"] += nbytes if hosts[r] != hosts[writer] else 0
+        if sink is not None:
+            t = time.perf_counter()
+            sink.finish()
+            if seg["tail"]:
+                fail0 = sum(h["failures"] for h in headers[A:B])
+                _record_duplicates(f, duplicates, _shard_values(headers), fail0, json.loads(str(root["input"])))
+            stats["write_seconds"] += time.perf_counter() - t
+    finally:
+        if f is not None:
+            f.close()
+    return stats
 
 
 SEGMENTS = ".segments"  # OUT.h5.segments/: the segment files of a file written by several writers
@@ -455,11 +470,10 @@ def _segment_name(k: int) -> str:
     return f"segment-{k:04d}.h5"
 
 
-def _root_attributes(f, attrs: Dict, headers: List[Dict], identity: Dict, job: FeaturizeJob) -> None:
+def _root_attributes(headers: List[Dict], identity: Dict, job: FeaturizeJob) -> Dict[str, str]:
+    """The root attributes the shards do not carry: the species of all of them, the job's identity, the store."""
     species = sorted({e for h in headers for e in h["elements"]})
-    root = dict(attrs, species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
-    for key, value in root.items():
-        f.attrs[key] = value
+    return dict(species=json.dumps(species), job=json.dumps(identity), store=json.dumps(sorted(job.store)))
 
 
 def _segments(headers: List[Dict], plan: Dict[str, Dict], shard_ranges: List[Tuple[int, int]],

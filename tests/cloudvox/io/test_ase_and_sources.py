@@ -149,13 +149,3 @@ def test_a_source_indexed_in_pieces_reads_the_records_of_one_indexed_whole(perov
     a, b = whole.records(len(lines) - 10, len(lines) + 5), pieces.records(len(lines) - 10, len(lines) + 5)
     assert [(r.source, r.line, r.id) for r in a] == [(r.source, r.line, r.id) for r in b]
     assert b[-1].source == str(half) and b[-1].line == 5
-
-
-def test_format_of_each_kind_of_file(tmp_path, perovskites_path):
-    (tmp_path / "plain.xyz").write_text("2\nwater fragment\nO 0 0 0\nH 0.96 0 0\n")
-    (tmp_path / "gdb.xyz").write_text("2\ngdb 1 1 2 3\nC 0 0 0 0\nH 1 0 0 0\n")
-    assert format_of(perovskites_path) == "aflow" and format_of(EXTXYZ) == "ase"
-    assert format_of(tmp_path / "plain.xyz") == "files" and format_of(tmp_path / "gdb.xyz") == "qm9"
-    assert format_of(fixture_file("structures", "new", "O3Pb1Rh1.cif")) == "files"
-    with pytest.raises(ValueError, match="unknown input format 'xyz'.*'ase'"):
-        Source("xyz", [EXTXYZ])
