@@ -23,9 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (raised here, and imported from here by callers)
 
-class ConfigError(ValueError):
-    """A bad config: one line naming the key and the fix."""
 
 
 def _choices(*values, default):

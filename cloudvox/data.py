@@ -16,6 +16,7 @@ from .binning import pack_reciprocal, padded_rows
 from .descriptors import DEFAULT_PROPERTIES
 from .elements import MAX_Z, property_weights
 from .features import DONE, FeatureFile
+from .errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 HOLDOUT = "holdout"  # structures of held-out elements (split.hold_out): never trained on, evaluated
@@ -35,15 +36,15 @@ def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: in
     """
     if sizes is not None:
         if groups is not None:
-            raise ValueError("split sizes work with ungrouped splits only")
+            raise ConfigError("split sizes work with ungrouped splits only")
         tr, va, te = (int(x) for x in sizes)
         if tr + va + te > n:
-            raise ValueError(f"split sizes {list(sizes)} exceed the {n} usable structures")
+            raise ConfigError(f"split sizes {list(sizes)} exceed the {n} usable structures")
         perm = np.random.default_rng(seed).permutation(n)
         return {"val": np.sort(perm[:va]), "test": np.sort(perm[va:va + te]), "train": np.sort(perm[va + te:va + te + tr])}
     fr = np.asarray(fractions, dtype=np.float64)
     if len(fr) != 3 or (fr < 0).any() or not math.isclose(fr.sum(), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     rng = np.random.default_rng(seed)
     if groups is None:
         perm = rng.permutation(n)
@@ -75,7 +76,7 @@ def load_splits(run_dir: Path, ids: Sequence[str]) -> Dict[str, np.ndarray]:
         wanted = (Path(run_dir) / f"split_{name}.txt").read_text().split()
         missing = [w for w in wanted if w not in pos]
         if missing:
-            raise ValueError(f"split {name} of {run_dir} names {len(missing)} ids absent from the data, e.g. {missing[:3]}")
+            raise DataError(f"split {name} of {run_dir} names {len(missing)} ids absent from the data, e.g. {missing[:3]}")
         out[name] = np.array(sorted(pos[w] for w in wanted), dtype=np.int64)
     return out
 
@@ -113,7 +114,7 @@ class Normalizer:
             resid = resid - X @ per
             per = per.tolist()
         elif kind != "mean_std":
-            raise ValueError(f"unknown normalisation {kind!r}; use mean_std or composition")
+            raise ConfigError(f"unknown normalisation {kind!r}; use mean_std or composition")
         std = float(resid.std()) or 1.0
         if per is None:
             return cls(kind, float(resid.mean()), std, per, extensive)
@@ -171,7 +172,7 @@ def _with_fallback(used: np.ndarray, w: np.ndarray, occurrence: np.ndarray, size
 def element_counts(ff: FeatureFile, indices: Sequence[int]) -> np.ndarray:
     """(n, MAX_Z + 1) atoms of each element of the given structures (from the stored point clouds)."""
     if len(indices) and ("cloud/numbers" not in ff.h5 or not ff.h5["cloud/numbers"].shape[0]):
-        raise ValueError(f"{ff.path}: the composition (normalize: composition, element checks) needs the stored "
+        raise DataError(f"{ff.path}: the composition (normalize: composition, element checks) needs the stored "
                          "point clouds; featurize with store: [..., cloud] or use normalize: mean_std")
     off = ff.offsets("cloud/numbers")
     numbers = ff.h5["cloud/numbers"][...]
@@ -203,7 +204,7 @@ class _FeatureDataset(torch.utils.data.Dataset):
         status = self.ff.status[self.indices] if len(self.indices) else np.array([])
         if (status != DONE).any():
             bad = self.indices[status != DONE][:5].tolist()
-            raise ValueError(f"structures {bad} of {path} failed featurization and cannot be used")
+            raise DataError(f"structures {bad} of {path} failed featurization and cannot be used")
         self.targets = None if targets is None else np.asarray(targets, dtype=dtype)
         self._cache: Optional[Dict[int, Dict]] = {} if cache else None
         self.cache_bytes = CACHE_BYTES  # this rank's budget (an attribute: set it before the workers start)
@@ -339,7 +340,7 @@ class CloudDataset(_FeatureDataset):
     def __init__(self, path, indices: Sequence[int], targets: Optional[np.ndarray], cutoff: float, cache: bool = True):
         super().__init__(path, indices, targets, cache, np.float64)
         if "cloud/positions" not in self.ff.h5 or self.ff.h5["cloud/positions"].shape[0] == 0:
-            raise ValueError(f"{path} stores no point clouds: featurize with --store cloud")
+            raise DataError(f"{path} stores no point clouds: featurize with --store cloud")
         self.cutoff = float(cutoff)
         self._cost_of = "cloud/numbers"  # atoms (the edges within the cutoff grow with them)
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from .elements import property_weights
 from .structure import Structure, StructureError
+from .errors import ConfigError
 
 MODES = ("cartesian", "spherical")
 CHANNELS = ("element", "total", "properties")
@@ -325,19 +326,19 @@ class ReciprocalVoxelizer:
                  species: Optional[Sequence[str]] = None, channels: str = "element",
                  properties: Sequence[str] = DEFAULT_PROPERTIES, cross: bool = False):
         if not (np.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be > 0 Angstrom, got {sigma}")
+            raise ConfigError(f"sigma must be > 0 Angstrom, got {sigma}")
         if not (np.isfinite(length) and length > 0):
-            raise ValueError(f"length must be > 0 Angstrom, got {length}")
+            raise ConfigError(f"length must be > 0 Angstrom, got {length}")
         if int(n) != n or n < 2:
-            raise ValueError(f"n must be an integer >= 2, got {n}")
+            raise ConfigError(f"n must be an integer >= 2, got {n}")
         if mode not in MODES:
-            raise ValueError(f"unknown descriptor mode {mode!r}; expected one of {MODES}")
+            raise ConfigError(f"unknown descriptor mode {mode!r}; expected one of {MODES}")
         if channels not in CHANNELS:
-            raise ValueError(f"unknown channels {channels!r}; expected one of {CHANNELS}")
+            raise ConfigError(f"unknown channels {channels!r}; expected one of {CHANNELS}")
         self.sigma, self.length, self.n, self.mode, self.channels = float(sigma), float(length), int(n), mode, channels
         self.species = None if species is None else tuple(species)
         if self.species is not None and len(set(self.species)) != len(self.species):
-            raise ValueError(f"species list has duplicates: {self.species}")
+            raise ConfigError(f"species list has duplicates: {self.species}")
         self.properties = tuple(properties)
         self.cross = bool(cross)
         self._property_weights = property_weights(self.properties) if channels == "properties" else None

@@ -7,6 +7,8 @@ from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
+from .errors import ConfigError, UserError
+
 SYMBOLS: Tuple[str, ...] = (
     "X",  # Z = 0 placeholder, never a valid atom
     "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar",
@@ -21,7 +23,7 @@ MAX_Z = len(SYMBOLS) - 1
 _Z_OF = {s: z for z, s in enumerate(SYMBOLS) if z > 0}
 
 
-class UnknownElementError(ValueError):
+class UnknownElementError(UserError, ValueError):
     """An element symbol or atomic number that is not a chemical element."""
 
 
@@ -78,7 +80,7 @@ def property_weights(names: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(names), MAX_Z + 1))
     for k, name in enumerate(names):
         if name not in table:
-            raise ValueError(f"unknown element property {name!r}; choose from {['one', 'Z'] + list(PROPERTY_NAMES)}")
+            raise ConfigError(f"unknown element property {name!r}; choose from {['one', 'Z'] + list(PROPERTY_NAMES)}")
         col = table[name].copy()
         known = np.isfinite(col[1:104])
         if name == "one":

@@ -87,6 +87,7 @@ from .elements import SYMBOLS
 from .io.records import Record
 from .properties import UNITS
 from .structure import Structure, StructureError
+from .errors import DataError, FormatError
 
 FORMAT = "cloudvox-features"
 FORMAT_VERSION = 2
@@ -326,9 +327,9 @@ class FeatureFile:
         self._block = None  # (lo, hi, {dataset: what was read}) inside reading_block
         f = self.h5
         if f.attrs.get("format") != FORMAT:
-            raise ValueError(f"{self.path} is not a cloudvox feature file (format attribute {f.attrs.get('format')!r})")
+            raise FormatError(f"{self.path} is not a cloudvox feature file (format attribute {f.attrs.get('format')!r})")
         if int(f.attrs["format_version"]) > FORMAT_VERSION:
-            raise ValueError(f"{self.path} has format version {f.attrs['format_version']}, newer than this "
+            raise FormatError(f"{self.path} has format version {f.attrs['format_version']}, newer than this "
                              f"cloudvox ({FORMAT_VERSION}): upgrade cloudvox")
         self.params = json.loads(f.attrs["descriptor"])
         self.params.setdefault("cross", False)  # files written before cross-spectrum channels existed
@@ -339,7 +340,7 @@ class FeatureFile:
         self.segments: List[Path] = [self.path.parent / s for s in json.loads(f.attrs.get("segments", "[]"))]
         missing = [s for s in self.segments if not s.is_file()]
         if missing:  # HDF5 would read the missing rows as zeros
-            raise ValueError(f"{self.path} reads its datasets from {len(self.segments)} segment files beside it and "
+            raise FormatError(f"{self.path} reads its datasets from {len(self.segments)} segment files beside it and "
                              f"{len(missing)} are missing (first: {missing[0]}); copy or move {self.path.name} "
                              f"together with its folder {Path(self.segments[0]).parent.name}/")
 
@@ -456,7 +457,7 @@ class FeatureFile:
             raise IndexError(f"structure index {i} out of range: {self.path} holds {self.n} structures")
         i = i % self.n
         if self._status()[i] != DONE:
-            raise ValueError(f"structure {i} ({self.ids[i]}) failed featurization; see /failures")
+            raise DataError(f"structure {i} ({self.ids[i]}) failed featurization; see /failures")
         return i
 
     @property
@@ -486,7 +487,7 @@ class FeatureFile:
         try:
             return np.array([channels.index(e) for e in names], dtype=np.int64)
         except ValueError:
-            raise ValueError(f"structure {self.ids[i]} has channels {names} outside the channel list "
+            raise DataError(f"structure {self.ids[i]} has channels {names} outside the channel list "
                              f"{channels}") from None
 
     def n_channels(self, channels: Optional[Sequence[str]] = None) -> int:
@@ -531,7 +532,7 @@ class FeatureFile:
         i = self._check(i)
         lattice = self.row("structures/lattice", i)
         if np.isnan(lattice).any() or not self.has_reciprocal(i):
-            raise ValueError(f"structure {i} ({self.ids[i]}) of {self.path} has no reciprocal set (a molecule, or "
+            raise DataError(f"structure {i} ({self.ids[i]}) of {self.path} has no reciprocal set (a molecule, or "
                              "featurized without store: reciprocal)")
         if self.version >= 2:
             p = self.params

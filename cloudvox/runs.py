@@ -25,6 +25,7 @@ from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .tasks import DESCRIPTOR_KEYS, get_model
 from .train import MemberProcess, SingleProcess, TrainConfig, Trainer, load_checkpoint
+from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 __all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "predict_structures",
@@ -43,7 +44,7 @@ def _groups(ff: FeatureFile, by: Optional[str], indices: np.ndarray) -> Optional
         from .features import decode
         values = decode(ff.h5["structures/formula"][...])
     else:
-        raise ValueError(f"cannot group by {by!r}: {ff.path} has no metadata field of that name")
+        raise DataError(f"cannot group by {by!r}: {ff.path} has no metadata field of that name")
     return [values[i] for i in indices]
 
 
@@ -59,7 +60,7 @@ def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
     """Feature file, usable indices, splits (saved or reused), normaliser and datasets of a run."""
     data = cfg["data"]
     if not data.get("path"):
-        raise ValueError("data.path (the featurized .h5 file) is required")
+        raise ConfigError("data.path (the featurized .h5 file) is required")
     ff = FeatureFile(data["path"])
     y_all = ff.prop(data["target"]) * float(data.get("scale", 1.0))  # e.g. 23.0605: eV -> kcal/mol
     usable = np.flatnonzero((ff.status == DONE) & np.isfinite(y_all))

@@ -12,6 +12,7 @@ import numpy as np
 
 from .descriptors import ReciprocalVoxelizer
 from .structure import Structure
+from .errors import ConfigError
 
 PANELS = ("cell", "density", "reciprocal", "voxels")
 
@@ -142,7 +143,7 @@ def figure(structure: Structure, vox: ReciprocalVoxelizer, panels: Sequence[str]
     plt = _pyplot()
     unknown = [p for p in panels if p not in PANELS]
     if unknown:
-        raise ValueError(f"unknown panel(s) {unknown}; choose from {list(PANELS)}")
+        raise ConfigError(f"unknown panel(s) {unknown}; choose from {list(PANELS)}")
     n_vox = min(len(vox.channel_names([structure])), max_channels) if "voxels" in panels else 0
     cells = [p for p in panels if p != "voxels"] + ["voxels"] * n_vox
     cols = min(len(cells), 4)

@@ -18,6 +18,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .elements import SYMBOLS, UnknownElementError, atomic_numbers, MAX_Z
+from .errors import UserError
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
 MAX_ATOMS = 2000  # atoms per structure: larger ones are refused before any pairwise work (AFLOW cells: <= ~400)
@@ -25,7 +26,7 @@ MIN_VOLUME = 1e-3  # Angstrom^3: smaller |det(lattice)| is a singular cell
 MAX_CELLS = 100  # a crystal's atoms lie within this many cells of the origin (|fractional coordinate| <= 100)
 
 
-class StructureError(ValueError):
+class StructureError(UserError, ValueError):
     """A structure that is not physically valid; the message names the structure and the problem."""
 
 

@@ -17,6 +17,7 @@ from .binning import bin_reciprocal
 from .data import VoxelDataset
 from .features import FeatureFile
 from .train import random_rotations
+from .errors import DataError
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -143,12 +144,12 @@ def check_descriptor(meta: Dict, ff: FeatureFile) -> None:
     diff = [f"{k}: checkpoint {mine.get(k)!r}, data {theirs.get(k)!r}" for k in DESCRIPTOR_KEYS
             if mine.get(k) != theirs.get(k) and not (k == "properties" and mine.get("channels") != "properties")]
     if diff:
-        raise ValueError(f"{ff.path} was featurized with other descriptor parameters than the model was trained on: "
+        raise DataError(f"{ff.path} was featurized with other descriptor parameters than the model was trained on: "
                          + "; ".join(diff))
     # element channels: structures with elements outside the model's list are reported one by one
     # (ModelSpec.unrepresentable), the others predicted
     if not ff.per_element and list(ff.channel_names) != list(meta["channels"]):
-        raise ValueError(f"{ff.path} has channels {ff.channel_names}, the model {meta['channels']}")
+        raise DataError(f"{ff.path} has channels {ff.channel_names}, the model {meta['channels']}")
 
 
 def input_scale(ff: FeatureFile, indices: np.ndarray, sample: int = 256):

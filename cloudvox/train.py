@@ -26,6 +26,7 @@ import torch
 from . import properties as K
 from .partition import balanced_shards, blockdist
 from .progress import Progress
+from .errors import ConfigError, FormatError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
@@ -94,7 +95,7 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown train option(s) {sorted(unknown)}; known: {sorted(names)}")
+            raise ConfigError(f"unknown train option(s) {sorted(unknown)}; known: {sorted(names)}")
         return cls(**d)
 
 
@@ -244,7 +245,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict:
     """A checkpoint, loaded without unpickling arbitrary objects (``weights_only=True``)."""
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a cloudvox checkpoint (format {payload.get('format')!r})")
+        raise FormatError(f"{path} is not a cloudvox checkpoint (format {payload.get('format')!r})")
     return payload
 
 
@@ -270,7 +271,7 @@ def _loss_fn(name: str):
         return lambda p, y: torch.nn.functional.huber_loss(p, y, reduction="none", delta=1.0)
     if name == "berhu":
         return _berhu
-    raise ValueError(f"unknown loss {name!r}")
+    raise ConfigError(f"unknown loss {name!r}")
 
 
 class Trainer:

@@ -467,11 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple:
-    """Errors a user can fix (bad config, flag, input path, data mismatch): reported in one line."""
-    from cloudvox.config import ConfigError
-    from cloudvox.io.records import InputError
-    from .featurize import JobError
-    return ConfigError, JobError, InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError
+    """Errors a user can fix (bad config, flag, input path, data mismatch): reported in one line, exit 2.
+    Anything else is a bug: its traceback and one line, exit 1."""
+    from cloudvox.errors import UserError
+    return UserError, FileNotFoundError, IsADirectoryError, PermissionError
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -488,6 +487,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             sys.stderr.write(f"cloudvox {args.command}: {e}" + ("" if getattr(args, "verbose", False) else
                                                                   " (-v shows the traceback)") + "\n")
         return 2
+    except Exception as e:  # a bug: the traceback, then what to report
+        import traceback
+        traceback.print_exc()
+        sys.stderr.write(f"cloudvox {args.command}: internal error ({type(e).__name__}), a bug in cloudvox: "
+                         "please report it with the traceback above\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from cloudvox.train import SingleProcess, pick_device
 
 from .launcher import LaunchEnv, launch_env
 from .watchdog import FOLDER, Watchdog, start as start_watchdog
+from cloudvox.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -260,4 +261,4 @@ def make_distributed(backend: str = "auto", env: Optional[LaunchEnv] = None):
         return HorovodBackend()
     if backend == "ddp":
         return DDPBackend(env)
-    raise ValueError(f"unknown backend {backend!r}; choose horovod, ddp, auto or none")
+    raise ConfigError(f"unknown backend {backend!r}; choose horovod, ddp, auto or none")

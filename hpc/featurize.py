@@ -38,6 +38,7 @@ import numpy as np
 
 from cloudvox.config import ConfigError, validate_featurize
 from cloudvox.descriptors import ReciprocalVoxelizer
+from cloudvox.errors import UserError
 from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,
                                STORE_ITEMS, FeatureFile, deflate, featurize_block, prop_unit, root_attributes,
                                write_features)
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-class JobError(RuntimeError):
+class JobError(UserError, RuntimeError):
     """A refusal before any work (bad parameters, unwritable output, mismatching existing output)."""
 
 
@@ -119,11 +120,11 @@ def run_featurize(job: FeaturizeJob, comm, stop: Callable[[], bool] = lambda: Fa
         raise JobError(f"block_size must be >= 1, got {job.block_size}")
     try:
         vox = job.voxelizer()
-    except ValueError as e:
+    except ConfigError as e:
         raise JobError(f"invalid descriptor parameters: {e}") from None
     try:  # line-based input is indexed in pieces by every rank (hpc.featurize.index_in_pieces)
         source = Source(job.format, job.inputs, job.limit, indexer=partial(index_in_pieces, comm, job.block_size))
-    except (FileNotFoundError, ValueError) as e:  # the same inputs on every rank: every rank refuses them
+    except (FileNotFoundError, UserError) as e:  # the same inputs on every rank: every rank refuses them
         raise JobError(str(e)) from None
     output = Path(job.output)
     parts = output.with_name(output.name + ".parts")

@@ -28,6 +28,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
+from ..errors import UserError
 from ..structure import StructureError
 from .aflow import structure_from_aflow
 
@@ -38,7 +39,7 @@ KEYWORDS = ("auid", "aurl", "compound", "composition", "species", "natoms", "geo
             "spacegroup_orig", "Pearson_symbol_orig", "enthalpy_atom", "enthalpy_formation_atom")
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A page that could not be downloaded after every attempt; the message says how to resume."""
 
 

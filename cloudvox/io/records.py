@@ -3,6 +3,7 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
+from ..errors import UserError
 from ..structure import Structure
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class Record:
         return f"{self.source}:{self.line} ({self.id or 'no id'}): {self.error}"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A bad record met in strict mode; the message names the file, line and structure."""
 
 

@@ -21,6 +21,7 @@ from .prototypes import iter_prototypes
 from .pymatgen_io import iter_files
 from .qm9 import _csv_record, iter_qm9_xyz, qm9pack_files
 from .records import Record
+from ..errors import ConfigError
 
 
 INDEX_CHUNK = 1 << 24  # bytes read at a time while indexing: memory stays bounded whatever the file size
@@ -296,7 +297,7 @@ class Source:
     def __init__(self, fmt: str, inputs: Sequence[Union[str, Path]] = (), limit: Optional[int] = None,
                  indexer: Optional[Callable[..., LineIndex]] = None):
         if fmt not in FORMATS:
-            raise ValueError(f"unknown input format {fmt!r}; expected one of {list(FORMATS)}")
+            raise ConfigError(f"unknown input format {fmt!r}; expected one of {list(FORMATS)}")
         self.fmt = fmt
         inputs = [Path(p) for p in inputs]
         for p in inputs:
@@ -306,7 +307,7 @@ class Source:
         self._items: Optional[list] = None  # (source, load) per record, for item-based formats: load() -> Record
         if fmt == "aflow":
             if not inputs:
-                raise ValueError("format 'aflow' needs at least one input file")
+                raise ConfigError("format 'aflow' needs at least one input file")
             files = expand(inputs)
             jsonl = [f for f in files if not _starts_with_bracket(f)]
             if len(jsonl) == len(files):
@@ -327,7 +328,7 @@ class Source:
             self._items = [(str(f), functools.partial(_first, iter_files, f, k)) for k, f in enumerate(files, 1)]
         elif fmt == "ase":
             if not inputs:
-                raise ValueError("format 'ase' needs at least one input file")
+                raise ConfigError("format 'ase' needs at least one input file")
             self._items = [item for f in expand(inputs) for item in _ase_items(f)]
         else:  # prototypes: 288 small structures, parsed once
             self._items = [(r.source, functools.partial(_same, r)) for r in iter_prototypes(inputs[0] if inputs else None)]

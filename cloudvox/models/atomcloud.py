@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import properties as K
 from ..elements import MAX_Z
+from ..errors import ConfigError
 
 EDGE_SRC, EDGE_DST, EDGE_SHIFT = "edge_src", "edge_dst", "edge_shift"
 
@@ -252,9 +253,9 @@ class AtomCloudNet(nn.Module):
                  products: str = "none", receiver: bool = False):
         super().__init__()
         if products not in PRODUCT_ORDERS:
-            raise ValueError(f"products must be one of {', '.join(PRODUCT_ORDERS)}, not {products!r}")
+            raise ConfigError(f"products must be one of {', '.join(PRODUCT_ORDERS)}, not {products!r}")
         if pooling not in ("sum", "mean", "power"):
-            raise ValueError(f"pooling must be sum, mean or power, not {pooling!r}")
+            raise ConfigError(f"pooling must be sum, mean or power, not {pooling!r}")
         muls = {0: scalars, 1: vectors, 2: tensors}
         hidden = {l: muls[l] for l in range(min(l_max, 2) + 1) if muls[l]}
         self.l_max = l_max

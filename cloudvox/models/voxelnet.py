@@ -19,6 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize  # noqa: F401 (torch.nn.utils.parametrize.register_parametrization)
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class PropertyPrior(nn.Module):
             try:
                 z = atomic_number(name[:-len(CROSS_SUFFIX)] if cross else name)
             except (KeyError, ValueError):
-                raise ValueError(f"channel_properties needs element channels; channel {name!r} "
+                raise ConfigError(f"channel_properties needs element channels; channel {name!r} "
                                  "is not an element") from None
             feats[c, P * cross:P * (cross + 1)] = table[:, z]
         self.register_buffer("features", torch.from_numpy(feats))
@@ -312,13 +313,13 @@ class VoxelNet(nn.Module):
                  first_layer: str = "auto"):
         super().__init__()
         if first_layer not in FIRST_LAYER_METHODS:
-            raise ValueError(f"first_layer {first_layer!r} is not one of {FIRST_LAYER_METHODS}")
+            raise ConfigError(f"first_layer {first_layer!r} is not one of {FIRST_LAYER_METHODS}")
         if len(pools) != len(widths):
-            raise ValueError(f"pools ({len(pools)}) must give one entry per conv layer ({len(widths)})")
+            raise ConfigError(f"pools ({len(pools)}) must give one entry per conv layer ({len(widths)})")
         act = ACTIVATIONS[activation]
         kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * len(widths)
         if len(kernels) != len(widths):
-            raise ValueError(f"kernel ({len(kernels)}) must give one entry per conv layer ({len(widths)})")
+            raise ConfigError(f"kernel ({len(kernels)}) must give one entry per conv layer ({len(widths)})")
         self.first = SparseChannelConv3d(in_channels, widths[0], kernels[0], bias=bias)
         self.first.method = first_layer
         if active_channels:  # PyTorch's default bound 1 / sqrt(fan-in), for the channels a sample really has
@@ -328,7 +329,7 @@ class VoxelNet(nn.Module):
                 nn.init.uniform_(self.first.bias, -bound, bound)
         if channel_properties:
             if not channel_names or len(channel_names) != in_channels:
-                raise ValueError("channel_properties needs the in_channels element channel names")
+                raise ConfigError("channel_properties needs the in_channels element channel names")
             prior = PropertyPrior(channel_names, channel_properties, self.first.weight.shape)
             with torch.no_grad():
                 self.first.weight.zero_()  # the free part starts at zero: the properties decide at first
@@ -358,13 +359,13 @@ class VoxelNet(nn.Module):
             blocks.append(nn.Sequential(*block))
             prev = w
         if size < 1:
-            raise ValueError(f"the conv stack shrinks an N={n} input to nothing; use fewer layers or pools")
+            raise ConfigError(f"the conv stack shrinks an N={n} input to nothing; use fewer layers or pools")
         self.blocks = nn.ModuleList(blocks)
         # block 0 starts with its max-pool: the first layer computes conv + pool in one (fused on CPU)
         self.first_pool = int(pools[0]) if norm is None and pools[0] and activation in MONOTONE else 1
         self.global_pool = global_pool
         if global_pool not in ("flatten", "mean", "max", "shells", "radial"):
-            raise ValueError(f"unknown global_pool {global_pool!r}")
+            raise ConfigError(f"unknown global_pool {global_pool!r}")
         groups = {"shells": shells, "radial": size}.get(global_pool)
         if groups:  # the readout: a weighted sum over the voxels of each group, (size^3,) -> group
             if global_pool == "shells":
