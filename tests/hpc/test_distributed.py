@@ -183,3 +183,22 @@ def test_ensemble_members_over_ranks_stop_and_resume(tiny, tmp_path):
         pa, pb = params(a), params(b)
         for k in pa:
             torch.testing.assert_close(pb[k], pa[k], rtol=1e-5, atol=1e-5)
+
+
+def test_a_file_written_by_several_writers_trains_as_one_file(tiny, tmp_path):
+    """The featurize output of two segments (mpirun -n 3, two writers: virtual datasets over
+    OUT.h5.segments/) trains, single process, to the parameters of the same structures in one file: the
+    loader reads values, offsets and properties through the virtual datasets."""
+    from tests.conftest import fixture_file
+    seg = tmp_path / "segments.h5"
+    proc = subprocess.run(cloudvox_cmd(3, "featurize", "--input", str(fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl")),
+                                       "--format", "aflow", "--limit", "64", "--n", "16", "--length", "12.8",
+                                       "--block-size", "8", "--merge-writers", "2", "--output", str(seg)),
+                          env=mpi_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "segments.h5.segments").iterdir())) == 2
+    train(0, write_config(tmp_path / "one.yaml", tiny, tmp_path / "one"), "none")
+    train(0, write_config(tmp_path / "seg.yaml", seg, tmp_path / "seg"), "none")
+    a, b = params(tmp_path / "one"), params(tmp_path / "seg")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
