@@ -67,7 +67,7 @@ def profile(cfg):
     import torch
     from cloudvox.data import CloudDataset
     from cloudvox.models.atomcloud import build_atomcloud
-    from cloudvox.tasks import CloudTask
+    from cloudvox.models.registry import CloudTask
     n = 640
     ds = CloudDataset(cfg["data"]["path"], list(range(0, 64 * n, 64)), [0.0] * n, cfg["network"]["cutoff"])
     torch.manual_seed(0)

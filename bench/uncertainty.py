@@ -4,7 +4,7 @@ Trains an ensemble (``--config``, default jobs/configs/voxelnet_demo.yaml's Voxe
 the shared perovskites with every compound of the held-out elements (``--hold-out``, default the group-4 and group-5
 B-site elements Ti Zr Hf Nb Ta) removed from training (``data.split.hold_out``: a "holdout" split next to
 the compound-grouped train/val/test), evaluates all four splits, and reports per split: MAE, mean ensemble
-standard deviation, mean uncertainty (``predictions.csv``'s calibrated ``uncertainty``, cloudvox.domain), the
+standard deviation, mean uncertainty (``predictions.csv``'s calibrated ``uncertainty``, cloudvox.uncertainty), the
 Spearman rank correlation between the uncertainty and the absolute error, and the share of large errors
 (> ``--large`` eV/atom) that were flagged, by each check (an element never seen in training, a composition
 unlike the training set, an uncertainty above the validation split's 95th percentile) and by any.

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from cloudvox import properties as K  # noqa: E402
 from cloudvox.data import VoxelDataset  # noqa: E402
 from cloudvox.models.voxelnet import VoxelNet  # noqa: E402
-from cloudvox.tasks import VoxelTask  # noqa: E402
+from cloudvox.models.registry import VoxelTask  # noqa: E402
 from cloudvox.train import keep_freed_memory, step_generator  # noqa: E402
 
 

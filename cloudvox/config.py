@@ -238,7 +238,7 @@ def apply_overrides(cfg: Dict, sets: Sequence[str]) -> Dict:
 
 def validate_run(raw: Dict[str, Any]) -> Dict[str, Any]:
     """A run config completed with every default; the model's network keys checked against its constructor."""
-    from .tasks import get_model
+    from .models.registry import get_model
     from .train import TrainConfig
     cfg = validate(RunConfig, raw)
     spec = get_model(cfg["model"])
@@ -255,7 +255,7 @@ TRAIN_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "plateau
 def load_run_config(path: Union[str, Path, None], sets: Sequence[str] = (), model: Optional[str] = None) -> Dict:
     """Read, override (``--set``), choose the model (the command line's wins) and validate a run config."""
     if model is not None:
-        from .tasks import get_model
+        from .models.registry import get_model
         get_model(model)  # a misspelt model name is named before anything else
     raw = apply_overrides(read_yaml(path), sets)
     if model is not None:

@@ -4,7 +4,7 @@ A run directory holds ``config.yaml`` (the resolved config), ``split_{train,val,
 ``metrics.jsonl`` (one line per epoch), ``checkpoint_{last,best}.pt``, ``learning_curve.png``,
 ``parity_{train,val,test}.png``, ``evaluation.json`` and ``predictions.csv``.
 
-The config and its defaults: :mod:`cloudvox.config`; what differs between models: :mod:`cloudvox.tasks`
+The config and its defaults: :mod:`cloudvox.config`; what differs between models: :mod:`cloudvox.models.registry`
 (the registry); the optimisation loop: :mod:`cloudvox.train`; figures: :mod:`cloudvox.plots`.
 """
 import csv
@@ -20,10 +20,10 @@ import yaml
 
 from .config import load_run_config
 from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
-from .domain import DomainReference, fit_uncertainty, uncertainty
+from .uncertainty import DomainReference, fit_uncertainty, uncertainty
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
-from .tasks import DESCRIPTOR_KEYS, get_model
+from .models.registry import DESCRIPTOR_KEYS, get_model
 from .train import MemberProcess, SingleProcess, TrainConfig, Trainer, load_checkpoint
 from .errors import ConfigError, DataError
 
@@ -385,7 +385,7 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: 
     Flagged: elements the model has no input for (not predicted); elements absent from the training set
     (predicted through whatever the model shares across elements: property-based channel weights, the
     composition baseline's property fit; less reliable); a composition descriptor farther from the training
-    set than the validation set's 99th percentile (:mod:`cloudvox.domain`). Checkpoints from before
+    set than the validation set's 99th percentile (:mod:`cloudvox.uncertainty`). Checkpoints from before
     ``train_elements`` / ``domain`` were recorded skip those checks."""
     seen = set(meta.get("train_elements") or ())
     flags, usable = [], np.ones(len(elements), dtype=bool)
@@ -406,7 +406,7 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: 
 
 
 def domain_distance(meta: Dict, counts: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """(n,) composition-descriptor distance of each structure to the training set (:mod:`cloudvox.domain`), or
+    """(n,) composition-descriptor distance of each structure to the training set (:mod:`cloudvox.uncertainty`), or
     None for checkpoints without a domain reference."""
     ref = DomainReference.from_dict(meta.get("domain"))
     if ref is None or counts is None or not len(counts):
@@ -434,7 +434,7 @@ def predict_report(checkpoint, structures, batch_size: int = 64):
     """For in-memory structures, computed as the checkpoint's model reads them (a run, a checkpoint or an
     ensemble run): predictions in target units (the members' mean; NaN where the model cannot represent a
     structure), their uncertainty (the members' standard deviation combined with the distance to the training
-    set as calibrated on the validation split, :func:`cloudvox.domain.uncertainty`; the standard deviation
+    set as calibrated on the validation split, :func:`cloudvox.uncertainty.uncertainty`; the standard deviation
     alone, 0 for one model, without a calibration) and one flag per structure (:func:`domain_flags`)."""
     ckpts = _checkpoints(checkpoint)
     members = [load_model(c)[:2] for c in ckpts]

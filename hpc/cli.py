@@ -213,7 +213,7 @@ def cmd_fetch_aflow(args, command: str) -> int:
 # --------------------------------------------------------------------------------------------------------
 def _train_parsers(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config (one process, or distributed)")
-    p.add_argument("model", help="which model: voxelnet or atomcloud (the registry in cloudvox/tasks.py)")
+    p.add_argument("model", help="which model: voxelnet or atomcloud (the registry in cloudvox/models/registry.py)")
     p.add_argument("config", help="the run's YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (a.b=value)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt if present")

@@ -14,7 +14,7 @@ from cloudvox.features import FeatureFile, featurize_block, root_attributes, wri
 from cloudvox.io.sources import Source
 from cloudvox.config import load_run_config as load_config
 from cloudvox.runs import evaluate, predict_report, predict_structures, train_run
-from cloudvox.tasks import VoxelTask
+from cloudvox.models.registry import VoxelTask
 from cloudvox.train import load_checkpoint, random_rotations, step_generator
 
 
@@ -324,7 +324,7 @@ def test_held_out_chemistry_is_more_uncertain_than_the_test_split_and_flagged(tm
 
 
 def test_composition_distance_is_zero_on_the_training_set_and_grows_with_new_chemistry(rng):
-    from cloudvox.domain import DomainReference
+    from cloudvox.uncertainty import DomainReference
     from cloudvox.elements import MAX_Z, atomic_numbers
     cations = atomic_numbers(["Ca", "Sr", "Ba", "Ti", "Zr", "Hf", "Mg"])
     def abo3(a, b):

@@ -12,12 +12,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import properties as K
-from .binning import bin_reciprocal
-from .data import VoxelDataset
-from .features import FeatureFile
-from .train import random_rotations
-from .errors import DataError
+from .. import properties as K
+from ..binning import bin_reciprocal
+from ..data import VoxelDataset
+from ..errors import DataError
+from ..features import FeatureFile
+from ..train import random_rotations
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def get_model(name: str) -> ModelSpec:
     if name not in MODELS:
-        from .config import ConfigError, nearest
+        from ..config import ConfigError, nearest
         raise ConfigError(f"unknown model {name!r}: {nearest(str(name), list(MODELS), 'models')}")
     return MODELS[name]
 
@@ -178,7 +178,7 @@ class VoxelNetSpec(ModelSpec):
     summary = "3D CNN on the binned reciprocal-space density (cloudvox.models.voxelnet)"
 
     def constructor(self):
-        from .models.voxelnet import VoxelNet
+        from .voxelnet import VoxelNet
         return VoxelNet
 
     def prepare_meta(self, meta, ff, train_indices):
@@ -188,7 +188,7 @@ class VoxelNetSpec(ModelSpec):
             meta["network"]["active_channels"] = max(1, int(round(float(counts.mean())))) if len(counts) else None
 
     def build(self, meta):
-        from .models.voxelnet import build_voxelnet
+        from .voxelnet import build_voxelnet
         return build_voxelnet(len(meta["channels"]), int(meta["descriptor"]["n"]), meta["network"], meta["channels"])
 
     def dataset(self, meta, path, indices, targets, augment):
@@ -207,11 +207,11 @@ class VoxelNetSpec(ModelSpec):
     def unrepresentable(self, meta, elements):
         if meta["descriptor"]["channels"] != "element":
             return []  # total and property channels take any element
-        from .descriptors import without_cross
+        from ..descriptors import without_cross
         return sorted(set(elements) - set(without_cross(meta["channels"])))
 
     def predict(self, models, meta, structures, batch_size):
-        from .descriptors import ReciprocalVoxelizer, without_cross
+        from ..descriptors import ReciprocalVoxelizer, without_cross
         d = meta["descriptor"]
         per_element = d["channels"] == "element"
         vox = ReciprocalVoxelizer(sigma=d["sigma"], length=d["length"], n=d["n"], mode=d["mode"],
@@ -235,22 +235,22 @@ class AtomCloudSpec(ModelSpec):
     summary = "equivariant point convolutions on the atoms' neighbour clouds (cloudvox.models.atomcloud)"
 
     def constructor(self):
-        from .models.atomcloud import AtomCloudNet
+        from .atomcloud import AtomCloudNet
         return AtomCloudNet
 
     def build(self, meta):
-        from .models.atomcloud import build_atomcloud
+        from .atomcloud import build_atomcloud
         return build_atomcloud(meta["network"])
 
     def dataset(self, meta, path, indices, targets, augment):
-        from .data import CloudDataset
+        from ..data import CloudDataset
         return CloudDataset(path, indices, targets, float(meta["network"].get("cutoff", 3.0)))
 
     def task(self, meta, augment, channels_last=True):
         return CloudTask()
 
     def predict(self, models, meta, structures, batch_size):
-        from .data import cloud_item, collate_clouds
+        from ..data import cloud_item, collate_clouds
         cutoff = float(meta["network"].get("cutoff", 3.0))
         out = []
         with torch.no_grad():
