@@ -47,7 +47,6 @@ def one_pass(index: LineIndex, vox: ReciprocalVoxelizer, block: int, folder: Pat
     per_structure = []
     parse_of = {}
     timed(vox, stage, per_structure, parse_of)
-    names = channel_names(vox)
     src = str(index.files[0])
     attrs = root_attributes(vox, [src], "aflow", "bench")
     for a in range(0, index.n, block):

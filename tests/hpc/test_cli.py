@@ -42,18 +42,19 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, cap
     """cloudvox's own error types (a bad config, file or data) exit 2 with one line; any other exception,
     a plain ValueError from numpy included, is a bug: its traceback, one line saying so, exit 1."""
     import hpc.cli as cli
+    import hpc.cli.info
     from cloudvox.errors import DataError
 
     def fails_with(exc):
         def cmd(args, command):
             raise exc
         return cmd
-    monkeypatch.setattr(cli, "cmd_info", fails_with(DataError("structure 3 (x) failed featurization; see /failures")))
+    monkeypatch.setattr(hpc.cli.info, "cmd_info", fails_with(DataError("structure 3 (x) failed featurization; see /failures")))
     assert cli.main(["info", "some.h5"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["cloudvox info: structure 3 (x) failed featurization; see /failures "
                                         "(-v shows the traceback)"]
-    monkeypatch.setattr(cli, "cmd_info", fails_with(ValueError("operands could not be broadcast together")))
+    monkeypatch.setattr(hpc.cli.info, "cmd_info", fails_with(ValueError("operands could not be broadcast together")))
     assert cli.main(["info", "some.h5"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ValueError: operands could not be broadcast" in err
