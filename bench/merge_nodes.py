@@ -30,10 +30,8 @@ from common import ROOT, emit  # noqa: E402
 sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
-from tests.jobs.cluster import LocalSlurm  # noqa: E402
+from tests.jobs.cluster import LOOPBACK, LocalSlurm  # noqa: E402
 
-LOOPBACK = dict(OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo", GLOO_SOCKET_IFNAME="lo",
-                HOROVOD_GLOO_IFACE="lo", NCCL_SOCKET_IFNAME="lo")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 TARGET = 110_000_000  # structures: OMat24's size
 NODE_CORES = 128

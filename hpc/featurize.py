@@ -490,6 +490,7 @@ def _segments(headers: List[Dict], plan: Dict[str, Dict], shard_ranges: List[Tup
     out = []
     for k, (a, b) in enumerate(shard_ranges):
         extra = 1 if k == tail else 0
+        per_structure = (int(sizes[:a].sum()), int(sizes[:b].sum()))
         rows = {}
         for name in plan:
             if name in FAILURES:
@@ -497,9 +498,9 @@ def _segments(headers: List[Dict], plan: Dict[str, Dict], shard_ranges: List[Tup
             elif name in RAGGED:
                 rows[name] = (int(ragged[name][:a].sum()), int(ragged[name][:b].sum()))
             elif name.endswith("_offsets") and name[:-len("_offsets")] in RAGGED:
-                rows[name] = (int(sizes[:a].sum()), int(sizes[:b].sum()) + extra)
+                rows[name] = (per_structure[0], per_structure[1] + extra)
             else:
-                rows[name] = (int(sizes[:a].sum()), int(sizes[:b].sum()))
+                rows[name] = per_structure
         seg_plan = {}
         for name, d in plan.items():
             shape = (rows[name][1] - rows[name][0],) + tuple(d["shape"][1:])
@@ -517,20 +518,20 @@ def _create_virtual_layout(f, plan: Dict[str, Dict], segments: List[Dict], folde
     """Every dataset of ``plan`` as a virtual dataset over the segment files in ``folder`` (a path relative to
     the file: HDF5 looks for it beside the file, wherever the two are moved together)."""
     import h5py
-    names = [f"{folder}/{_segment_name(k)}" for k, s in enumerate(segments) if s["nonempty"]]
+    files = {k: f"{folder}/{_segment_name(k)}" for k, s in enumerate(segments) if s["nonempty"]}
     for name, d in plan.items():
         if d["shape"][0] == 0:
             f.create_dataset(name, shape=d["shape"], dtype=d["dtype"])
         else:
             layout = h5py.VirtualLayout(shape=d["shape"], dtype=d["dtype"])
-            for k, s in enumerate(segments):
-                a, b = s["rows"][name]
+            for k, path in files.items():
+                a, b = segments[k]["rows"][name]
                 if b > a:
-                    layout[a:b] = h5py.VirtualSource(f"{folder}/{_segment_name(k)}", name, shape=s["plan"][name]["shape"])
+                    layout[a:b] = h5py.VirtualSource(path, name, shape=segments[k]["plan"][name]["shape"])
             f.create_virtual_dataset(name, layout)
         if d["unit"] is not None:
             f[name].attrs["unit"] = d["unit"]
-    f.attrs["segments"] = json.dumps(names)
+    f.attrs["segments"] = json.dumps(list(files.values()))
 
 
 def _apply(sink, ops: List) -> int:

@@ -35,6 +35,10 @@ from typing import Dict, List, Optional
 
 DAEMONS = ("slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
+# what a job on the emulated nodes needs in its environment: ranks on different nodes talk TCP on the
+# loopback interface only (Open MPI, gloo, Horovod, NCCL), as between real nodes without InfiniBand
+LOOPBACK = dict(OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo", GLOO_SOCKET_IFNAME="lo",
+                HOROVOD_GLOO_IFACE="lo", NCCL_SOCKET_IFNAME="lo")
 
 
 class SlurmError(RuntimeError):

@@ -19,7 +19,7 @@ import yaml
 from cloudvox.train import load_checkpoint
 from tests.hpc.conftest import assert_same_datasets
 from tests.hpc.test_distributed import free_port, params, train
-from tests.jobs.cluster import LocalSlurm
+from tests.jobs.cluster import LOOPBACK, LocalSlurm
 from tests.jobs.conftest import ROOT
 from tests.jobs.test_slurm import (FIXTURE, GPU_SCRIPT_ON_CPU, featurize_config, log_of,  # noqa: F401
                                    train_config, wait_until)
@@ -28,8 +28,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=15"]
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
-LOOPBACK = dict(OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo", GLOO_SOCKET_IFNAME="lo",
-                HOROVOD_GLOO_IFACE="lo", NCCL_SOCKET_IFNAME="lo")
 
 
 @pytest.fixture(scope="module")
