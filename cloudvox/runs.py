@@ -20,16 +20,17 @@ import yaml
 
 from .config import load_run_config
 from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
+from .inference import MEMBER, UNCERTAINTY_FILE, Predictions, Predictor, elements_of
 from .uncertainty import DomainReference, fit_uncertainty, uncertainty
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .models.registry import DESCRIPTOR_KEYS, get_model
-from .train import MemberProcess, SingleProcess, TrainConfig, Trainer, load_checkpoint
+from .train import MemberProcess, SingleProcess, TrainConfig, Trainer
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-__all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "predict_structures",
-           "predict_report", "domain_flags", "load_model"]
+__all__ = ["load_run_config", "prepare", "build_trainer", "train_run", "evaluate", "calibrate", "predict_structures",
+           "predict_report"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -131,18 +132,6 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
     return trainer, ff, resume_from
 
 
-MEMBER = "member-{}"  # an ensemble's members: RUN/member-0, RUN/member-1, ...
-
-
-def ensemble_members(run_dir: Path) -> List[Path]:
-    """The member run directories of an ensemble run (empty for a single model)."""
-    members, k = [], 0
-    while (Path(run_dir) / MEMBER.format(k)).is_dir():
-        members.append(Path(run_dir) / MEMBER.format(k))
-        k += 1
-    return members
-
-
 STOPPED_RANK = "stopped-rank-{}"  # members over ranks: rank r was stopped before its members were done
 
 
@@ -239,50 +228,25 @@ def _unit(ff: FeatureFile, target: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------
-# evaluation and prediction
+# evaluation and prediction (both through cloudvox.inference.Predictor)
 # --------------------------------------------------------------------------------------------------------
-def load_model(checkpoint: Path, device: torch.device = torch.device("cpu")):
-    ck = load_checkpoint(checkpoint, map_location=device)
-    meta = json.loads(ck["meta"])
-    model = get_model(meta["model"]).build(meta)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), meta, ck
-
-
-def _checkpoints(run_or_checkpoint) -> List[Path]:
-    """The checkpoint of a run or the checkpoints of an ensemble's members."""
-    members = ensemble_members(Path(run_or_checkpoint)) if Path(run_or_checkpoint).is_dir() else []
-    return [_resolve_checkpoint(m) for m in members] or [_resolve_checkpoint(run_or_checkpoint)]
-
-
-def _resolve_checkpoint(run_or_checkpoint) -> Path:
-    p = Path(run_or_checkpoint)
-    if p.is_dir():
-        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
-            if (p / name).exists():
-                return p / name
-        raise FileNotFoundError(f"{p} holds no checkpoint_best.pt or checkpoint_last.pt")
-    return p
-
-
 def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotations: int = 0, dist=None,
              trainer_cfg: Optional[TrainConfig] = None, out_dir: Optional[Path] = None) -> Dict:
     """MAE / RMSE / R2 per split (the run's splits if the data is the run's, else one split "all"),
     a predictions CSV and parity plots; optional test-time rotation averaging over ``rotations`` random
-    rotations, with the mean spread (std) of the predictions over them."""
+    rotations, with the mean spread (std) of the predictions over them. On the run's own data the
+    uncertainty is calibrated on the validation split and saved for ``predict`` (:data:`UNCERTAINTY_FILE`)."""
     dist = dist or SingleProcess()
-    ckpts = _checkpoints(run_or_checkpoint)
-    ckpt = ckpts[0]
-    run_dir = Path(run_dir) if run_dir else (Path(run_or_checkpoint) if len(ckpts) > 1 else ckpt.parent)
+    cfg = trainer_cfg or TrainConfig(batch_size=64)
+    predictor = Predictor.load(run_or_checkpoint, dist.device(cfg.device), cfg.batch_size, dist,
+                               amp=cfg.amp, channels_last=cfg.channels_last)
+    ckpt, meta = predictor.checkpoints[0], predictor.meta
+    run_dir = Path(run_dir) if run_dir else predictor.home
     out_dir = Path(out_dir) if out_dir else run_dir
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    members = [load_model(c)[:2] for c in ckpts]  # (model, meta) of each member
-    meta = members[0][1]
     ff = FeatureFile(data_path)
-    spec = get_model(meta["model"])
-    spec.check_data(meta, ff)
-    norm = Normalizer(**meta["normalizer"])
+    predictor.spec.check_data(meta, ff)
     y_all = ff.prop(meta["target"]) * meta.get("target_scale", 1.0) if meta["target"] in ff.prop_names \
         else np.full(ff.n, np.nan)
     done = np.flatnonzero(ff.status == DONE)
@@ -291,173 +255,71 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
             Path(meta["data"]).resolve() == Path(data_path).resolve() else {"all": done}
     except ValueError:
         splits = {"all": done}
-    cfg = trainer_cfg or TrainConfig(batch_size=64)
-    task = spec.task(meta, {"rotations": rotations > 0}, cfg.channels_last)
-    trainers = [(Trainer(m, task, [], [], cfg, out_dir, mm, dist, target_scale=norm.std), Normalizer(**mm["normalizer"]))
-                for m, mm in members]
-    results, extrap = {}, {}
-    for name, idx in splits.items():
-        counts = element_counts(ff, idx)
-        distance = domain_distance(meta, counts)
-        flags, usable = domain_flags(spec, meta, [elements_of(c[None]) for c in counts], distance)
-        extrap[name] = norm.extrapolation_std(counts)
-        pred, spread, std = (np.full(len(idx), np.nan) for _ in range(3))
-        if usable.any():  # structures the model cannot represent are reported, not predicted
-            yn = norm.forward(y_all[idx[usable]], counts[usable])
-            ds = spec.dataset(meta, ff.path, idx[usable], yn, rotations > 0)
-            each, spreads = [], []
-            for trainer, member_norm in trainers:  # one model, or the ensemble's members
-                pred_n, _, spread_n = trainer.predict(ds, rotations)
-                each.append(member_norm.inverse(pred_n, counts[usable]))
-                spreads.append(spread_n * member_norm.std)
-            pred[usable], spread[usable] = np.mean(each, 0), np.mean(spreads, 0)
-            std[usable] = np.std(each, 0)
-        results[name] = (idx, flags, usable, pred, spread, std, distance)
-    cal_file = (Path(run_or_checkpoint) if len(ckpts) > 1 else ckpt.parent) / UNCERTAINTY_FILE
+    results = {name: predictor.on_file(ff, idx, rotations, seed=cfg.seed) for name, idx in splits.items()}
     cal = None
     if "val" in results:  # the run's own data: calibrate on its validation split, keep it for predict
-        idx, _, usable, pred, _, std, distance = results["val"]
-        ok = usable & np.isfinite(pred) & np.isfinite(y_all[idx])
-        if ok.sum() >= 10 and distance is not None:
-            known = np.sqrt(np.nan_to_num(std[ok]) ** 2 + extrap["val"][ok] ** 2)
-            cal = fit_uncertainty((pred - y_all[idx])[ok], known, distance[ok])
-            cal.update(threshold=float(np.quantile(uncertainty(std[ok], distance[ok], cal, extrap["val"][ok]),
-                                                   UNCERTAINTY_QUANTILE)),
-                       quantile=UNCERTAINTY_QUANTILE)
-            if dist.is_main:
-                cal_file.write_text(json.dumps(cal))
-    elif cal_file.exists():
-        cal = json.loads(cal_file.read_text())
+        cal = calibrate(results["val"], y_all[splits["val"]])
+        if cal is not None and dist.is_main:
+            (predictor.home / UNCERTAINTY_FILE).write_text(json.dumps(cal))
     rows, metrics = [], {}
     ids = ff.ids
-    for name, (idx, flags, usable, pred, spread, std, distance) in results.items():
-        sigma = uncertainty(std, distance, cal, extrap[name])
-        if cal is not None:
-            uncertainty_flags(flags, sigma, cal["threshold"])
-        y = y_all[idx]
-        err = pred - y
-        ok = np.isfinite(y) & np.isfinite(pred)
-        m = dict(n=int(len(idx)), flagged=int(sum(bool(f) for f in flags)), not_predicted=int((~usable).sum()))
+    unit = meta.get("unit", "")
+    for name, p in results.items():
+        predictor.finish(p, cal)
+        idx, y = splits[name], y_all[splits[name]]
+        err = p.prediction - y
+        ok = np.isfinite(y) & np.isfinite(p.prediction)
+        m = dict(n=int(len(idx)), flagged=int(sum(bool(f) for f in p.flags)), not_predicted=int((~p.usable).sum()))
         if ok.any():
             m.update(mae=float(np.abs(err[ok]).mean()), rmse=float(np.sqrt((err[ok] ** 2).mean())),
                      r2=float(1 - (err[ok] ** 2).sum() / max(((y[ok] - y[ok].mean()) ** 2).sum(), 1e-300)))
         if rotations:
-            m.update(rotations=rotations, mean_spread=float(np.nanmean(spread)) if usable.any() else float("nan"))
-        if len(trainers) > 1 and usable.any():
-            m.update(members=len(trainers), mean_ensemble_std=float(np.nanmean(std)))
-        if usable.any():
-            m.update(mean_uncertainty=float(np.nanmean(sigma)))
+            m.update(rotations=rotations,
+                     mean_spread=float(np.nanmean(p.rotation_spread)) if p.usable.any() else float("nan"))
+        if len(predictor.members) > 1 and p.usable.any():
+            m.update(members=len(predictor.members), mean_ensemble_std=float(np.nanmean(p.ensemble_std)))
+        if p.usable.any():
+            m.update(mean_uncertainty=float(np.nanmean(p.uncertainty)))
         metrics[name] = m
-        rows += [(name, ids[i], float(y[k]), float(pred[k]), float(spread[k]), float(std[k]), float(sigma[k]),
-                  flags[k]) for k, i in enumerate(idx)]
+        rows += [(name, ids[i], float(y[k]), float(p.prediction[k]), float(p.rotation_spread[k]),
+                  float(p.ensemble_std[k]), float(p.uncertainty[k]), p.flags[k]) for k, i in enumerate(idx)]
         if dist.is_main and ok.any():
-            plot_parity(y[ok], pred[ok], out_dir / f"parity_{name}.png", f"{name}: MAE {m['mae']:.3f} {meta.get('unit', '')}",
-                        meta.get("unit", ""))
+            plot_parity(y[ok], p.prediction[ok], out_dir / f"parity_{name}.png", f"{name}: MAE {m['mae']:.3f} {unit}",
+                        unit)
     if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["split", "id", "target", "prediction", "rotation_spread", "ensemble_std", "uncertainty", "flag"])
             w.writerows(rows)
         (out_dir / "evaluation.json").write_text(json.dumps(dict(checkpoint=str(ckpt), data=str(data_path),
-                                                                 unit=meta.get("unit", ""), metrics=metrics), indent=1))
-    return dict(metrics=metrics, unit=meta.get("unit", ""))
+                                                                 unit=unit, metrics=metrics), indent=1))
+    return dict(metrics=metrics, unit=unit)
 
 
-def element_count_matrix(structures) -> np.ndarray:
-    """(n, 119) atoms of each element per structure (the composition baseline's input)."""
-    counts = np.zeros((len(structures), 119))
-    for k, s in enumerate(structures):
-        np.add.at(counts[k], s.numbers, 1)
-    return counts
+UNCERTAINTY_QUANTILE = 0.95  # the flag threshold: this quantile of the validation split's uncertainty
 
 
-def elements_of(counts: np.ndarray) -> List[str]:
-    """The sorted element symbols present in (n, MAX_Z + 1) element counts."""
-    from .elements import SYMBOLS
-    return [SYMBOLS[z] for z in np.flatnonzero(np.asarray(counts).sum(0) > 0) if z > 0]
-
-
-def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: Optional[np.ndarray] = None):
-    """Per structure (its element symbols; its :func:`domain_distance` for the composition check): a flag
-    (empty: none; reasons joined by "; ") and whether the model can predict it.
-
-    Flagged: elements the model has no input for (not predicted); elements absent from the training set
-    (predicted through whatever the model shares across elements: property-based channel weights, the
-    composition baseline's property fit; less reliable); a composition descriptor farther from the training
-    set than the validation set's 99th percentile (:mod:`cloudvox.uncertainty`). Checkpoints from before
-    ``train_elements`` / ``domain`` were recorded skip those checks."""
-    seen = set(meta.get("train_elements") or ())
-    flags, usable = [], np.ones(len(elements), dtype=bool)
-    for k, els in enumerate(elements):
-        missing = spec.unrepresentable(meta, els)
-        if missing:
-            usable[k] = False
-            flags.append(f"element(s) {' '.join(missing)} outside the model's channels: not predicted")
-            continue
-        new = sorted(set(els) - seen) if seen else []
-        flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
-    if distance is not None:
-        threshold = meta["domain"]["threshold"]
-        for k in np.flatnonzero(usable & (distance > threshold)):
-            flags[k] = _join(flags[k],
-                             f"composition unlike the training set (distance {distance[k]:.2f} > {threshold:.2f})")
-    return flags, usable
-
-
-def domain_distance(meta: Dict, counts: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """(n,) composition-descriptor distance of each structure to the training set (:mod:`cloudvox.uncertainty`), or
-    None for checkpoints without a domain reference."""
-    ref = DomainReference.from_dict(meta.get("domain"))
-    if ref is None or counts is None or not len(counts):
+def calibrate(val: Predictions, y: np.ndarray) -> Optional[Dict]:
+    """The uncertainty calibration (:func:`cloudvox.uncertainty.fit_uncertainty`) from the validation split's
+    predictions and targets, with the flag threshold; None with fewer than 10 usable structures or without a
+    domain reference."""
+    ok = val.usable & np.isfinite(val.prediction) & np.isfinite(y)
+    if ok.sum() < 10 or val.distance is None:
         return None
-    return ref.distance(counts)
-
-
-UNCERTAINTY_FILE = "uncertainty.json"  # a run's uncertainty calibration: floor, slope, flag threshold
-UNCERTAINTY_QUANTILE = 0.95
-
-
-def uncertainty_flags(flags: List[str], sigma: np.ndarray, threshold: float) -> List[str]:
-    """Add a flag (in place) where the uncertainty exceeds ``threshold`` (target units: the validation split's
-    :data:`UNCERTAINTY_QUANTILE` quantile of it)."""
-    for k in np.flatnonzero(np.nan_to_num(sigma, nan=-np.inf) > threshold):
-        flags[k] = _join(flags[k], f"uncertainty {sigma[k]:.3g} > {threshold:.3g}")
-    return flags
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}; {b}" if a else b
+    known = np.sqrt(np.nan_to_num(val.ensemble_std[ok]) ** 2 + val.extrapolation[ok] ** 2)
+    cal = fit_uncertainty((val.prediction - y)[ok], known, val.distance[ok])
+    sigma = uncertainty(val.ensemble_std[ok], val.distance[ok], cal, val.extrapolation[ok])
+    cal.update(threshold=float(np.quantile(sigma, UNCERTAINTY_QUANTILE)), quantile=UNCERTAINTY_QUANTILE)
+    return cal
 
 
 def predict_report(checkpoint, structures, batch_size: int = 64):
-    """For in-memory structures, computed as the checkpoint's model reads them (a run, a checkpoint or an
-    ensemble run): predictions in target units (the members' mean; NaN where the model cannot represent a
-    structure), their uncertainty (the members' standard deviation combined with the distance to the training
-    set as calibrated on the validation split, :func:`cloudvox.uncertainty.uncertainty`; the standard deviation
-    alone, 0 for one model, without a calibration) and one flag per structure (:func:`domain_flags`)."""
-    ckpts = _checkpoints(checkpoint)
-    members = [load_model(c)[:2] for c in ckpts]
-    structures = list(structures)
-    spec = get_model(members[0][1]["model"])
-    all_counts = element_count_matrix(structures)
-    distance = domain_distance(members[0][1], all_counts)
-    flags, usable = domain_flags(spec, members[0][1], [s.elements for s in structures], distance)
-    pred, std = np.full(len(structures), np.nan), np.full(len(structures), np.nan)
-    take = [s for s, u in zip(structures, usable) if u]
-    if take:
-        counts = all_counts[usable]
-        # the members of an ensemble run share one config: each batch's inputs are computed once for all
-        normed = spec.predict([m for m, _ in members], members[0][1], take, batch_size)  # (M, S)
-        each = [Normalizer(**meta["normalizer"]).inverse(p, counts) for (_, meta), p in zip(members, normed)]
-        pred[usable], std[usable] = np.mean(each, 0), np.std(each, 0)
-    cal_file = (Path(checkpoint) if len(ckpts) > 1 else ckpts[0].parent) / UNCERTAINTY_FILE
-    cal = json.loads(cal_file.read_text()) if cal_file.exists() else None
-    extrap = Normalizer(**members[0][1]["normalizer"]).extrapolation_std(all_counts)
-    sigma = uncertainty(std, distance, cal, extrap)
-    if cal is not None:
-        uncertainty_flags(flags, sigma, cal["threshold"])
-    return pred, sigma, flags
+    """For in-memory structures (a run, a checkpoint or an ensemble run): predictions in target units (the
+    members' mean; NaN where the model cannot represent a structure), their uncertainty (calibrated 1-sigma,
+    :meth:`Predictor.finish`) and one flag per structure (:func:`cloudvox.inference.domain_flags`)."""
+    predictor = Predictor.load(checkpoint, batch_size=batch_size)
+    p = predictor.finish(predictor.on_structures(structures))
+    return p.prediction, p.uncertainty, p.flags
 
 
 def predict_structures(checkpoint, structures, batch_size: int = 64) -> np.ndarray:

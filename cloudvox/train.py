@@ -244,8 +244,15 @@ def save_checkpoint(path: Path, payload: Dict) -> None:
 def load_checkpoint(path: Path, map_location="cpu") -> Dict:
     """A checkpoint, loaded without unpickling arbitrary objects (``weights_only=True``)."""
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise FormatError(f"{path} is not a cloudvox checkpoint (format {payload.get('format')!r})")
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if not isinstance(version, int):
+        raise FormatError(f"{path} is not a cloudvox checkpoint (no format version)")
+    if version > CHECKPOINT_FORMAT:
+        raise FormatError(f"{path} has checkpoint format {version}, newer than this cloudvox's "
+                          f"({CHECKPOINT_FORMAT}): upgrade cloudvox")
+    if version < CHECKPOINT_FORMAT:
+        raise FormatError(f"{path} has checkpoint format {version}, which this cloudvox no longer reads "
+                          f"(it reads {CHECKPOINT_FORMAT}): retrain, or use the cloudvox that wrote it")
     return payload
 
 
@@ -580,32 +587,19 @@ class Trainer:
             self.rank_speeds = np.clip(speed / speed.mean(), 0.5, 2.0)
         return float(vec[0]) > 0
 
-    @torch.no_grad()
     def predict(self, dataset, rotations: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised predictions, targets and spread (std over ``rotations`` random rotations, 0 if none)
-        for a whole dataset, gathered in dataset order on every rank."""
+        for a whole dataset, gathered in dataset order on every rank (:func:`cloudvox.inference.predict_dataset`)."""
+        from .inference import predict_dataset
         self.model_for_step.eval()
-        n = len(dataset)
-        batches = epoch_batches(n, self.cfg.batch_size, 0, 0, shuffle=False)
-        out = torch.zeros(3, n, dtype=torch.float64)
-        for step, (rows, batch) in enumerate(self._loader(dataset, batches)):
-            pos = torch.from_numpy(np.asarray(batches[step])[rows])
-            with torch.autocast(self.device.type, enabled=self.amp):
-                if rotations:
-                    gen = step_generator(self.cfg.seed + 7919, 0, step)
-                    preds = torch.stack([self.task.forward(self.model_for_step, batch, self.device, gen, True,
-                                                           augment=True)[0].float() for _ in range(rotations)])
-                    pred, spread = preds.mean(0), preds.std(0) if rotations > 1 else torch.zeros_like(preds[0])
-                    y = batch[K.TARGET] if K.TARGET in batch else torch.full_like(pred, float("nan"))
-                else:
-                    pred, y = self.task.forward(self.model_for_step, batch, self.device, None, False)
-                    spread = torch.zeros_like(pred)
-            out[0, pos] = pred.double().cpu()
-            out[1, pos] = y.double().cpu()
-            out[2, pos] = spread.double().cpu()
-            self.dist.progress()
-        out = self.dist.allreduce_sum(out)
-        return out[0].numpy(), out[1].numpy(), out[2].numpy()
+        batches = epoch_batches(len(dataset), self.cfg.batch_size, 0, 0, shuffle=False)
+
+        def forward(batch, positions, generator):
+            rotate = generator is not None
+            return self.task.forward(self.model_for_step, batch, self.device, generator, rotate, augment=rotate)
+        pred, spread, y = predict_dataset([forward], self._loader(dataset, batches), batches, len(dataset), self.dist,
+                                          rotations, self.cfg.seed, self.amp, self.device.type)
+        return pred[0], y, spread[0]
 
     def validate(self) -> Dict[str, float]:
         with self.averaged():

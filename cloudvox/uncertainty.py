@@ -5,7 +5,7 @@ standardised properties (:data:`PROPERTIES`, :func:`cloudvox.elements.property_w
 vector that any model's training set covers, periodic or not. A :class:`DomainReference` keeps the training
 set's vectors (a random subsample of at most ``max_points``, standardised) and a threshold: the ``quantile``
 of the validation structures' distances to their nearest training vector. A structure farther than that from
-every training vector is unlike the training data (flagged by :func:`cloudvox.runs.domain_flags`); the
+every training vector is unlike the training data (flagged by :func:`cloudvox.inference.domain_flags`); the
 validation set calibrates the threshold, so that about 1 - ``quantile`` of structures like the training data
 are flagged.
 

@@ -2,9 +2,9 @@
 
 A :class:`ModelSpec` says, for one model name, how to build the network from a run's ``meta`` (the resolved
 config saved in every checkpoint), which dataset feeds it, which task turns a batch into (prediction,
-target), what it records at the start of a run, what it requires of a feature file, and how it predicts
-in-memory structures. Workflows (:mod:`cloudvox.runs`) and the config schema (:mod:`cloudvox.config`) only
-ever ask :func:`get_model`; adding a model is one :func:`register` call.
+target), what it records at the start of a run and what it requires of a feature file. Workflows
+(:mod:`cloudvox.runs`, :mod:`cloudvox.inference`) and the config schema (:mod:`cloudvox.config`) only ever ask
+:func:`get_model`; adding a model is one :func:`register` call.
 """
 import inspect
 from typing import Callable, Dict, List, Optional, Sequence
@@ -112,11 +112,6 @@ class ModelSpec:
         when it can take the structure."""
         return []
 
-    def predict(self, models: Sequence, meta: Dict, structures: Sequence, batch_size: int) -> np.ndarray:
-        """(M, S) normalised predictions of M models (an ensemble's members, which share the inputs' settings
-        in ``meta``) for S in-memory structures: each batch's inputs are computed once for all members."""
-        raise NotImplementedError
-
 
 MODELS: Dict[str, ModelSpec] = {}
 
@@ -210,25 +205,6 @@ class VoxelNetSpec(ModelSpec):
         from ..descriptors import without_cross
         return sorted(set(elements) - set(without_cross(meta["channels"])))
 
-    def predict(self, models, meta, structures, batch_size):
-        from ..descriptors import ReciprocalVoxelizer, without_cross
-        d = meta["descriptor"]
-        per_element = d["channels"] == "element"
-        vox = ReciprocalVoxelizer(sigma=d["sigma"], length=d["length"], n=d["n"], mode=d["mode"],
-                                  species=without_cross(meta["channels"]) if per_element else None,
-                                  channels=d["channels"], cross=bool(d.get("cross")),
-                                  **({"properties": tuple(d["properties"])} if d["channels"] == "properties" else {}))
-        out = []
-        scale = meta.get("input_scale")
-        with torch.no_grad():
-            for a in range(0, len(structures), batch_size):
-                x = torch.from_numpy(vox.batch(structures[a:a + batch_size]))
-                if scale is not None:
-                    s = torch.tensor(scale, dtype=x.dtype)
-                    x = x * (s.view(1, -1, 1, 1, 1) if s.numel() > 1 else s)
-                out.append(np.stack([model(x).numpy() for model in models]))
-        return np.concatenate(out, axis=1) if out else np.zeros((len(models), 0))
-
 
 class AtomCloudSpec(ModelSpec):
     name = "atomcloud"
@@ -248,19 +224,6 @@ class AtomCloudSpec(ModelSpec):
 
     def task(self, meta, augment, channels_last=True):
         return CloudTask()
-
-    def predict(self, models, meta, structures, batch_size):
-        from ..data import cloud_item, collate_clouds
-        cutoff = float(meta["network"].get("cutoff", 3.0))
-        out = []
-        with torch.no_grad():
-            for a in range(0, len(structures), batch_size):
-                chunk = structures[a:a + batch_size]
-                batch = collate_clouds([cloud_item(k, s.cart_coords, s.numbers, s.lattice, cutoff)
-                                        for k, s in enumerate(chunk)])
-                out.append(np.stack([CloudTask().forward(model, batch, torch.device("cpu"), None, False)[0].numpy()
-                                     for model in models]))
-        return np.concatenate(out, axis=1) if out else np.zeros((len(models), 0))
 
 
 register(VoxelNetSpec())

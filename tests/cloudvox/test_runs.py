@@ -271,7 +271,7 @@ def test_ensemble_trains_members_and_reports_their_mean_and_spread(tiny, tmp_pat
     """train.ensemble = 3: three members (seeds 0, 1, 2; one split) in RUN/member-k; evaluate and predict give
     the members' mean with their standard deviation next to each prediction."""
     from cloudvox.io import read_aflow
-    from cloudvox.runs import ensemble_members
+    from cloudvox.inference import ensemble_members
     from tests.conftest import fixture_file
     run = tmp_path / "ens"
     summary = train_run(config(tiny, run, epochs=2, ensemble=3))

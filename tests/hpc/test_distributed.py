@@ -148,7 +148,7 @@ def test_ensemble_members_over_ranks_equal_members_trained_one_after_the_other(t
     """train.members_over_ranks: member k trains alone on rank k % 2 (no gradient exchange), the same model
     as member k of a one-process ensemble; three members over two ranks (rank 0 trains two); rank 0 then
     evaluates the ensemble with every member's spread."""
-    from cloudvox.runs import ensemble_members
+    from cloudvox.inference import ensemble_members
     one, two = tmp_path / "one", tmp_path / "two"
     train(0, write_config(tmp_path / "one.yaml", tiny, one, ensemble=3), "none")
     proc = train(2, write_config(tmp_path / "two.yaml", tiny, two, ensemble=3, members_over_ranks=True), backend)
@@ -168,7 +168,7 @@ def test_ensemble_members_over_ranks_stop_and_resume(tiny, tmp_path):
     """A stop on the ranks training members on their own (here after 3 steps of each rank's first member)
     ends every rank without evaluating; --resume continues each rank's member to the same models as an
     uninterrupted one-process ensemble."""
-    from cloudvox.runs import ensemble_members
+    from cloudvox.inference import ensemble_members
     one, two = tmp_path / "one", tmp_path / "two"
     train(0, write_config(tmp_path / "one.yaml", tiny, one, ensemble=2), "none")
     cfg = dict(ensemble=2, members_over_ranks=True)
