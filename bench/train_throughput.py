@@ -25,7 +25,7 @@ def run(args, batch_size: int) -> None:
     import torch
     from cloudvox.config import load_run_config
     from cloudvox.runs import build_trainer
-    from cloudvox.train import keep_freed_memory
+    from cloudvox.training.process import keep_freed_memory
     from cloudvox.features import FeatureFile
     keep_freed_memory()
     n_val = min(batch_size, 64)

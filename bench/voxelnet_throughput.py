@@ -8,7 +8,7 @@ it in the same pass; the backward works from the pooled gradient and the argmax)
 dense reference: every sample re-featurized by ../shared/bench/original_voxelnet_reference.py (one channel
 per element of the data set, float32), then the same VoxelNet with a dense first layer.
 Timed in alternating rounds (median step time of each). Threads: torch's default, or OMP_NUM_THREADS.
-Like ``cloudvox train``, the process first keeps large freed blocks for reuse (cloudvox.train.keep_freed_memory),
+Like ``cloudvox train``, the process first keeps large freed blocks for reuse (cloudvox.training.process.keep_freed_memory),
 which both pipelines share; ``--no-keep-freed-memory`` leaves glibc's default.
 Usage: python bench/voxelnet_throughput.py [--data out/perovskites.h5] [--rounds 5] [--batch-size 32]
 The feature file must be the per-element featurization of the shared perovskites (jobs/configs/perovskites.yaml).
@@ -30,7 +30,8 @@ from cloudvox import properties as K  # noqa: E402
 from cloudvox.data import VoxelDataset  # noqa: E402
 from cloudvox.models.voxelnet import VoxelNet  # noqa: E402
 from cloudvox.models.registry import VoxelTask  # noqa: E402
-from cloudvox.train import keep_freed_memory, step_generator  # noqa: E402
+from cloudvox.training.process import keep_freed_memory
+from cloudvox.training.step import step_generator  # noqa: E402
 
 
 def time_rounds(steps, counts, rounds):

@@ -2,8 +2,8 @@
 
 The training loader stores each structure's unbinned reciprocal set (G vectors and |h| per present
 channel, :meth:`cloudvox.descriptors.ReciprocalVoxelizer.reciprocal`) and bins it on the fly under random
-rotations on the training device. The voxel index is :func:`cloudvox.descriptors.voxel_index`, the same
-function the numpy descriptor uses.
+rotations on the training device (:func:`random_rotations`: the augmentation). The voxel index is
+:func:`cloudvox.descriptors.voxel_index`, the same function the numpy descriptor uses.
 """
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -132,3 +132,16 @@ def bin_reciprocal(batch: ReciprocalBatch, n_channels: int, n: int, length: floa
     out = torch.zeros(size + 1, dtype=batch.values.dtype, device=G.device)
     out.index_add_(0, index, values)
     return out[:size].view(batch.n_structures, n_channels, n, n, n)
+
+
+def random_rotations(count: int, generator: torch.Generator, reflections: bool = True) -> torch.Tensor:
+    """(count, 3, 3) float64 Haar-random rotations, each a reflection with probability 1/2 if asked."""
+    A = torch.randn(count, 3, 3, generator=generator, dtype=torch.float64)
+    Q, R = torch.linalg.qr(A)
+    Q = Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar measure
+    det = torch.det(Q)
+    Q[:, :, 0] *= det.sign().unsqueeze(-1)  # now a proper rotation
+    if reflections:
+        flip = torch.randint(0, 2, (count,), generator=generator) * 2 - 1
+        Q = Q * flip.to(Q.dtype).view(-1, 1, 1)
+    return Q

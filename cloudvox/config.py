@@ -6,7 +6,7 @@ Two documents, read from YAML with ``yaml.safe_load`` and completed with their d
   takes the keyword arguments of :class:`cloudvox.descriptors.ReciprocalVoxelizer` (defaults: its signature);
 * a run config (``cloudvox train MODEL CONFIG``): :data:`RUN`; ``network`` takes the keyword arguments of the
   model's constructor (defaults: its signature, via :mod:`cloudvox.models`); ``train`` is
-  :class:`cloudvox.train.TrainConfig`.
+  :class:`cloudvox.training.config.TrainConfig`.
 
 A section is a dataclass: its fields are the valid keys, their defaults the defaults, ``metadata["choices"]``
 the allowed values. An unknown key, a value of the wrong type or outside its choices raises
@@ -15,7 +15,6 @@ overrides are parsed as YAML scalars and validated the same way.
 """
 import copy
 import dataclasses
-import difflib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-from .errors import ConfigError  # noqa: F401  (raised here, and imported from here by callers)
-
+from .errors import ConfigError, nearest
 
 
 def _choices(*values, default):
@@ -105,7 +103,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     network: Dict[str, Any] = field(default_factory=dict)  # the model constructor's keyword arguments
-    train: Dict[str, Any] = field(default_factory=dict)  # cloudvox.train.TrainConfig
+    train: Dict[str, Any] = field(default_factory=dict)  # cloudvox.training.config.TrainConfig
     run_dir: str = "runs/run"
 
 
@@ -115,12 +113,6 @@ class RunConfig:
 def _signature_defaults(fn: Callable, skip: Sequence[str] = ("self",)) -> Dict[str, Any]:
     return {name: p.default for name, p in inspect.signature(fn).parameters.items()
             if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def nearest(key: str, valid: Sequence[str], what: str = "keys") -> str:
-    """'did you mean X?' for the closest valid name, else the list of valid ``what``."""
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}?" if close else f"valid {what}: {', '.join(sorted(valid))}"
 
 
 def _check_value(where: str, value: Any, default: Any, choices: Optional[Sequence] = None) -> Any:
@@ -239,7 +231,7 @@ def apply_overrides(cfg: Dict, sets: Sequence[str]) -> Dict:
 def validate_run(raw: Dict[str, Any]) -> Dict[str, Any]:
     """A run config completed with every default; the model's network keys checked against its constructor."""
     from .models.registry import get_model
-    from .train import TrainConfig
+    from .training.config import TrainConfig
     cfg = validate(RunConfig, raw)
     spec = get_model(cfg["model"])
     cfg["network"] = check_keys("network", raw.get("network"), spec.network_defaults())

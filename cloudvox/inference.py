@@ -16,7 +16,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ from .elements import MAX_Z, SYMBOLS
 from .features import DONE, FeatureFile, featurize_block, root_attributes, write_features
 from .models.registry import get_model
 from .uncertainty import DomainReference, uncertainty
-from .train import InProcessBatches, SingleProcess, epoch_batches, load_checkpoint, shard, step_generator
+from .training.checkpoint import load_checkpoint
+from .training.loaders import InProcessBatches, epoch_batches, shard
+from .training.process import SingleProcess
+from .training.step import predict_dataset
 
 log = logging.getLogger(__name__)
 
@@ -78,50 +81,6 @@ class TrainedModel(torch.nn.Module):
         rotate = generator is not None
         pred, _ = self.task.forward(self.network, batch, device, generator, rotate, augment=rotate)
         return pred.double() * self.std + self.mean + self.baseline(counts.to(device))
-
-
-# --------------------------------------------------------------------------------------------------------
-# the one loop over a dataset
-# --------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict_dataset(forwards: Sequence[Callable], loader, batches: Sequence[np.ndarray], n: int, dist=None,
-                    rotations: int = 0, seed: int = 0, amp: bool = False, device_type: str = "cpu"):
-    """Every model of ``forwards`` on every batch of a dataset, in dataset order on every rank.
-
-    forwards: M callables ``f(batch, positions, generator) -> (pred (b,), target (b,) or None)``, positions the
-    batch's dataset positions; loader: yields (rows, batch) for each of ``batches`` (the global batches,
-    this rank's rows); n: the dataset's length. With ``rotations`` each model is averaged over that many
-    random rotations (the same for every model), and their standard deviation is the spread.
-
-    Returns (M, n) predictions, (M, n) spreads (zeros without rotations) and (n,) targets (NaN where the
-    models give none), float64."""
-    dist = dist or SingleProcess()
-    M = len(forwards)
-    out = torch.zeros(2 * M + 1, n, dtype=torch.float64)
-    out[2 * M] = float("nan") if dist.size == 1 else 0.0
-    for step, (rows, batch) in enumerate(loader):
-        pos = np.asarray(batches[step])[rows]
-        where = torch.from_numpy(pos)
-        for m, forward in enumerate(forwards):
-            with torch.autocast(device_type, enabled=amp):
-                if rotations:  # one generator per model, seeded alike: every model sees the same rotations
-                    gen = step_generator(seed + 7919, 0, step)
-                    runs = [forward(batch, pos, gen) for _ in range(rotations)]
-                    preds = torch.stack([p.double() for p, _ in runs])
-                    pred = preds.mean(0)
-                    spread = preds.std(0) if rotations > 1 else torch.zeros_like(pred)
-                    y = runs[0][1]
-                else:
-                    pred, y = forward(batch, pos, None)
-                    spread = torch.zeros_like(pred)
-            out[m, where] = pred.double().cpu()
-            out[M + m, where] = spread.double().cpu()
-            if m == 0:
-                out[2 * M, where] = (y.double().cpu() if y is not None
-                                     else torch.full((len(pos),), float("nan"), dtype=torch.float64))
-        dist.progress()
-    out = dist.allreduce_sum(out)
-    return out[:M].numpy(), out[M:2 * M].numpy(), out[2 * M].numpy()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -370,6 +329,6 @@ def _concatenate(parts: Sequence[Predictions], n: int) -> Predictions:
                        [f for p in parts for f in p.flags], distance, cat([p.extrapolation for p in parts]))
 
 
-__all__ = ["TrainedModel", "Predictor", "Predictions", "predict_dataset", "domain_flags", "domain_distance",
+__all__ = ["TrainedModel", "Predictor", "Predictions", "domain_flags", "domain_distance",
            "uncertainty_flags", "elements_of", "element_count_matrix", "ensemble_members", "resolve_checkpoint",
            "UNCERTAINTY_FILE", "MEMBER", "CHUNK"]

@@ -55,4 +55,3 @@ NUMBERS = "numbers"  # (A,) int64 atomic numbers
 ATOM_STRUCTURE = "atom_structure"  # (A,) int64 structure of each atom
 LATTICE = "lattice"  # (B, 3, 3) float, NaN for molecules
 NATOMS = "natoms"  # (B,) int64
-GLOBAL_ROWS = "global_rows"  # (rows (b,), global batch size): this rank's rows of the global batch

@@ -5,7 +5,7 @@ A run directory holds ``config.yaml`` (the resolved config), ``split_{train,val,
 ``parity_{train,val,test}.png``, ``evaluation.json`` and ``predictions.csv``.
 
 The config and its defaults: :mod:`cloudvox.config`; what differs between models: :mod:`cloudvox.models.registry`
-(the registry); the optimisation loop: :mod:`cloudvox.train`; figures: :mod:`cloudvox.plots`.
+(the registry); the optimisation loop: :mod:`cloudvox.training`; predictions: :mod:`cloudvox.inference`; figures: :mod:`cloudvox.plots`.
 """
 import csv
 import json
@@ -25,7 +25,7 @@ from .uncertainty import DomainReference, fit_uncertainty, uncertainty
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .models.registry import DESCRIPTOR_KEYS, get_model
-from .train import MemberProcess, SingleProcess, TrainConfig, Trainer
+from .training import MemberProcess, SingleProcess, TrainConfig, Trainer
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -
     """K members (each a complete run: seed + k, the same split), then the ensemble evaluated in the parent run
     directory (mean and standard deviation of the members' predictions). By default the members train one
     after the other, each data-parallel over every rank; with ``train.members_over_ranks`` member k trains
-    alone on rank k % ranks (:class:`cloudvox.train.MemberProcess`), and the ranks meet once, when all are done."""
+    alone on rank k % ranks (:class:`cloudvox.training.process.MemberProcess`), and the ranks meet once, when all are done."""
     import copy
     run_dir = Path(cfg["run_dir"])
     if dist.is_main:

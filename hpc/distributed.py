@@ -1,6 +1,6 @@
 """Distributed data-parallel training behind one interface: Horovod or torch.distributed (DDP).
 
-The trainer (:class:`cloudvox.train.Trainer`) talks only to this interface: ``rank``, ``size``,
+The trainer (:class:`cloudvox.training.loop.Trainer`) talks only to this interface: ``rank``, ``size``,
 ``local_rank``, ``device()``, ``wrap()``, ``broadcast_state()``, ``allreduce_sum()``, ``barrier()``.
 
 Rank, world size and local rank come from whichever launcher started the job (:mod:`hpc.launcher`: Open MPI,
@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from cloudvox.train import SingleProcess, pick_device
+from cloudvox.training.process import SingleProcess, pick_device
 
 from .launcher import LaunchEnv, launch_env
 from .watchdog import FOLDER, Watchdog, start as start_watchdog

@@ -36,7 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cloudvox.config import ConfigError, validate_featurize
+from cloudvox.config import validate_featurize
+from cloudvox.errors import ConfigError
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.errors import UserError
 from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,

@@ -7,17 +7,16 @@ target), what it records at the start of a run and what it requires of a feature
 :func:`get_model`; adding a model is one :func:`register` call.
 """
 import inspect
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .. import properties as K
-from ..binning import bin_reciprocal
 from ..data import VoxelDataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError, nearest
 from ..features import FeatureFile
-from ..train import random_rotations
+from ..binning import bin_reciprocal, random_rotations
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -34,15 +33,20 @@ class VoxelTask:
         self.n_channels, self.per_element = n_channels, per_element
         self.augment, self.reflections, self.channels_last = augment, reflections, channels_last
 
-    def inputs(self, batch: Dict, device: torch.device, generator: Optional[torch.Generator], rotate: bool):
-        """(B, C or c, N, N, N) voxels on the device (binned under rotations if asked) and channel ids."""
+    def inputs(self, batch: Dict, device: torch.device, generator: Optional[torch.Generator], rotate: bool,
+               rows: Optional[Tuple[np.ndarray, int]] = None):
+        """(B, C or c, N, N, N) voxels on the device (binned under rotations if asked) and channel ids.
+
+        rows: (this batch's rows of the global batch, the global batch's size): the rotations are drawn for the
+        global batch and these rows taken, so that any rank count and micro-batching draws the same ones;
+        None: the batch is the whole global batch."""
         ids = batch.get(K.CHANNEL_IDS)
         if K.RECIPROCAL in batch:
             rb = batch[K.RECIPROCAL].to(device)
             R = None
-            if rotate:  # draw for the global batch and take this rank's rows: any rank count, same rotations
-                rows, total = batch.get(K.GLOBAL_ROWS, (np.arange(rb.n_structures), rb.n_structures))
-                R = random_rotations(total, generator, self.reflections)[torch.as_tensor(rows)].to(device)
+            if rotate:
+                mine, total = rows if rows is not None else (np.arange(rb.n_structures), rb.n_structures)
+                R = random_rotations(total, generator, self.reflections)[torch.as_tensor(mine)].to(device)
             c = ids.shape[1] if self.per_element else self.n_channels
             x = bin_reciprocal(rb, c, self.n, self.length, self.mode, R)
         else:
@@ -56,9 +60,10 @@ class VoxelTask:
             ids = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         return x, ids.to(device)
 
-    def forward(self, model, batch: Dict, device: torch.device, generator, train: bool, augment: Optional[bool] = None):
+    def forward(self, model, batch: Dict, device: torch.device, generator, train: bool, augment: Optional[bool] = None,
+                rows: Optional[Tuple[np.ndarray, int]] = None):
         rotate = (self.augment if augment is None else augment) and train and generator is not None
-        x, ids = self.inputs(batch, device, generator, rotate)
+        x, ids = self.inputs(batch, device, generator, rotate, rows)
         pred = model(x, ids)
         y = batch[K.TARGET].to(device) if K.TARGET in batch else torch.full_like(pred, float("nan"))
         return pred, y
@@ -67,7 +72,8 @@ class VoxelTask:
 class CloudTask:
     """Batch -> (prediction, target) for AtomCloudNet (invariant by construction: no augmentation)."""
 
-    def forward(self, model, batch: Dict, device: torch.device, generator, train: bool, augment: Optional[bool] = None):
+    def forward(self, model, batch: Dict, device: torch.device, generator, train: bool, augment: Optional[bool] = None,
+                rows=None):
         moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         moved[K.POSITIONS] = moved[K.POSITIONS].to(next(model.parameters()).dtype)
         pred = model(moved, n_structures=len(batch[K.INDEX]))
@@ -123,7 +129,6 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def get_model(name: str) -> ModelSpec:
     if name not in MODELS:
-        from ..config import ConfigError, nearest
         raise ConfigError(f"unknown model {name!r}: {nearest(str(name), list(MODELS), 'models')}")
     return MODELS[name]
 

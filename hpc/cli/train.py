@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 def cmd_train(args, command: str) -> int:
     from cloudvox.config import load_run_config
     from cloudvox.runs import train_run
-    from cloudvox.train import keep_freed_memory
+    from cloudvox.training.process import keep_freed_memory
     from ..distributed import make_distributed, watch
     from ..logs import setup_logging
     cfg = load_run_config(args.config, args.set, model=args.model)  # a typo fails here, on every rank alike

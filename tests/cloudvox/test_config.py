@@ -5,7 +5,7 @@ import yaml
 from cloudvox.config import ConfigError, apply_overrides, load_run_config, validate_featurize
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.models.atomcloud import AtomCloudNet
-from cloudvox.train import TrainConfig
+from cloudvox.training.config import TrainConfig
 from tests.conftest import ROOT
 
 

@@ -83,7 +83,7 @@ def test_a_loaded_model_answers_in_target_units(data, tmp_path):
 
 def test_checkpoints_of_another_format_are_refused_in_one_line(data, tmp_path):
     from cloudvox.errors import FormatError
-    from cloudvox.train import CHECKPOINT_FORMAT, load_checkpoint
+    from cloudvox.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
     run = tmp_path / "run"
     train_run(run_config(data, run, VOXELNET))
     ck = torch.load(run / "checkpoint_best.pt", weights_only=True)

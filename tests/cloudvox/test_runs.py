@@ -15,7 +15,9 @@ from cloudvox.io.sources import Source
 from cloudvox.config import load_run_config as load_config
 from cloudvox.runs import evaluate, predict_report, predict_structures, train_run
 from cloudvox.models.registry import VoxelTask
-from cloudvox.train import load_checkpoint, random_rotations, step_generator
+from cloudvox.binning import random_rotations
+from cloudvox.training.checkpoint import load_checkpoint
+from cloudvox.training.step import step_generator
 
 
 def make_file(path: Path, src: Path, limit: int, **descriptor) -> Path:
@@ -259,7 +261,7 @@ def test_micro_batches_give_the_whole_batch_step(tiny, tmp_path, workers):
 
 
 def test_chunks_split_rows_and_items_alike():
-    from cloudvox.train import chunk_rows_of, collate_chunks
+    from cloudvox.training.loaders import chunk_rows_of, collate_chunks
     rows = np.array([4, 9, 1, 7, 3, 8, 2])
     assert [c.tolist() for c in chunk_rows_of(rows, 3)] == [[4, 9, 1], [7, 3, 8], [2]]
     assert [c.tolist() for c in chunk_rows_of(rows, 0)] == [rows.tolist()]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from cloudvox.train import load_checkpoint
+from cloudvox.training.checkpoint import load_checkpoint
 from tests.cloudvox.test_runs import make_file
 from tests.hpc.conftest import cloudvox_cmd, mpi_env
 

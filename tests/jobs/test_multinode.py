@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from cloudvox.train import load_checkpoint
+from cloudvox.training.checkpoint import load_checkpoint
 from tests.hpc.conftest import assert_same_datasets
 from tests.hpc.test_distributed import free_port, params, train
 from tests.jobs.cluster import LOOPBACK, LocalSlurm

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from cloudvox.train import load_checkpoint
+from cloudvox.training.checkpoint import load_checkpoint
 from tests.cloudvox.test_runs import make_file
 from tests.hpc.conftest import assert_same_datasets, run_cloudvox
 from tests.hpc.test_distributed import free_port, params, train, write_config

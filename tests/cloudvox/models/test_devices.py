@@ -12,7 +12,7 @@ from cloudvox.io import read_aflow
 from cloudvox.models.atomcloud import AtomCloudNet
 from cloudvox.models.voxelnet import FIRST_LAYER_METHODS, SparseChannelConv3d, VoxelNet
 from cloudvox.models.registry import CloudTask
-from cloudvox.train import random_rotations
+from cloudvox.binning import random_rotations
 from tests.cloudvox.models.test_voxelnet import to_dense
 from tests.conftest import fixture_file
 
