@@ -25,7 +25,7 @@ from .uncertainty import DomainReference, fit_uncertainty, uncertainty
 from .features import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .models.registry import DESCRIPTOR_KEYS, get_model
-from .training import MemberProcess, SingleProcess, TrainConfig, Trainer
+from .training import SingleProcess, TrainConfig, Trainer
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -132,67 +132,55 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
     return trainer, ff, resume_from
 
 
-STOPPED_RANK = "stopped-rank-{}"  # members over ranks: rank r was stopped before its members were done
-
-
-def _wait_for_members(run_dir: Path, k_members: int, poll_s: float = 2.0) -> bool:
-    """Members over ranks: wait, reading the run directory, until every member is evaluated (True) or a rank
-    was stopped (False). A file system wait, not a collective: ranks whose members end hours apart would
-    outlast a process group's timeout (DDP's 30 minutes) in a barrier; once all are done they meet within
-    ``poll_s``."""
-    import time
-    while True:
-        if any(run_dir.glob(STOPPED_RANK.format("*"))):
-            return False
-        if all((run_dir / MEMBER.format(k) / "evaluation.json").exists() for k in range(k_members)):
-            return True
-        time.sleep(poll_s)
-
-
-def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer, k_members: int) -> Dict:
-    """K members (each a complete run: seed + k, the same split), then the ensemble evaluated in the parent run
-    directory (mean and standard deviation of the members' predictions). By default the members train one
-    after the other, each data-parallel over every rank; with ``train.members_over_ranks`` member k trains
-    alone on rank k % ranks (:class:`cloudvox.training.process.MemberProcess`), and the ranks meet once, when all are done."""
+def member_config(cfg: Dict, k: int) -> Dict:
+    """Member k of an ensemble run: a complete run in RUN/member-k, seed + k, the same split."""
     import copy
+    member = copy.deepcopy(cfg)
+    member["run_dir"] = str(Path(cfg["run_dir"]) / MEMBER.format(k))
+    member["train"] = dict(cfg["train"], seed=int(cfg["train"].get("seed", 0)) + k, ensemble=1)
+    return member
+
+
+def start_ensemble(cfg: Dict, dist) -> None:
+    """Rank 0 writes the ensemble run's directory and resolved config; every rank waits for it."""
     run_dir = Path(cfg["run_dir"])
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    spread = bool(cfg["train"].get("members_over_ranks")) and dist.size > 1
-    if spread:
-        if k_members % dist.size:
-            log.warning("%d members over %d ranks: some ranks train one member more, the others wait for them",
-                        k_members, dist.size)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / STOPPED_RANK.format(dist.rank)).unlink(missing_ok=True)  # an earlier job's
-        dist.barrier()  # the ranks start together: no rank can see another's stale marker
-    stopped = None
-    for k in range(k_members):
-        if spread and k % dist.size != dist.rank:
-            continue
-        member = copy.deepcopy(cfg)
-        member["run_dir"] = str(run_dir / MEMBER.format(k))
-        member["train"] = dict(cfg["train"], seed=int(cfg["train"].get("seed", 0)) + k, ensemble=1)
+    dist.barrier()
+
+
+def train_members(cfg: Dict, dist, resume: bool, on_trainer, members: Sequence[int]) -> Optional[Dict]:
+    """Train the given members one after the other (each over ``dist``); members already evaluated are skipped
+    on ``resume``. Returns the summary of an interrupted member (``--resume`` continues it), else None."""
+    for k in members:
+        member = member_config(cfg, k)
         if resume and (Path(member["run_dir"]) / "evaluation.json").exists():
             continue  # finished before the interruption
-        summary = train_run(member, MemberProcess(dist.rank, dist.local_rank) if spread else dist, resume=resume,
-                            on_trainer=on_trainer)
+        summary = train_run(member, dist, resume=resume, on_trainer=on_trainer)
         if summary.get("stopped"):
-            stopped = summary  # interrupted: --resume continues with this member
-            break
-    if spread and stopped is not None:  # the others learn of it from the marker, when their members are done
-        (run_dir / STOPPED_RANK.format(dist.rank)).write_text(f"{stopped.get('epoch', '')}\n")
-    if stopped is not None:
-        return stopped
-    if spread and not _wait_for_members(run_dir, k_members):
-        return dict(stopped=True, history=[])  # another rank was stopped: --resume continues its member
+            return summary
+    return None
+
+
+def finish_ensemble(cfg: Dict, dist) -> Dict:
+    """Every member done: the members' common split copied up, the ensemble evaluated in the parent run
+    directory (mean and standard deviation of the members' predictions)."""
+    run_dir = Path(cfg["run_dir"])
     if dist.is_main:
-        for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):  # the members' common split
+        for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):
             shutil.copyfile(split, run_dir / split.name)
     dist.barrier()
     result = evaluate(run_dir, cfg["data"]["path"], dist=dist)
-    return dict(result, members=k_members, stopped=False, history=[])
+    return dict(result, members=int(cfg["train"]["ensemble"]), stopped=False, history=[])
+
+
+def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer) -> Dict:
+    """K members one after the other, each data-parallel over every rank, then the ensemble evaluated
+    (``train.members_over_ranks`` spreads them over the ranks instead: :mod:`hpc.ensemble`)."""
+    start_ensemble(cfg, dist)
+    stopped = train_members(cfg, dist, resume, on_trainer, range(int(cfg["train"]["ensemble"])))
+    return stopped if stopped is not None else finish_ensemble(cfg, dist)
 
 
 def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Dict:
@@ -202,9 +190,8 @@ def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Di
     dist: the distributed interface (default one process); on_trainer: called with the Trainer before
     training (e.g. to install signal handlers that request a checkpointed stop)."""
     dist = dist or SingleProcess()
-    k_members = int(cfg["train"].get("ensemble", 1) or 1)
-    if k_members > 1:
-        return _train_ensemble(cfg, dist, resume, on_trainer, k_members)
+    if int(cfg["train"].get("ensemble", 1) or 1) > 1:
+        return _train_ensemble(cfg, dist, resume, on_trainer)
     trainer, ff, resume_from = build_trainer(cfg, dist, resume)
     tcfg, run_dir = trainer.cfg, trainer.run_dir
     if on_trainer is not None:

@@ -5,7 +5,7 @@ rank's rows, reading), :mod:`.step` (a step's randomness, the prediction loop), 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loop import StopTraining, Trainer
-from .process import MemberProcess, SingleProcess, keep_freed_memory, pick_device
+from .process import SingleProcess, keep_freed_memory, pick_device
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint", "TrainConfig", "StopTraining", "Trainer",
-           "MemberProcess", "SingleProcess", "keep_freed_memory", "pick_device"]
+           "SingleProcess", "keep_freed_memory", "pick_device"]

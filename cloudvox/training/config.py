@@ -58,7 +58,7 @@ class TrainConfig:
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
     ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
     #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
-    members_over_ranks: bool = False  # an ensemble on several ranks: member k trained alone on rank k % ranks
+    members_over_ranks: bool = False  # an ensemble on several ranks (hpc.ensemble): member k alone on rank k % ranks
     #                    (no gradient exchange: K models in the time of K / ranks), instead of every member
     #                    data-parallel over all ranks; rank 0 then evaluates the ensemble
 

@@ -49,19 +49,6 @@ class SingleProcess:
             meanwhile()
 
 
-class MemberProcess(SingleProcess):
-    """One rank of a job training a model of its own (an ensemble's members spread over the ranks): a single
-    process for its trainer (it writes its own run directory), on the device of its local rank, that draws
-    progress only where it is the job's rank 0."""
-
-    def __init__(self, job_rank: int, local_rank: int = 0):
-        self.job_rank, self.local_rank = int(job_rank), int(local_rank)
-
-    @property
-    def shows_progress(self) -> bool:
-        return self.job_rank == 0
-
-
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "auto":
         return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}") if torch.cuda.is_available() \

@@ -35,7 +35,11 @@ def cmd_train(args, command: str) -> int:
         on_stop_signals(lambda: setattr(trainer, "stop_requested", True))
 
     try:
-        summary = train_run(cfg, dist, resume=args.resume, on_trainer=install)
+        if int(cfg["train"]["ensemble"]) > 1 and cfg["train"]["members_over_ranks"] and dist.size > 1:
+            from ..ensemble import train_members_over_ranks
+            summary = train_members_over_ranks(cfg, dist, resume=args.resume, on_trainer=install)
+        else:
+            summary = train_run(cfg, dist, resume=args.resume, on_trainer=install)
     except Exception as e:  # a failing rank brings the job down rather than leaving the others waiting
         if dist.size > 1:
             log.critical("rank %d failed: %s", dist.rank, e, exc_info=e)

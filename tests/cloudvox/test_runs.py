@@ -360,18 +360,3 @@ def test_time_budget_ends_training_early_and_the_run_is_evaluated(tiny, tmp_path
     summary = train_run(config(tiny, run, epochs=50, max_minutes=1e-4))  # 6 ms: one epoch, then out of time
     assert summary["budget_reached"] and summary["epochs"] == 1
     assert (run / "evaluation.json").exists() and "test" in summary["metrics"]
-
-
-def test_members_over_ranks_wait_reads_the_run_directory(tmp_path):
-    """The ranks of a members-over-ranks ensemble wait for each other through the run directory: done when every
-    member is evaluated, stopped as soon as any rank left a stopped marker (even with members still missing)."""
-    import threading
-    from cloudvox.runs import MEMBER, STOPPED_RANK, _wait_for_members
-    for k in range(2):
-        (tmp_path / MEMBER.format(k)).mkdir()
-    (tmp_path / MEMBER.format(0) / "evaluation.json").write_text("{}")
-    later = threading.Timer(0.2, lambda: (tmp_path / MEMBER.format(1) / "evaluation.json").write_text("{}"))
-    later.start()
-    assert _wait_for_members(tmp_path, 2, poll_s=0.05) is True
-    (tmp_path / STOPPED_RANK.format(1)).write_text("0\n")
-    assert _wait_for_members(tmp_path, 3, poll_s=0.05) is False  # member-2 never came: rank 1 was stopped
