@@ -26,7 +26,7 @@ single_core()
 import numpy as np  # noqa: E402
 
 from cloudvox.descriptors import ReciprocalVoxelizer  # noqa: E402
-from cloudvox.features import channel_names, featurize_block, root_attributes, write_features  # noqa: E402
+from cloudvox.featurefile import channel_names, featurize_block, root_attributes, write_features  # noqa: E402
 from cloudvox.io.aflow import _record  # noqa: E402
 from cloudvox.io.records import Record  # noqa: E402
 from cloudvox.io.sources import LineIndex  # noqa: E402

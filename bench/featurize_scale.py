@@ -93,7 +93,7 @@ def main() -> None:
     emit("featurize_scale", "merge_seconds", summary["merge_seconds"], "s", **common)
     emit("featurize_scale", "merge_output_rate", size / 1e6 / summary["merge_seconds"], "MB/s", **common)
     emit("featurize_scale", "load_imbalance", summary["load_imbalance"], "max/mean busy", **common)
-    from cloudvox.features import FeatureFile
+    from cloudvox.featurefile import FeatureFile
     ff = FeatureFile(out)
     kinds = Counter(reason_kind(f["reason"]) for f in ff.failures())
     ff.close()

@@ -37,7 +37,7 @@ def dataset(kind: str, path: str, indices):
 
 def run(kind: str, path: str, workers: int, batches: int, batch_size: int, seed: int) -> None:
     import torch
-    from cloudvox.features import DONE, FeatureFile
+    from cloudvox.featurefile import DONE, FeatureFile
     ff = FeatureFile(path)
     good = np.flatnonzero(ff.status == DONE)
     ff.close()

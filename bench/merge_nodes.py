@@ -96,7 +96,7 @@ def project(runs: dict, layouts, nodes_measured) -> None:
 def read_rate(path: Path, picks, passes: int = 3) -> float:
     """Median seconds to read the reciprocal values and atoms of ``picks`` (random structures, fresh handle
     per pass): what a training loader does per item."""
-    from cloudvox.features import FeatureFile
+    from cloudvox.featurefile import FeatureFile
     times = []
     for _ in range(passes):
         ff = FeatureFile(path)
@@ -170,7 +170,7 @@ def main() -> None:
 def read_comparison(work: Path, seed: int, segments: int) -> None:
     import numpy as np
 
-    from cloudvox.features import DONE, FeatureFile
+    from cloudvox.featurefile import DONE, FeatureFile
     done = np.flatnonzero(FeatureFile(work / "one" / "features.h5").status == DONE)
     picks = np.random.default_rng(seed).choice(done, size=min(len(done), 3000), replace=False)
     one, virtual = read_rate(work / "one" / "features.h5", picks), read_rate(work / "virtual" / "features.h5", picks)

@@ -26,7 +26,7 @@ def run(args, batch_size: int) -> None:
     from cloudvox.config import load_run_config
     from cloudvox.runs import build_trainer
     from cloudvox.training.process import keep_freed_memory
-    from cloudvox.features import FeatureFile
+    from cloudvox.featurefile import FeatureFile
     keep_freed_memory()
     n_val = min(batch_size, 64)
     steps = max(1, min(args.steps, (FeatureFile(args.data).n - n_val) // batch_size))  # what the file holds

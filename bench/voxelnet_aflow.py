@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 def ridge_composition(data: str, run_dir: Path) -> float:
     """Composition-only ridge: atom fractions of each element -> enthalpy_atom, fitted on train."""
     from cloudvox.data import element_counts, load_splits
-    from cloudvox.features import FeatureFile
+    from cloudvox.featurefile import FeatureFile
     ff = FeatureFile(data)
     splits = load_splits(run_dir, ff.ids)
     y = ff.prop("enthalpy_atom")

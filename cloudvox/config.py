@@ -53,7 +53,7 @@ class FeaturizeConfig:
 
 
 def _store_items(default: bool = False):
-    from .features import STORE_DEFAULT, STORE_ITEMS  # the feature file's layout defines them
+    from .featurefile import STORE_DEFAULT, STORE_ITEMS  # the feature file's layout defines them
     return STORE_DEFAULT if default else STORE_ITEMS
 
 

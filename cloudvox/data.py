@@ -1,6 +1,6 @@
 """Training data from a feature file: splits, target normalisation, torch datasets and collation.
 
-The HDF5 file is opened lazily in each process (:class:`cloudvox.features.FeatureFile`), so DataLoader
+The HDF5 file is opened lazily in each process (:class:`cloudvox.featurefile.FeatureFile`), so DataLoader
 workers each hold their own handle. Batches are dicts keyed by :mod:`cloudvox.properties` batch keys.
 """
 import math
@@ -15,7 +15,7 @@ from . import properties as K
 from .binning import pack_reciprocal, padded_rows
 from .descriptors import DEFAULT_PROPERTIES
 from .elements import MAX_Z, property_weights
-from .features import DONE, FeatureFile
+from .featurefile import DONE, FeatureFile
 from .errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -289,15 +289,16 @@ class VoxelDataset(_FeatureDataset):
 
     def _read(self, i: int) -> Dict:
         ch = self.ff.channel_index(i, self.species)
-        item = {K.INDEX: i, "channels": ch}
+        item = {K.INDEX: i, K.ITEM_CHANNELS: ch}
         if self.source == "voxels":
             sv = self.ff.sparse_voxels(i, self.species)
-            item.update(voxel_index=sv.index, voxel_values=sv.values, n=int(self.ff.params["n"]))
+            item.update({K.VOXEL_INDEX: sv.index, K.VOXEL_VALUES: sv.values, K.GRID: int(self.ff.params["n"])})
         else:  # the half set (one of each Friedel pair): half the bytes to cache, collate and send
             rs = self.ff.reciprocal(i, self.species, half=True)
             # G in float32 (the batch's dtype: binning decides voxel edges from it in float64); amp (c, P) in
             # column-major order: the collation copies each point's channel values contiguously
-            item.update(G=rs.G.astype(np.float32), amp=np.asfortranarray(rs.amp, dtype=np.float32), half=rs.half)
+            item.update({K.RECIPROCAL_G: rs.G.astype(np.float32),
+                         K.RECIPROCAL_AMP: np.asfortranarray(rs.amp, dtype=np.float32), K.RECIPROCAL_HALF: rs.half})
         return item
 
     def collate(self, items: List[Dict]) -> Dict:
@@ -306,25 +307,25 @@ class VoxelDataset(_FeatureDataset):
         if K.TARGET in items[0]:
             batch[K.TARGET] = torch.from_numpy(np.array([it[K.TARGET] for it in items], dtype=np.float32))
         if self.source == "voxels":
-            n = items[0]["n"]
+            n = items[0][K.GRID]
             if self.per_element:  # only the structures' own channels, padded to the batch's largest set
-                ids = torch.from_numpy(padded_rows([it["channels"] for it in items]))
+                ids = torch.from_numpy(padded_rows([it[K.ITEM_CHANNELS] for it in items]))
                 vox = torch.zeros(len(items), ids.shape[1], n ** 3)
                 for b, it in enumerate(items):
-                    m = len(it["channels"])
-                    vox[b, :m, torch.from_numpy(it["voxel_index"].astype(np.int64))] = torch.from_numpy(it["voxel_values"])
+                    m = len(it[K.ITEM_CHANNELS])
+                    vox[b, :m, torch.from_numpy(it[K.VOXEL_INDEX].astype(np.int64))] = torch.from_numpy(it[K.VOXEL_VALUES])
                 batch[K.CHANNEL_IDS] = ids
             else:
                 vox = torch.zeros(len(items), self.ff.n_channels(), n ** 3)
                 for b, it in enumerate(items):
-                    vox[b, torch.from_numpy(it["channels"])[:, None], torch.from_numpy(it["voxel_index"].astype(np.int64))[None, :]] = \
-                        torch.from_numpy(it["voxel_values"])
+                    vox[b, torch.from_numpy(it[K.ITEM_CHANNELS])[:, None],
+                        torch.from_numpy(it[K.VOXEL_INDEX].astype(np.int64))[None, :]] = torch.from_numpy(it[K.VOXEL_VALUES])
             batch[K.VOXELS] = vox.view(len(items), -1, n, n, n)
         else:  # element channels: bin into each structure's own slots (compact), ids alongside
-            channels = [it["channels"] for it in items]
-            batch[K.RECIPROCAL] = pack_reciprocal([it["G"] for it in items], [it["amp"] for it in items],
+            channels = [it[K.ITEM_CHANNELS] for it in items]
+            batch[K.RECIPROCAL] = pack_reciprocal([it[K.RECIPROCAL_G] for it in items], [it[K.RECIPROCAL_AMP] for it in items],
                                                   None if self.per_element else channels,
-                                                  bool(items[0].get("half", False)) if items else False)
+                                                  bool(items[0].get(K.RECIPROCAL_HALF, False)) if items else False)
             if self.per_element:
                 batch[K.CHANNEL_IDS] = torch.from_numpy(padded_rows(channels))
         return batch
@@ -359,8 +360,8 @@ def cloud_item(index: int, positions: np.ndarray, numbers: np.ndarray, lattice: 
     """One structure's cloud: positions (Angstrom), numbers and its neighbour list."""
     from .neighbors import neighbor_list
     src, dst, shift = neighbor_list(positions, cutoff, lattice)
-    return {K.INDEX: index, K.POSITIONS: positions, K.NUMBERS: numbers, "edge_src": src, "edge_dst": dst,
-            "edge_shift": shift}
+    return {K.INDEX: index, K.POSITIONS: positions, K.NUMBERS: numbers, K.EDGE_SRC: src, K.EDGE_DST: dst,
+            K.EDGE_SHIFT: shift}
 
 
 def collate_clouds(items: List[Dict]) -> Dict:
@@ -372,9 +373,9 @@ def collate_clouds(items: List[Dict]) -> Dict:
         K.POSITIONS: torch.from_numpy(np.concatenate([it[K.POSITIONS] for it in items])),  # float64: cast by the task
         K.NUMBERS: torch.from_numpy(np.concatenate([it[K.NUMBERS] for it in items]).astype(np.int64)),
         K.ATOM_STRUCTURE: torch.from_numpy(np.repeat(np.arange(len(items)), counts)),
-        "edge_src": torch.from_numpy(np.concatenate([it["edge_src"] + o for it, o in zip(items, offsets)])),
-        "edge_dst": torch.from_numpy(np.concatenate([it["edge_dst"] + o for it, o in zip(items, offsets)])),
-        "edge_shift": torch.from_numpy(np.concatenate([it["edge_shift"] for it in items])),
+        K.EDGE_SRC: torch.from_numpy(np.concatenate([it[K.EDGE_SRC] + o for it, o in zip(items, offsets)])),
+        K.EDGE_DST: torch.from_numpy(np.concatenate([it[K.EDGE_DST] + o for it, o in zip(items, offsets)])),
+        K.EDGE_SHIFT: torch.from_numpy(np.concatenate([it[K.EDGE_SHIFT] for it in items])),
         K.NATOMS: torch.tensor(counts, dtype=torch.int64),
     }
     if K.TARGET in items[0]:

@@ -7,7 +7,7 @@
     feature file ----------------------------------------------+--> the model's dataset --> batches
         --> every member on each batch --> (M, n) predictions --> mean, ensemble std, flags, uncertainty
 
-Structures are featurized by :func:`cloudvox.features.featurize_block`, the feature file's own code, into a
+Structures are featurized by :func:`cloudvox.featurefile.featurize_block`, the feature file's own code, into a
 temporary file of at most :data:`CHUNK` structures, and read by the model's dataset as in training: a
 prediction on structures equals the evaluation of the feature file of the same structures.
 """
@@ -23,7 +23,7 @@ import torch
 
 from .data import Normalizer, element_counts
 from .elements import MAX_Z, SYMBOLS
-from .features import DONE, FeatureFile, featurize_block, root_attributes, write_features
+from .featurefile import DONE, FeatureFile, featurize_block, root_attributes, write_features
 from .models.registry import get_model
 from .uncertainty import DomainReference, uncertainty
 from .training.checkpoint import load_checkpoint

@@ -55,3 +55,17 @@ NUMBERS = "numbers"  # (A,) int64 atomic numbers
 ATOM_STRUCTURE = "atom_structure"  # (A,) int64 structure of each atom
 LATTICE = "lattice"  # (B, 3, 3) float, NaN for molecules
 NATOMS = "natoms"  # (B,) int64
+EDGE_SRC = "edge_src"  # (E,) int64 atom (batch index) each neighbour edge starts at
+EDGE_DST = "edge_dst"  # (E,) int64 atom it ends at
+EDGE_SHIFT = "edge_shift"  # (E, 3) float Cartesian lattice shift of the end atom's image, Angstrom
+
+# ------------------------------------------------------------------------------------------------------
+# item keys: what a dataset item holds before collation (VoxelDataset)
+# ------------------------------------------------------------------------------------------------------
+ITEM_CHANNELS = "channels"  # (c,) int16 the structure's channels, indices into the model's channel list
+VOXEL_INDEX = "voxel_index"  # (K,) int32 occupied flat voxels
+VOXEL_VALUES = "voxel_values"  # (c, K) float32 their values, 1/Angstrom^3
+GRID = "n"  # int voxels per axis N
+RECIPROCAL_G = "G"  # (P, 3) float32 reciprocal vectors, 1/Angstrom
+RECIPROCAL_AMP = "amp"  # (c, P) float32 channel values at them (column-major), 1/Angstrom^3
+RECIPROCAL_HALF = "half"  # bool: one of each Friedel pair (the other binned at -G)

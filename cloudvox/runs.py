@@ -22,7 +22,7 @@ from .config import load_run_config
 from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
 from .inference import MEMBER, UNCERTAINTY_FILE, Predictions, Predictor, elements_of
 from .uncertainty import DomainReference, fit_uncertainty, uncertainty
-from .features import DONE, FeatureFile
+from .featurefile import DONE, FeatureFile
 from .plots import plot_learning_curve, plot_parity
 from .models.registry import DESCRIPTOR_KEYS, get_model
 from .training import SingleProcess, TrainConfig, Trainer
@@ -42,7 +42,7 @@ def _groups(ff: FeatureFile, by: Optional[str], indices: np.ndarray) -> Optional
     if f"structures/meta/{by}" in ff.h5:
         values = ff.meta(by)
     elif by == "formula":
-        from .features import decode
+        from .featurefile import decode
         values = decode(ff.h5["structures/formula"][...])
     else:
         raise DataError(f"cannot group by {by!r}: {ff.path} has no metadata field of that name")

@@ -40,7 +40,7 @@ from cloudvox.config import validate_featurize
 from cloudvox.errors import ConfigError
 from cloudvox.descriptors import ReciprocalVoxelizer
 from cloudvox.errors import UserError
-from cloudvox.features import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,
+from cloudvox.featurefile import (CHUNK_BYTES, COMPRESSED, DONE, FAILED, FAILURES, FIXED, FORMAT_VERSION, GZIP_LEVEL, RAGGED,
                                STORE_ITEMS, FeatureFile, deflate, featurize_block, prop_unit, root_attributes,
                                write_features)
 from cloudvox.io.sources import LineIndex, Source, piece_starts, scan_lines, split_bytes
@@ -659,7 +659,7 @@ def _load_shards(headers: Sequence[Dict]) -> Dict[str, List[np.ndarray]]:
 
 def _deflate(rows: np.ndarray, chunk_rows: int) -> bytes:
     """One chunk as HDF5 stores it with shuffle + gzip: padded to the chunk's rows with the fill value (0),
-    bytes shuffled by element size, then deflated (:func:`cloudvox.features.deflate`)."""
+    bytes shuffled by element size, then deflated (:func:`cloudvox.featurefile.deflate`)."""
     if len(rows) == chunk_rows:
         full = np.ascontiguousarray(rows)
     else:

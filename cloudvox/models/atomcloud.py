@@ -21,8 +21,6 @@ from .. import properties as K
 from ..elements import MAX_Z
 from ..errors import ConfigError
 
-EDGE_SRC, EDGE_DST, EDGE_SHIFT = "edge_src", "edge_dst", "edge_shift"
-
 
 class BesselBasis(nn.Module):
     """sin(k pi r / rc) / r radial basis (n functions) times a smooth envelope that vanishes at rc."""
@@ -289,8 +287,8 @@ class AtomCloudNet(nn.Module):
     def edges(self, batch: Dict[str, torch.Tensor]):
         """Spherical harmonics (E, (l_max+1)^2) and radial basis (E, n_basis) of every edge, once per batch."""
         from e3nn import o3
-        pos, src, dst = batch[K.POSITIONS], batch[EDGE_SRC], batch[EDGE_DST]
-        vec = pos[dst] + batch[EDGE_SHIFT].to(pos.dtype) - pos[src]  # (E, 3) Angstrom, i -> j
+        pos, src, dst = batch[K.POSITIONS], batch[K.EDGE_SRC], batch[K.EDGE_DST]
+        vec = pos[dst] + batch[K.EDGE_SHIFT].to(pos.dtype) - pos[src]  # (E, 3) Angstrom, i -> j
         sh = o3.spherical_harmonics(list(range(self.l_max + 1)), vec, normalize=True, normalization="component")
         return sh, self.basis(vec.norm(dim=1))
 
@@ -305,7 +303,7 @@ class AtomCloudNet(nn.Module):
 
     def forward(self, batch: Dict[str, torch.Tensor], n_structures: Optional[int] = None) -> torch.Tensor:
         """(S,) predictions from a batch dict (positions, numbers, atom_structure, edges)."""
-        src, dst = batch[EDGE_SRC], batch[EDGE_DST]
+        src, dst = batch[K.EDGE_SRC], batch[K.EDGE_DST]
         sh, basis = self.edges(batch)
         h = {0: self.embedding(batch[K.NUMBERS]).unsqueeze(1)}  # l -> (A, 2l+1, channels)
         for block in self.blocks:

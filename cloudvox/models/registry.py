@@ -15,7 +15,7 @@ import torch
 from .. import properties as K
 from ..data import VoxelDataset
 from ..errors import ConfigError, DataError, nearest
-from ..features import FeatureFile
+from ..featurefile import FeatureFile
 from ..binning import bin_reciprocal, random_rotations
 
 

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from cloudvox.features import STORE_DEFAULT, STORE_ITEMS
+from cloudvox.featurefile import STORE_DEFAULT, STORE_ITEMS
 from cloudvox.io.sources import FORMATS
 
 from .common import log_launch, on_stop_signals

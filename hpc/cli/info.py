@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_info(args, command: str) -> int:
-    from cloudvox.features import FeatureFile
+    from cloudvox.featurefile import FeatureFile
     try:
         ff = FeatureFile(args.path)
     except (OSError, ValueError, KeyError) as e:

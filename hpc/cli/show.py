@@ -53,7 +53,7 @@ def load_one(input_path, fmt, index, sid):
             raise SystemExit("cloudvox show: give an input file, or --format qm9|prototypes for the embedded data")
         fmt = _guess_format(input_path)
     if fmt == "h5":
-        from cloudvox.features import FeatureFile
+        from cloudvox.featurefile import FeatureFile
         ff = FeatureFile(input_path)
         ids = ff.ids
         if sid is not None:

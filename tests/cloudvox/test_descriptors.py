@@ -369,7 +369,7 @@ def test_compiled_stored_values_equal_numpy(rng, monkeypatch, kwargs):
     """What the feature file stores of a crystal, by the one-pass kernel and by numpy: the same channels, the
     scale to 1e-12 and the float16 values within one float16 rounding (the envelope runs as a recurrence)."""
     import cloudvox.descriptors as d
-    from cloudvox.features import channel_names
+    from cloudvox.featurefile import channel_names
     vox = ReciprocalVoxelizer(**kwargs)
     names = channel_names(vox)
     symbols = ["Sr", "Ti", "O", "O", "O", "Ba", "O"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import STORE_ITEMS, FeatureFile, featurize_block, root_attributes, write_features
+from cloudvox.featurefile import STORE_ITEMS, FeatureFile, featurize_block, root_attributes, write_features
 from cloudvox.io.sources import Source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_layout_doc_is_current():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "cloudvox.features"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "cloudvox.featurefile"], capture_output=True, text=True, check=True).stdout
     assert (ROOT / "docs" / "hdf5_layout.md").read_text().strip() == out.strip()
 
 

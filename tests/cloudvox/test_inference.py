@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cloudvox.config import load_run_config
-from cloudvox.features import FeatureFile
+from cloudvox.featurefile import FeatureFile
 from cloudvox.inference import Predictor, TrainedModel
 from cloudvox.runs import evaluate, predict_report, train_run
 from tests.cloudvox.test_runs import make_file

@@ -10,7 +10,7 @@ import torch
 from cloudvox import properties as K
 from cloudvox.data import Normalizer, VoxelDataset, split_indices
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import FeatureFile, featurize_block, root_attributes, write_features
+from cloudvox.featurefile import FeatureFile, featurize_block, root_attributes, write_features
 from cloudvox.io.sources import Source
 from cloudvox.config import load_run_config as load_config
 from cloudvox.runs import evaluate, predict_report, predict_structures, train_run

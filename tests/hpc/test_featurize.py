@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.features import FAILED, FeatureFile
+from cloudvox.featurefile import FAILED, FeatureFile
 from cloudvox.io import read_aflow
 from tests.cloudvox.io.test_aflow import GOOD, MALFORMED
 from tests.hpc.conftest import assert_same_datasets, cloudvox_cmd, kill_session, mpi_env, run_cloudvox
@@ -264,7 +264,7 @@ def test_duplicate_ids_are_found_by_id_even_when_hashes_collide(monkeypatch):
 
 def _headers(rng, n_shards):
     """Shard headers as the merge sees them (sizes, failures, ragged rows) for the pure segment plan."""
-    from cloudvox.features import RAGGED
+    from cloudvox.featurefile import RAGGED
     out, start = [], 0
     for _ in range(n_shards):
         size = int(rng.integers(1, 20))

@@ -13,7 +13,7 @@ import time
 _mode = os.environ.get("CLOUDVOX_INJECT")
 if _mode and "SLURM_STEP_ID" in os.environ and (
         _mode == "slow" or os.environ.get("SLURM_PROCID") == os.environ.get("CLOUDVOX_INJECT_RANK", "1")):
-    import cloudvox.features as _features
+    import cloudvox.featurefile as _features
 
     _original = _features.featurize_block
 

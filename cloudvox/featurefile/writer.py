@@ -1,0 +1,34 @@
+"""Writing one block as a complete feature file (serial h5py; the parallel job's shards and the merge:
+:mod:`hpc.featurize`)."""
+import json
+import os
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+from .block import Block
+from .layout import COMPRESSED, encode
+
+
+def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
+    """Write one block as a complete feature file (serial h5py): ``path.part``, then renamed to ``path``."""
+    import h5py
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    with h5py.File(part, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["block_start"] = block.start
+        f.attrs["elements"] = json.dumps(block.elements)
+        for name, value in list(block.fixed.items()) + list(block.failures.items()):
+            f.create_dataset(name, data=encode(value) if isinstance(value, list) else value)
+        for name, value in block.props.items():
+            f.create_dataset(f"structures/props/{name}", data=value)
+        for name, value in block.meta.items():
+            f.create_dataset(f"structures/meta/{name}", data=encode(value))
+        for name, (counts, data) in block.ragged.items():
+            opts = dict(compression="lzf", shuffle=True) if name in COMPRESSED and len(data) else {}
+            f.create_dataset(name, data=data, **opts)
+            f.create_dataset(f"{name}_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    os.replace(part, path)
