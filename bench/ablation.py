@@ -86,7 +86,7 @@ def run_variant(model: str, name: str, minutes: float, root: Path):
     sets = [s for s in sets if not s.startswith("descriptor.")]
     cfg = load_run_config(str(ROOT / config), sets + [f"train.max_minutes={minutes}", "train.epochs=100000",
                                                       f"run_dir={root / model / name}"])
-    cfg["data"]["path"] = str(feature_file(descriptor) if descriptor else ROOT / cfg["data"]["path"])
+    cfg.data.path = str(feature_file(descriptor) if descriptor else ROOT / cfg.data.path)
     t = time.perf_counter()
     summary = train_run(cfg)
     wall = time.perf_counter() - t

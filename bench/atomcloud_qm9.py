@@ -47,9 +47,9 @@ def main():
         sets += ensemble_sets(args.minutes, args.train_ranks, members)
         sets += args.set
         cfg = load_config(str(ROOT / "jobs" / "configs" / "atomcloud_qm9.yaml"), sets)
-        cfg["run_dir"] = str(ROOT / cfg["run_dir"])
+        cfg.run_dir = str(ROOT / cfg.run_dir)
         wall = train_config("atomcloud", cfg, args.train_ranks)
-        fig = run_figures(Path(cfg["run_dir"]))
+        fig = run_figures(Path(cfg.run_dir))
         test = fig["metrics"]["test"]
         common = dict(train_size=size, epochs=fig["epochs"] if members > 1 else fig["epochs"][0], n_test=test["n"],
                       members=members, val_mae=round(fig["metrics"]["val"]["mae"], 4),
@@ -69,9 +69,9 @@ def profile(cfg):
     from cloudvox.models.atomcloud import build_atomcloud
     from cloudvox.models.registry import CloudTask
     n = 640
-    ds = CloudDataset(cfg["data"]["path"], list(range(0, 64 * n, 64)), [0.0] * n, cfg["network"]["cutoff"])
+    ds = CloudDataset(cfg.data.path, list(range(0, 64 * n, 64)), [0.0] * n, cfg.network["cutoff"])
     torch.manual_seed(0)
-    net = build_atomcloud(cfg["network"])
+    net = build_atomcloud(cfg.network)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     batches = [ds.collate([ds[i] for i in range(k, k + 32)]) for k in range(0, n, 32)]
 

@@ -56,17 +56,17 @@ def ensemble_sets(minutes: float, ranks: int = 1, members: int = 1) -> list:
     return sets
 
 
-def train_config(model: str, cfg: dict, ranks: int = 1) -> float:
+def train_config(model: str, cfg, ranks: int = 1) -> float:
     """Train the resolved run config ``cfg`` in this process, or with ``ranks`` > 1 under ``mpirun -n ranks
     cloudvox train MODEL`` (DDP; the config written to RUN/bench_config.yaml): an ensemble with
     ``train.members_over_ranks`` spreads its members over the ranks. The wall time, s."""
-    run = Path(cfg["run_dir"])
+    run = Path(cfg.run_dir)
     t = time.perf_counter()
     if ranks > 1:
         import yaml
         run.mkdir(parents=True, exist_ok=True)
         path = run / "bench_config.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         subprocess.run(["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "cloudvox"), "train", model,
                         str(path), "--backend", "ddp"], env=mpi_env(), cwd=ROOT, check=True)
     else:

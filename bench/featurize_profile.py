@@ -87,10 +87,10 @@ def timed(vox: ReciprocalVoxelizer, stage: dict, per_structure: list, parse_of: 
     attributes over the methods: the same calls, once each)."""
     cls = type(vox)
 
-    def check_cost(s, voxels=True):
+    def check_cost(s):
         t = time.perf_counter()
         try:
-            return cls.check_cost(vox, s, voxels=voxels)
+            return cls.check_cost(vox, s)
         finally:
             stage["limits"] += time.perf_counter() - t
 

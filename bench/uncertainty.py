@@ -50,7 +50,7 @@ def main():
     cfg = load_run_config(str(ROOT / args.config),
                           [f"data.path={data}", f"run_dir={run}", f"train.epochs={args.epochs}",
                            f"train.ensemble={args.members}"])
-    cfg["data"]["split"]["hold_out"] = list(args.hold_out)
+    cfg.data.split.hold_out = list(args.hold_out)
     t = time.perf_counter()
     train_run(cfg)
     emit("uncertainty", "train_wall_time", time.perf_counter() - t, "s", **common)

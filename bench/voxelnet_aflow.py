@@ -43,8 +43,8 @@ def train(config: str, sets, tag: str):
     from cloudvox.config import load_run_config as load_config
     from cloudvox.runs import train_run
     cfg = load_config(str(ROOT / config), sets)
-    cfg["run_dir"] = str(ROOT / cfg["run_dir"])
-    cfg["data"]["path"] = str(ROOT / cfg["data"]["path"])
+    cfg.run_dir = str(ROOT / cfg.run_dir)
+    cfg.data.path = str(ROOT / cfg.data.path)
     t = time.perf_counter()
     summary = train_run(cfg)
     wall = time.perf_counter() - t
@@ -88,7 +88,7 @@ def main():
         cfg = train(config, sets + [f"train.epochs={epochs[name]}"], label)
         if not ridge_done:  # the same split for every run (compound-grouped, seed 0): the baseline once
             emit("voxelnet_aflow", "ridge_composition_test_mae",
-                 ridge_composition(cfg["data"]["path"], Path(cfg["run_dir"])), "eV/atom",
+                 ridge_composition(cfg.data.path, Path(cfg.run_dir)), "eV/atom",
                  descriptor="composition fractions")
             ridge_done = True
     emit("voxelnet_aflow", "total_wall_time", time.perf_counter() - t0, "s")

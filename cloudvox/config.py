@@ -6,7 +6,7 @@ Two documents, read from YAML with ``yaml.safe_load`` and completed with their d
   takes the keyword arguments of :class:`cloudvox.descriptors.ReciprocalVoxelizer` (defaults: its signature);
 * a run config (``cloudvox train MODEL CONFIG``): :data:`RUN`; ``network`` takes the keyword arguments of the
   model's constructor (defaults: its signature, via :mod:`cloudvox.models`); ``train`` is
-  :class:`cloudvox.training.config.TrainConfig`.
+  :class:`cloudvox.training.config.TrainConfig`. A loaded run config is typed (:class:`RunConfig`).
 
 A section is a dataclass: its fields are the valid keys, their defaults the defaults, ``metadata["choices"]``
 the allowed values. An unknown key, a value of the wrong type or outside its choices raises
@@ -23,10 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import yaml
 
 from .errors import ConfigError, nearest
-
-
-def _choices(*values, default):
-    return field(default=default, metadata={"choices": values})
+from .training.config import TrainConfig, choices as _choices
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -99,12 +96,22 @@ class AugmentConfig:
 
 @dataclass
 class RunConfig:
+    """A training run, typed: ``cfg.train.lr``, ``cfg.data.split.seed``; a misspelt attribute fails loudly."""
     model: str = "voxelnet"
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    network: Dict[str, Any] = field(default_factory=dict)  # the model constructor's keyword arguments
-    train: Dict[str, Any] = field(default_factory=dict)  # cloudvox.training.config.TrainConfig
+    network: Dict[str, Any] = field(default_factory=dict)  # the model constructor's keyword arguments (its own)
+    train: TrainConfig = field(default_factory=TrainConfig)
     run_dir: str = "runs/run"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The plain form: what ``config.yaml`` holds and what loads back to the same config."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def of(cls, cfg: Union["RunConfig", Dict[str, Any]]) -> "RunConfig":
+        """A loaded config as it is; a plain dict (a config file's contents) validated."""
+        return cfg if isinstance(cfg, cls) else validate_run(dict(cfg))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -228,23 +235,25 @@ def apply_overrides(cfg: Dict, sets: Sequence[str]) -> Dict:
     return cfg
 
 
-def validate_run(raw: Dict[str, Any]) -> Dict[str, Any]:
-    """A run config completed with every default; the model's network keys checked against its constructor."""
+def validate_run(raw: Dict[str, Any]) -> RunConfig:
+    """A run config completed with every default, typed; the model's network keys checked against its
+    constructor."""
     from .models.registry import get_model
-    from .training.config import TrainConfig
-    cfg = validate(RunConfig, raw)
-    spec = get_model(cfg["model"])
-    cfg["network"] = check_keys("network", raw.get("network"), spec.network_defaults())
-    cfg["train"] = check_keys("train", raw.get("train"), {f.name: f.default for f in dataclasses.fields(TrainConfig)},
-                              TRAIN_CHOICES)
-    return cfg
+    flat = validate(RunConfig, raw)
+    flat["network"] = check_keys("network", raw.get("network"), get_model(flat["model"]).network_defaults())
+    return typed(RunConfig, flat)
 
 
-TRAIN_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "plateau", "none"),
-                 "loss": ("l1", "mse", "huber", "berhu"), "lr_scaling": ("none", "linear", "sqrt")}
+def typed(schema, values: Dict[str, Any]):
+    """The dataclass ``schema`` holding validated ``values`` (nested sections as their dataclasses)."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out[f.name] = typed(type(default), values[f.name]) if dataclasses.is_dataclass(default) else values[f.name]
+    return schema(**out)
 
 
-def load_run_config(path: Union[str, Path, None], sets: Sequence[str] = (), model: Optional[str] = None) -> Dict:
+def load_run_config(path: Union[str, Path, None], sets: Sequence[str] = (), model: Optional[str] = None) -> RunConfig:
     """Read, override (``--set``), choose the model (the command line's wins) and validate a run config."""
     if model is not None:
         from .models.registry import get_model
@@ -267,3 +276,19 @@ def validate_featurize(raw: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(cfg["merge_writers"], int) or cfg["merge_writers"] < 0:
         raise ConfigError(f"merge_writers: {cfg['merge_writers']!r}; use 0 (one writer per node) or a number of writers")
     return cfg
+
+
+def describe(schema, where: str = "") -> List[str]:
+    """One line per key of a config section (nested sections expanded): ``key = default  (choices)``: the
+    reference that ``cloudvox train --help`` prints, generated from the schema itself."""
+    lines = []
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        name = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(default):
+            lines += describe(type(default), name)
+            continue
+        shown = "{the model's constructor}" if name == "network" else repr(_plain(default))
+        choice = f.metadata.get("choices")
+        lines.append(f"  {name} = {shown}" + (f"  ({' | '.join(str(c) for c in choice)})" if choice else ""))
+    return lines

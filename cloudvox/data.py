@@ -113,8 +113,10 @@ class Normalizer:
             per, fallback_std = _with_fallback(used, w, X[:, used].sum(0), counts.shape[1])
             resid = resid - X @ per
             per = per.tolist()
+        elif kind == "none":  # the targets as they are
+            return cls(kind, 0.0, 1.0)
         elif kind != "mean_std":
-            raise ConfigError(f"unknown normalisation {kind!r}; use mean_std or composition")
+            raise ConfigError(f"unknown normalisation {kind!r}; use mean_std, composition or none")
         std = float(resid.std()) or 1.0
         if per is None:
             return cls(kind, float(resid.mean()), std, per, extensive)

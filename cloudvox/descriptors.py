@@ -16,10 +16,12 @@ the part of h_c in phase with the whole structure, = sum over elements b of the 
 Re(h_c h_b*) / h(0). The modulus |h_e| of an element with one atom per cell is exp(-sigma^2 |G|^2 / 2) / V
 wherever that atom sits; x_e keeps where it sits relative to the other atoms (its sign pattern over G is the
 Fourier transform of element e's partial pair distribution), is translation invariant, real, even in G
-(Friedel pairs share it), in the units of h and bounded by |h_c|. Because
-``exp(-i G . mu_j) = prod_k exp(-2 pi i m_k f_jk)`` (f fractional), the structure factor over an integer
-box of m is a product of three per-axis phase tables, contracted over atoms with one matrix product: no
-Python loop over G vectors or atoms.
+(Friedel pairs share it), in the units of h and bounded by |h_c|.
+
+The reciprocal points of a crystal are enumerated once, by :func:`half_ball` (the C++ kernel follows the same
+operations, tested equal): the G with |G| <= sqrt(3) pi N / L, one of each Friedel pair. The feature file
+stores values at them, the training loader bins them under rotations, and :meth:`ReciprocalVoxelizer.compact`
+bins them into voxels (for an unrotated cartesian grid only those inside its cube).
 
 Binning (voxel width ``w = 2 pi / L`` in 1/Angstrom, grid half-width ``h = pi N / L``):
 
@@ -82,14 +84,10 @@ def reciprocal_lattice(lattice: np.ndarray) -> np.ndarray:
     return np.swapaxes(B, -1, -2)
 
 
-def reciprocal_box(lattice: np.ndarray, half_width: float, shape: str = "cube") -> np.ndarray:
-    """(..., 3) int extents e: every G = m @ recip inside the region has |m_k| <= e_k.
-
-    lattice: (..., 3, 3) rows in Angstrom. half_width (1/Angstrom): the cube [-h, h]^3 (``shape="cube"``,
-    bound a_k.G <= h ||a_k||_1) or the ball |G| <= h (``shape="ball"``, bound h ||a_k||_2).
-    """
-    norm = np.abs(lattice).sum(-1) if shape == "cube" else np.linalg.norm(lattice, axis=-1)
-    return np.floor(half_width * norm / (2 * np.pi) + _BOX_TOL).astype(np.int64)
+def reciprocal_box(lattice: np.ndarray, radius: float) -> np.ndarray:
+    """(..., 3) int extents e: every G = m @ recip with |G| <= radius (1/Angstrom) has |m_k| <= e_k
+    (bound radius ||a_k||_2 / (2 pi)). lattice: (..., 3, 3) rows in Angstrom."""
+    return np.floor(radius * np.linalg.norm(lattice, axis=-1) / (2 * np.pi) + _BOX_TOL).astype(np.int64)
 
 
 def _sqnorm(v: np.ndarray) -> np.ndarray:
@@ -216,7 +214,7 @@ def _ball_params(lattice: np.ndarray, radius: float) -> Tuple[np.ndarray, Tuple[
     """What the half-ball enumeration needs: recip (3, 3) rows (1/Angstrom), the extents e (ints) and the
     squared radius with its 1e-12 relative slack."""
     recip = np.ascontiguousarray(reciprocal_lattice(np.asarray(lattice, dtype=np.float64)))
-    e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius, "ball"))
+    e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius))
     return recip, (e0, e1, e2), radius * radius * (1 + 1e-12)
 
 
@@ -404,14 +402,30 @@ class ReciprocalVoxelizer:
         """
         names = tuple(names) if names is not None else self.channel_names(structures)
         R = _rotations(rotations, len(structures))
-        weights = [self._weights(s, names) for s in structures]
         out: List = [None] * len(structures)
-        for key, members in _groups(structures, lambda s: self._group_key(s, R is not None)).items():
+        # crystals: the points of the one enumeration (half_ball), binned as the feature file's reader bins them
+        for i in (i for i, s in enumerate(structures) if s.is_periodic):
+            s = structures[i]
+            W, channels = self._weights(s, names)
+            m = half_ball(s.lattice, self.ball_radius)
+            G = m @ reciprocal_lattice(s.lattice)
+            if R is None and self.mode == "cartesian":  # only the cube [-h, h)^3 is binned: not the ball's caps
+                inside = (np.abs(G) <= self.half_width * (1 + 1e-9)).all(1)
+                m, G = m[inside], G[inside]
+            rs = ReciprocalSet(G=G, amp=self.amplitudes_at(s, W, m, G), channels=channels, m=m, half=True)
+            (index, values), = bin_sets([rs], self.n, self.length, self.mode, None if R is None else R[i],
+                                        distinct=self.mode == "cartesian" and
+                                        _coarser_than_voxels(s.lattice[None], self.length))
+            out[i] = SparseVoxels(index, values, channels)
+        molecules = [i for i, s in enumerate(structures) if not s.is_periodic]
+        weights = {i: self._weights(structures[i], names) for i in molecules}
+        mols = [structures[i] for i in molecules]
+        for key, members in _groups(mols, self._group_key).items():
             for chunk in _chunks(members, key):
-                sparse = self._bin_group([structures[i] for i in chunk], [weights[i][0] for i in chunk],
-                                         None if R is None else R[chunk])
-                for (index, values), i in zip(sparse, chunk):
-                    out[i] = SparseVoxels(index, values, weights[i][1])
+                sparse = self._bin_molecules([mols[k] for k in chunk], [weights[molecules[k]][0] for k in chunk],
+                                             None if R is None else R[[molecules[k] for k in chunk]])
+                for (index, values), k in zip(sparse, chunk):
+                    out[molecules[k]] = SparseVoxels(index, values, weights[molecules[k]][1])
         return out
 
     def batch(self, structures: Sequence[Structure], rotations: Optional[np.ndarray] = None) -> np.ndarray:
@@ -457,9 +471,9 @@ class ReciprocalVoxelizer:
                 out[i] = rs if half else rs.full()
         weights = {i: self._weights(structures[i], names) for i in molecules}
         mols = [structures[i] for i in molecules]
-        for key, members in _groups(mols, lambda s: self._group_key(s, True)).items():
+        for key, members in _groups(mols, self._group_key).items():
             for chunk in _chunks(members, key):
-                G, amp = self._group_amplitudes([mols[k] for k in chunk], [weights[molecules[k]][0] for k in chunk], None)
+                G, amp = self._molecule_amplitudes([mols[k] for k in chunk], [weights[molecules[k]][0] for k in chunk], None)
                 amp = amp.astype(dtype)
                 for k, c in enumerate(chunk):
                     out[molecules[c]] = ReciprocalSet(G=G[k], amp=amp[k], channels=weights[molecules[c]][1])
@@ -506,31 +520,24 @@ class ReciprocalVoxelizer:
         return amp
 
     # --- internals -------------------------------------------------------------------------------------
-    def _group_key(self, s: Structure, ball: bool) -> Tuple:
-        """Structures with equal keys are evaluated as one vectorised batch."""
-        c = self._channel_count(s)
-        if not s.is_periodic:
-            return (-1, -1, -1, len(s), c)
-        return tuple(int(e) for e in self._extent(s.lattice, ball)) + (len(s), c)
+    def _group_key(self, s: Structure) -> Tuple:
+        """Molecules with equal keys (atoms, channels) are evaluated as one vectorised batch."""
+        return (len(s), self._channel_count(s))
 
-    def check_cost(self, s: Structure, voxels: bool = True) -> None:
+    def check_cost(self, s: Structure) -> None:
         """Refuse (StructureError) a structure whose descriptor would need more than MAX_BOX_BYTES, before
         anything is allocated (a 3000 Angstrom cell would need terabytes).
 
-        The reciprocal set holds P ~ (4/3 pi r^3) V / (2 pi)^3 / 2 points (r the ball radius, V the cell
-        volume) and its enumeration (e0 + 1)(2 e1 + 1) rows; the voxels (``voxels``: :meth:`compact`) are
-        computed over the box of integer m, prod(2 e_k + 1) points with e_k ~ h |a_k|_1 / (2 pi), which also
-        grows with how skewed the cell is."""
+        A crystal's reciprocal set (stored, or binned into voxels) holds P ~ (4/3 pi r^3) V / (2 pi)^3 / 2
+        points (r the ball radius, V the cell volume), enumerated over (e0 + 1)(2 e1 + 1) rows of the box of
+        integer m around the ball (:func:`half_ball`)."""
         if not s.is_periodic:
             return
         c = self._channel_count(s)
-        e = self._extent(s.lattice, True).astype(np.float64)
+        e = reciprocal_box(s.lattice, self.ball_radius).astype(np.float64)
         ball = 4 / 3 * np.pi * self.ball_radius ** 3 * s.volume / (2 * np.pi) ** 3 / 2
         points = ball + 2 * (e[0] + 1) * (2 * e[1] + 1)
         need = points * (40 + 40 * c)  # m, G, |G|^2 and the complex / float64 values per channel
-        if voxels:
-            box = float(np.prod(2 * self._extent(s.lattice, False).astype(np.float64) + 1))
-            points, need = max(points, box), max(need, box * (24 + 24 * c))
         if need > MAX_BOX_BYTES:
             raise StructureError(f"structure {s.id}: its reciprocal box ({points:.3g} points for a cell of "
                                  f"{s.volume:.4g} A^3 at N={self.n}, L={self.length} A) needs {need / 2 ** 30:.3g} GiB, "
@@ -540,59 +547,29 @@ class ReciprocalVoxelizer:
         """Channels the descriptor computes for s (its own elements, or the fixed channels; cross doubles)."""
         return {"element": len(s.elements), "total": 1}.get(self.channels, len(self.properties)) * (2 if self.cross else 1)
 
-    def _extent(self, lattice: np.ndarray, ball: bool) -> np.ndarray:
-        if ball or self.mode == "spherical":
-            return reciprocal_box(lattice, np.sqrt(3) * self.half_width, "ball")
-        return reciprocal_box(lattice, self.half_width, "cube")
-
-    def _group_amplitudes(self, group: Sequence[Structure], W: Sequence[np.ndarray], R: Optional[np.ndarray]
-                          ) -> Tuple[np.ndarray, np.ndarray]:
-        """G (S, P, 3) float64 in 1/Angstrom and |h| (S, C, P) float64 of a group with one key (the voxels'
-        path, :meth:`compact`; the stored reciprocal sets of crystals come from :func:`half_ball`).
-
-        Crystals: P runs over the integer box of m in lexicographic order, so -m is m reversed.
-
-        For molecules the rotation R is applied to the atoms (sampling points stay at voxel centres) and G
-        is returned unrotated; for crystals G is returned unrotated and R is applied at binning.
-        """
+    def _molecule_amplitudes(self, group: Sequence[Structure], W: Sequence[np.ndarray], R: Optional[np.ndarray]
+                             ) -> Tuple[np.ndarray, np.ndarray]:
+        """G (S, P, 3) float64 in 1/Angstrom and |h| (S, C, P) float64 of molecules with one key, at the voxel
+        centres (P = N^3): the rotation R is applied to the atoms (the sampling points stay at the centres) and G
+        is returned unrotated."""
         W = np.stack(W)  # (S, C, J)
         S = len(group)
         if self.cross:  # one more row: the total density, for the cross-spectra
             W = np.concatenate([W, np.ones((S, 1, W.shape[2]))], axis=1)
-        if group[0].is_periodic:
-            lat = np.stack([s.lattice for s in group])  # (S, 3, 3)
-            e0, e1, e2 = self._extent(lat[0], R is not None)
-            ticks = [np.arange(-e, e + 1, dtype=np.float64) for e in (e0, e1, e2)]
-            m = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)  # (P, 3), -m is m reversed
-            # Friedel symmetry |h(-G)| = |h(G)|: evaluate the half box m0 <= 0 (Q points) and mirror it.
-            Q = (e0 + 1) * (2 * e1 + 1) * (2 * e2 + 1)
-            G = np.matmul(m, reciprocal_lattice(lat))  # (S, P, 3)
-            frac = np.stack([s.frac_coords for s in group]) * (2 * np.pi)
-            F = structure_factors(frac, W, [np.broadcast_to(t, (S, len(t))) for t in (ticks[0][:e0 + 1], ticks[1], ticks[2])])
-            gg = _sqnorm(G[:, :Q])
-            scale = 1.0 / np.abs(np.linalg.det(lat))  # 1 / Angstrom^3
-            env = np.exp(-self.sigma ** 2 / 2 * gg)
-            amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W)
-            amp *= (scale[:, None] * env)[:, None, :]
-            amp = amp.reshape((S, -1) + F.shape[2:])  # (S, C, e0 + 1, n1, n2)
-            amp = np.concatenate([amp, amp[:, :, e0 - 1::-1, ::-1, ::-1] if e0 else amp[:, :, :0]], axis=2)
-            return G, amp.reshape(S, amp.shape[1], -1)
+        cart = np.stack([s.cart_coords for s in group])  # (S, J, 3)
+        if R is not None:
+            cart = np.matmul(cart, np.swapaxes(R, -1, -2))
+        if self.mode == "cartesian":
+            w = 2 * np.pi / self.length
+            k = (np.arange(self.n) + 0.5) * w - self.half_width  # voxel centres, 1/Angstrom
+            F = structure_factors(cart, W, [np.broadcast_to(k, (S, self.n))] * 3)
+            G = np.stack(np.meshgrid(k, k, k, indexing="ij"), -1).reshape(1, -1, 3)
         else:
-            cart = np.stack([s.cart_coords for s in group])  # (S, J, 3)
-            if R is not None:
-                cart = np.matmul(cart, np.swapaxes(R, -1, -2))
-            if self.mode == "cartesian":
-                w = 2 * np.pi / self.length
-                k = (np.arange(self.n) + 0.5) * w - self.half_width  # voxel centres, 1/Angstrom
-                F = structure_factors(cart, W, [np.broadcast_to(k, (S, self.n))] * 3)
-                G = np.stack(np.meshgrid(k, k, k, indexing="ij"), -1).reshape(1, -1, 3)
-            else:
-                G = spherical_voxel_centres(self.n, self.length).reshape(1, -1, 3)
-                F = np.matmul(W.astype(np.complex128), np.exp(-1j * np.matmul(cart, G[0].T)))  # (S, C, P)
-            G = np.broadcast_to(G, (S,) + G.shape[1:])
-            scale = np.ones(S)
+            G = spherical_voxel_centres(self.n, self.length).reshape(1, -1, 3)
+            F = np.matmul(W.astype(np.complex128), np.exp(-1j * np.matmul(cart, G[0].T)))  # (S, C, P)
+        G = np.broadcast_to(G, (S,) + G.shape[1:])
         env = np.exp(-self.sigma ** 2 / 2 * _sqnorm(G))
-        amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W) * (scale[:, None] * env)[:, None, :]
+        amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W) * env[:, None, :]
         return G, amp
 
     def _channel_values(self, F: np.ndarray, env: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -606,31 +583,34 @@ class ReciprocalVoxelizer:
         x = (Fc.real * Ft.real + Fc.imag * Ft.imag) * (env / natoms[:, None])[:, None, :]
         return np.concatenate([np.abs(Fc), x], axis=1)
 
-    def _bin_group(self, group: Sequence[Structure], W: Sequence[np.ndarray],
-                   R: Optional[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """Per structure of a group with one key: occupied voxels (K,) int32 and their values (C, K) float32."""
-        G, amp = self._group_amplitudes(group, W, R)
-        if group[0].is_periodic:
-            G = G.astype(np.float32).astype(np.float64)  # the original bins float32 G
-            if R is not None:
-                G = np.matmul(G, np.swapaxes(R, -1, -2))
+    def _bin_molecules(self, group: Sequence[Structure], W: Sequence[np.ndarray],
+                       R: Optional[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Per molecule of a group with one key: its voxels (K,) int32 and their values (C, K) float32 (one
+        sample per voxel centre: nothing to sum)."""
+        G, amp = self._molecule_amplitudes(group, W, R)
         idx = voxel_index(G, self.n, self.length, self.mode)  # (S, P)
-        if not group[0].is_periodic:
-            distinct = True  # one sample per voxel centre
-        else:  # spherical voxels near the origin are much smaller than a lattice spacing
-            distinct = self.mode == "cartesian" and _coarser_than_voxels(np.stack([s.lattice for s in group]), self.length)
-        return sparse_bin(idx, amp.astype(np.float32), self.n ** 3, distinct)  # float32 |h|, as the original
+        return sparse_bin(idx, amp.astype(np.float32), self.n ** 3, True)
 
 
-def bin_sets(sets: Sequence[ReciprocalSet], n: int, length: float, mode: str = "cartesian"
-             ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Voxels of crystals' reciprocal sets binned as the descriptor bins them (G rounded to float32, values
-    float32, sums in float64): per set, occupied voxels (K,) int32 and values (C, K) float32."""
+def bin_sets(sets: Sequence[ReciprocalSet], n: int, length: float, mode: str = "cartesian",
+             rotation: Optional[np.ndarray] = None, distinct: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Voxels of crystals' reciprocal sets, as the descriptor bins them (G rounded to float32, then rotated by
+    ``rotation`` R (3, 3) if given: the descriptor of the structure rotated by R; values float32, sums in
+    float64): per set, occupied voxels (K,) int32 and values (C, K) float32. distinct: no two points of a set
+    share a voxel (nothing to sum)."""
     out = []
     for rs in sets:
         full = rs.full()
-        idx = voxel_index(full.G.astype(np.float32).astype(np.float64), n, length, mode)
-        out.extend(sparse_bin(idx[None], full.amp.astype(np.float32)[None], n ** 3))
+        G = full.G.astype(np.float32).astype(np.float64)  # the original bins float32 G
+        if rotation is not None:
+            G = G @ np.asarray(rotation).T
+        idx = voxel_index(G, n, length, mode)
+        if distinct:  # in voxel order, as the summing path returns them
+            order = np.argsort(idx, kind="stable")
+            idx, amp = idx[order], full.amp[:, order]
+        else:
+            amp = full.amp
+        out.extend(sparse_bin(idx[None], amp.astype(np.float32)[None], n ** 3, distinct))
     return out
 
 
@@ -695,8 +675,8 @@ def _groups(items, key) -> Dict[Tuple, List[int]]:
 
 
 def _chunks(members: List[int], key: Tuple):
-    """Split a group so that one vectorised step holds about _CHUNK_COMPLEX complex numbers."""
-    points = int(np.prod([2 * e + 1 for e in key[:3]])) if key[0] >= 0 else 32 ** 3
-    step = max(1, _CHUNK_COMPLEX // max(points * (key[3] + key[4]), 1))  # atoms and channels
+    """Split a group of molecules (key: atoms, channels) so that one vectorised step holds about
+    _CHUNK_COMPLEX complex numbers (32^3 sampling points per molecule assumed)."""
+    step = max(1, _CHUNK_COMPLEX // max(32 ** 3 * (key[0] + key[1]), 1))
     for i in range(0, len(members), step):
         yield members[i:i + step]

@@ -115,7 +115,7 @@ def element_count_matrix(structures) -> np.ndarray:
 def domain_distance(meta: Dict, counts: Optional[np.ndarray]) -> Optional[np.ndarray]:
     """(n,) composition-descriptor distance of each structure to the training set (:mod:`cloudvox.uncertainty`),
     or None for checkpoints without a domain reference."""
-    ref = DomainReference.from_dict(meta.get("domain"))
+    ref = DomainReference.from_dict(meta["domain"])
     if ref is None or counts is None or not len(counts):
         return None
     return ref.distance(counts)
@@ -129,7 +129,7 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: 
     (predicted through what the model shares across elements: property-based channel weights, the
     composition baseline's property fit; less reliable); a composition farther from the training set than
     the validation set's 99th percentile (:mod:`cloudvox.uncertainty`)."""
-    seen = set(meta.get("train_elements") or ())
+    seen = set(meta["train_elements"])
     flags, usable = [], np.ones(len(elements), dtype=bool)
     for k, els in enumerate(elements):
         missing = spec.unrepresentable(meta, els)
@@ -137,7 +137,7 @@ def domain_flags(spec, meta: Dict, elements: Sequence[Sequence[str]], distance: 
             usable[k] = False
             flags.append(f"element(s) {' '.join(missing)} outside the model's channels: not predicted")
             continue
-        new = sorted(set(els) - seen) if seen else []
+        new = sorted(set(els) - seen)
         flags.append(f"element(s) {' '.join(new)} never seen in training" if new else "")
     if distance is not None:
         threshold = meta["domain"]["threshold"]
@@ -260,7 +260,7 @@ class Predictor:
         from .descriptors import ReciprocalVoxelizer
         d = self.meta["descriptor"]
         vox = ReciprocalVoxelizer(sigma=d["sigma"], length=d["length"], n=d["n"], mode=d["mode"],
-                                  channels=d["channels"], cross=bool(d.get("cross")),
+                                  channels=d["channels"], cross=bool(d["cross"]),
                                   **({"properties": tuple(d["properties"])} if d["channels"] == "properties" else {}))
         structures = list(structures)
         parts = []

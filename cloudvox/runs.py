@@ -5,25 +5,26 @@ A run directory holds ``config.yaml`` (the resolved config), ``split_{train,val,
 ``parity_{train,val,test}.png``, ``evaluation.json`` and ``predictions.csv``.
 
 The config and its defaults: :mod:`cloudvox.config`; what differs between models: :mod:`cloudvox.models.registry`
-(the registry); the optimisation loop: :mod:`cloudvox.training`; predictions: :mod:`cloudvox.inference`; figures: :mod:`cloudvox.plots`.
+(the registry); the optimisation loop: :mod:`cloudvox.training`; predictions: :mod:`cloudvox.inference`; figures: :mod:`cloudvox.viz.runs`.
 """
 import csv
+import dataclasses
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import yaml
 
-from .config import load_run_config
+from .config import RunConfig, load_run_config
 from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
 from .inference import MEMBER, UNCERTAINTY_FILE, Predictions, Predictor, elements_of
 from .uncertainty import DomainReference, fit_uncertainty, uncertainty
 from .featurefile import DONE, FeatureFile
-from .plots import plot_learning_curve, plot_parity
+from .viz.runs import plot_learning_curve, plot_parity
 from .models.registry import DESCRIPTOR_KEYS, get_model
 from .training import SingleProcess, TrainConfig, Trainer
 from .errors import ConfigError, DataError
@@ -57,30 +58,28 @@ def holds_elements(ff: FeatureFile, indices: np.ndarray, elements: Sequence[str]
     return element_counts(ff, indices)[:, atomic_numbers(elements)].sum(1) > 0
 
 
-def prepare(cfg: Dict, run_dir: Path, reuse_splits: bool):
+def prepare(cfg: RunConfig, run_dir: Path, reuse_splits: bool):
     """Feature file, usable indices, splits (saved or reused), normaliser and datasets of a run."""
-    data = cfg["data"]
-    if not data.get("path"):
+    data = cfg.data
+    if not data.path:
         raise ConfigError("data.path (the featurized .h5 file) is required")
-    ff = FeatureFile(data["path"])
-    y_all = ff.prop(data["target"]) * float(data.get("scale", 1.0))  # e.g. 23.0605: eV -> kcal/mol
+    ff = FeatureFile(data.path)
+    y_all = ff.prop(data.target) * float(data.scale)  # e.g. 23.0605: eV -> kcal/mol
     usable = np.flatnonzero((ff.status == DONE) & np.isfinite(y_all))
     ids = ff.ids
     if reuse_splits and (run_dir / "split_train.txt").exists():
         splits = load_splits(run_dir, ids)
     else:
-        sp = data["split"]
-        held = holds_elements(ff, usable, sp.get("hold_out") or ())
+        sp = data.split
+        held = holds_elements(ff, usable, sp.hold_out or ())
         rest = usable[~held]
-        local = split_indices(len(rest), sp.get("fractions", [0.8, 0.1, 0.1]), int(sp.get("seed", 0)),
-                              _groups(ff, sp.get("by"), rest), sp.get("sizes"))
+        local = split_indices(len(rest), sp.fractions, int(sp.seed), _groups(ff, sp.by, rest), sp.sizes)
         splits = {k: rest[v] for k, v in local.items()}
-        if sp.get("hold_out"):
+        if sp.hold_out:
             splits[HOLDOUT] = usable[held]
         save_splits(run_dir, ids, splits)
     counts = {k: element_counts(ff, v) for k, v in splits.items()}
-    norm = Normalizer.fit(y_all[splits["train"]], counts["train"], data.get("normalize", "mean_std"),
-                          extensive=bool(data.get("extensive", False)))
+    norm = Normalizer.fit(y_all[splits["train"]], counts["train"], data.normalize, extensive=data.extensive)
     targets = {k: norm.forward(y_all[v], counts[k]) for k, v in splits.items()}
     return ff, splits, norm, targets, counts
 
@@ -91,12 +90,13 @@ def model_channels(ff: FeatureFile, species: Optional[Sequence[str]]) -> List[st
     return ff.model_channels(species or None)
 
 
-def build_trainer(cfg: Dict, dist=None, resume: bool = False):
+def build_trainer(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False):
     """The run's data, splits, normaliser, model and :class:`Trainer`, ready to train (rank 0 writes the
     resolved config and the splits of a new run). Returns (trainer, feature file, the checkpoint to resume
     from or None)."""
     dist = dist or SingleProcess()
-    run_dir = Path(cfg["run_dir"])
+    cfg = RunConfig.of(cfg)
+    run_dir = Path(cfg.run_dir)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -104,58 +104,54 @@ def build_trainer(cfg: Dict, dist=None, resume: bool = False):
     resume_from = last if (resume and last.exists()) else None
     if dist.is_main and not resume_from:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=False)
     dist.barrier()
     if not (dist.is_main and not resume_from):
         ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=True)
     counts_train = counts["train"]
-    tcfg = TrainConfig.from_dict(cfg["train"])
+    tcfg = cfg.train
     torch.manual_seed(tcfg.seed)
-    spec = get_model(cfg["model"])
-    channels = model_channels(ff, cfg["data"].get("species"))
-    meta = dict(model=cfg["model"], network=dict(cfg["network"]), descriptor={k: ff.params.get(k) for k in DESCRIPTOR_KEYS},
-                channels=channels, target=cfg["data"]["target"], normalizer=norm.to_dict(), data=str(ff.path),
-                unit=cfg["data"].get("unit") or _unit(ff, cfg["data"]["target"]),
-                target_scale=float(cfg["data"].get("scale", 1.0)), input_scale=None)
+    spec = get_model(cfg.model)
+    channels = model_channels(ff, cfg.data.species)
+    meta = dict(model=cfg.model, network=dict(cfg.network), descriptor={k: ff.params.get(k) for k in DESCRIPTOR_KEYS},
+                channels=channels, target=cfg.data.target, normalizer=norm.to_dict(), data=str(ff.path),
+                unit=cfg.data.unit or _unit(ff, cfg.data.target), target_scale=float(cfg.data.scale), input_scale=None)
     meta["train_elements"] = elements_of(counts_train)  # the domain checks of evaluate / predict
     domain = DomainReference.fit(counts_train, counts["val"])
     meta["domain"] = domain.to_dict() if domain else None
     spec.prepare_meta(meta, ff, splits["train"])
     model = spec.build(meta)
     meta["network"] = model.config
-    augment = bool(cfg["augment"].get("rotations", True))
+    augment = cfg.augment.rotations
     train_set = spec.dataset(meta, ff.path, splits["train"], targets["train"], augment)
     val_set = spec.dataset(meta, ff.path, splits["val"], targets["val"], False)
-    task = spec.task(meta, cfg["augment"], tcfg.channels_last)
+    task = spec.task(meta, dataclasses.asdict(cfg.augment), tcfg.channels_last)
     trainer = Trainer(model, task, train_set, val_set, tcfg, run_dir, meta, dist, target_scale=norm.std)
     return trainer, ff, resume_from
 
 
-def member_config(cfg: Dict, k: int) -> Dict:
+def member_config(cfg: RunConfig, k: int) -> RunConfig:
     """Member k of an ensemble run: a complete run in RUN/member-k, seed + k, the same split."""
-    import copy
-    member = copy.deepcopy(cfg)
-    member["run_dir"] = str(Path(cfg["run_dir"]) / MEMBER.format(k))
-    member["train"] = dict(cfg["train"], seed=int(cfg["train"].get("seed", 0)) + k, ensemble=1)
-    return member
+    return dataclasses.replace(cfg, run_dir=str(Path(cfg.run_dir) / MEMBER.format(k)),
+                               train=dataclasses.replace(cfg.train, seed=cfg.train.seed + k, ensemble=1))
 
 
-def start_ensemble(cfg: Dict, dist) -> None:
+def start_ensemble(cfg: RunConfig, dist) -> None:
     """Rank 0 writes the ensemble run's directory and resolved config; every rank waits for it."""
-    run_dir = Path(cfg["run_dir"])
+    run_dir = Path(cfg.run_dir)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     dist.barrier()
 
 
-def train_members(cfg: Dict, dist, resume: bool, on_trainer, members: Sequence[int]) -> Optional[Dict]:
+def train_members(cfg: RunConfig, dist, resume: bool, on_trainer, members: Sequence[int]) -> Optional[Dict]:
     """Train the given members one after the other (each over ``dist``); members already evaluated are skipped
     on ``resume``. Returns the summary of an interrupted member (``--resume`` continues it), else None."""
     for k in members:
         member = member_config(cfg, k)
-        if resume and (Path(member["run_dir"]) / "evaluation.json").exists():
+        if resume and (Path(member.run_dir) / "evaluation.json").exists():
             continue  # finished before the interruption
         summary = train_run(member, dist, resume=resume, on_trainer=on_trainer)
         if summary.get("stopped"):
@@ -163,34 +159,35 @@ def train_members(cfg: Dict, dist, resume: bool, on_trainer, members: Sequence[i
     return None
 
 
-def finish_ensemble(cfg: Dict, dist) -> Dict:
+def finish_ensemble(cfg: RunConfig, dist) -> Dict:
     """Every member done: the members' common split copied up, the ensemble evaluated in the parent run
     directory (mean and standard deviation of the members' predictions)."""
-    run_dir = Path(cfg["run_dir"])
+    run_dir = Path(cfg.run_dir)
     if dist.is_main:
         for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):
             shutil.copyfile(split, run_dir / split.name)
     dist.barrier()
-    result = evaluate(run_dir, cfg["data"]["path"], dist=dist)
-    return dict(result, members=int(cfg["train"]["ensemble"]), stopped=False, history=[])
+    result = evaluate(run_dir, cfg.data.path, dist=dist)
+    return dict(result, members=cfg.train.ensemble, stopped=False, history=[])
 
 
-def _train_ensemble(cfg: Dict, dist, resume: bool, on_trainer) -> Dict:
+def _train_ensemble(cfg: RunConfig, dist, resume: bool, on_trainer) -> Dict:
     """K members one after the other, each data-parallel over every rank, then the ensemble evaluated
     (``train.members_over_ranks`` spreads them over the ranks instead: :mod:`hpc.ensemble`)."""
     start_ensemble(cfg, dist)
-    stopped = train_members(cfg, dist, resume, on_trainer, range(int(cfg["train"]["ensemble"])))
+    stopped = train_members(cfg, dist, resume, on_trainer, range(cfg.train.ensemble))
     return stopped if stopped is not None else finish_ensemble(cfg, dist)
 
 
-def train_run(cfg: Dict, dist=None, resume: bool = False, on_trainer=None) -> Dict:
+def train_run(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False, on_trainer=None) -> Dict:
     """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots.
     ``train.ensemble`` K > 1 trains K members (:func:`_train_ensemble`).
 
     dist: the distributed interface (default one process); on_trainer: called with the Trainer before
     training (e.g. to install signal handlers that request a checkpointed stop)."""
     dist = dist or SingleProcess()
-    if int(cfg["train"].get("ensemble", 1) or 1) > 1:
+    cfg = RunConfig.of(cfg)
+    if cfg.train.ensemble > 1:
         return _train_ensemble(cfg, dist, resume, on_trainer)
     trainer, ff, resume_from = build_trainer(cfg, dist, resume)
     tcfg, run_dir = trainer.cfg, trainer.run_dir
@@ -234,7 +231,7 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
         out_dir.mkdir(parents=True, exist_ok=True)
     ff = FeatureFile(data_path)
     predictor.spec.check_data(meta, ff)
-    y_all = ff.prop(meta["target"]) * meta.get("target_scale", 1.0) if meta["target"] in ff.prop_names \
+    y_all = ff.prop(meta["target"]) * meta["target_scale"] if meta["target"] in ff.prop_names \
         else np.full(ff.n, np.nan)
     done = np.flatnonzero(ff.status == DONE)
     try:
@@ -250,7 +247,7 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
             (predictor.home / UNCERTAINTY_FILE).write_text(json.dumps(cal))
     rows, metrics = [], {}
     ids = ff.ids
-    unit = meta.get("unit", "")
+    unit = meta["unit"]
     for name, p in results.items():
         predictor.finish(p, cal)
         idx, y = splits[name], y_all[splits[name]]

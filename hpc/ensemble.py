@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Dict
 
+from cloudvox.config import RunConfig
+
 from cloudvox.inference import MEMBER
 from cloudvox.runs import finish_ensemble, start_ensemble, train_members
 from cloudvox.training.process import SingleProcess
@@ -42,11 +44,11 @@ def wait_for_members(run_dir: Path, k_members: int, poll_s: float = 2.0) -> bool
         time.sleep(poll_s)
 
 
-def train_members_over_ranks(cfg: Dict, dist, resume: bool = False, on_trainer=None) -> Dict:
+def train_members_over_ranks(cfg: RunConfig, dist, resume: bool = False, on_trainer=None) -> Dict:
     """Train ``train.ensemble`` members, member k on rank k % ranks, then evaluate the ensemble (rank 0 writes);
     returns the summary (``stopped`` when a rank was interrupted: ``--resume`` continues its member)."""
-    run_dir = Path(cfg["run_dir"])
-    k_members = int(cfg["train"]["ensemble"])
+    run_dir = Path(cfg.run_dir)
+    k_members = cfg.train.ensemble
     if k_members % dist.size:
         log.warning("%d members over %d ranks: some ranks train one member more, the others wait for them",
                     k_members, dist.size)

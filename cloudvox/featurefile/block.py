@@ -45,7 +45,7 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
     for k, s in enumerate(structures):  # resource limits, before anything of that size is allocated
         if s is not None:
             try:
-                voxelizer.check_cost(s, voxels="voxels" in store)
+                voxelizer.check_cost(s)
             except StructureError as e:
                 structures[k], reasons[k] = None, str(e)
     good = [k for k, s in enumerate(structures) if s is not None]

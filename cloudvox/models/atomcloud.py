@@ -79,11 +79,6 @@ class ElementEmbedding(nn.Module):
             self.prior = nn.Linear(table.shape[1], embed)
             nn.init.zeros_(self.free.weight)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "weight" in state_dict:  # a checkpoint from before the property prior: nn.Embedding's key
-            state_dict[prefix + "free.weight"] = state_dict.pop(prefix + "weight")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
         h = self.free(numbers)
         if self.prior is not None:

@@ -139,7 +139,6 @@ DESCRIPTOR_KEYS = ("sigma", "length", "n", "mode", "channels", "properties", "cr
 def check_descriptor(meta: Dict, ff: FeatureFile) -> None:
     """Refuse data featurized differently from the checkpoint's training data, naming the difference."""
     mine = dict(meta["descriptor"])
-    mine.setdefault("cross", False)  # checkpoints from before cross-spectrum channels
     theirs = {k: ff.params.get(k) for k in DESCRIPTOR_KEYS}
     diff = [f"{k}: checkpoint {mine.get(k)!r}, data {theirs.get(k)!r}" for k in DESCRIPTOR_KEYS
             if mine.get(k) != theirs.get(k) and not (k == "properties" and mine.get("channels") != "properties")]

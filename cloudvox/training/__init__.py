@@ -1,11 +1,18 @@
 """Single-process training in pieces: :mod:`.config` (the ``train`` section), :mod:`.process` (this process:
 the distributed interface's one-process case, its device, its heap), :mod:`.loaders` (an epoch's batches, each
 rank's rows, reading), :mod:`.step` (a step's randomness, the prediction loop), :mod:`.losses`, :mod:`.ema`,
-:mod:`.checkpoint`, :mod:`.timing` and :mod:`.loop` (the :class:`Trainer`)."""
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .loop import StopTraining, Trainer
-from .process import SingleProcess, keep_freed_memory, pick_device
+:mod:`.checkpoint`, :mod:`.timing` and :mod:`.loop` (the :class:`Trainer`).
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint", "TrainConfig", "StopTraining", "Trainer",
-           "SingleProcess", "keep_freed_memory", "pick_device"]
+The names below load their module on first use: reading the config schema does not import torch."""
+import importlib
+
+_WHERE = {"CHECKPOINT_FORMAT": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+          "TrainConfig": "config", "StopTraining": "loop", "Trainer": "loop", "SingleProcess": "process",
+          "keep_freed_memory": "process", "pick_device": "process"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,8 @@ import torch
 
 from ..errors import FormatError
 
-CHECKPOINT_FORMAT = 1  # moves when what a checkpoint holds changes
+CHECKPOINT_FORMAT = 2  # moves when what a checkpoint holds changes (2: meta always holds the
+#                        descriptor's "cross", "train_elements" and "domain"; AtomCloudNet's embedding is "free" + "prior")
 
 
 def save_checkpoint(path: Path, payload: Dict) -> None:

@@ -1,8 +1,11 @@
-"""The ``train`` section of a run config: optimisation settings with their defaults (the one place)."""
-from dataclasses import dataclass, fields
-from typing import Dict, Optional
+"""The ``train`` section of a run config: optimisation settings, their defaults and their choices (the one place;
+:mod:`cloudvox.config` validates a config against them)."""
+from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+
+def choices(*values, default):
+    """A config field with its allowed values (``metadata["choices"]``), checked when a config is loaded."""
+    return field(default=default, metadata={"choices": values})
 
 
 @dataclass
@@ -11,17 +14,17 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 32  # global batch, over all ranks
     lr: float = 1e-3
-    optimizer: str = "adamw"  # adam | adamw
+    optimizer: str = choices("adam", "adamw", default="adamw")
     weight_decay: float = 0.0
     ema: float = 0.0  # > 0: validation, checkpoints and evaluation use an exponential moving average of the weights
     #                   with this decay per optimiser step (0.99-0.999; ramped up over the first steps), 0: off
-    schedule: str = "cosine"  # cosine | plateau | none
+    schedule: str = choices("cosine", "plateau", "none", default="cosine")
     warmup_epochs: int = 0
     min_lr_ratio: float = 0.01
     plateau_factor: float = 0.5
     plateau_patience: int = 10
     patience: int = 0  # early stopping on validation MAE (0: never)
-    loss: str = "l1"  # l1 | mse | huber | berhu (L1 below half a target std, quadratic above)
+    loss: str = choices("l1", "mse", "huber", "berhu", default="l1")  # berhu: L1 below half a target std, quadratic above
     grad_clip: float = 0.0
     micro_batch: int = 0  # > 0: each rank's share of a batch is run through forward and backward in chunks of at
     # most this many samples, their gradients summed before the one allreduce and optimiser step (the same
@@ -36,7 +39,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes (persistent): > 0 overlaps reading and collation with steps
     prefetch: int = 0  # with num_workers 0: batches read and collated ahead by a thread while the step computes (for
     # GPU steps; on CPU the thread competes with the step for Python's GIL: data wait 3.5 -> 0.1 ms, step +25%)
-    lr_scaling: str = "none"  # none | linear | sqrt: scale lr with the number of ranks
+    lr_scaling: str = choices("none", "linear", "sqrt", default="none")  # scale lr with the number of ranks
     tensorboard: bool = False
     progress_every: float = 60.0  # s between progress lines in a batch log (output not a terminal; 0: none)
     eval_every: int = 1
@@ -61,12 +64,3 @@ class TrainConfig:
     members_over_ranks: bool = False  # an ensemble on several ranks (hpc.ensemble): member k alone on rank k % ranks
     #                    (no gradient exchange: K models in the time of K / ranks), instead of every member
     #                    data-parallel over all ranks; rank 0 then evaluates the ensemble
-
-    @classmethod
-    def from_dict(cls, d: Optional[Dict]) -> "TrainConfig":
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown train option(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_fetch_aflow(args, command: str) -> int:
-    from cloudvox.io.aflux import DEFAULT_SERVER, KEYWORDS, AfluxClient, FetchError, fetch_aflow
+    from cloudvox.io.aflux_client import DEFAULT_SERVER, KEYWORDS, AfluxClient, FetchError, fetch_aflow
     from ..logs import setup_logging
     setup_logging(0, args.verbose)
     client = AfluxClient(server=args.server or DEFAULT_SERVER, timeout=args.timeout, max_attempts=args.max_attempts,

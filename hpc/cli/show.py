@@ -77,7 +77,7 @@ def load_one(input_path, fmt, index, sid):
 
 def cmd_show(args, command: str) -> int:
     from cloudvox.descriptors import ReciprocalVoxelizer
-    from cloudvox import show
+    from cloudvox.viz import structure as show
     structure, params = load_one(args.input, args.format, args.index, args.id)
     from cloudvox.config import descriptor_defaults
     defaults = descriptor_defaults()  # the voxelizer's own defaults: one place

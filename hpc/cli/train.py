@@ -7,7 +7,12 @@ from .common import log, log_launch, on_stop_signals
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config (one process, or distributed)")
+    import argparse
+    from cloudvox.config import RunConfig, describe
+    p = sub.add_parser("train", help="train a model from a YAML config (one process, or distributed)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config keys (YAML sections, or --set KEY=VALUE), with their defaults:\n"
+                              + "\n".join(describe(RunConfig)))
     p.add_argument("model", help="which model: voxelnet or atomcloud (the registry in cloudvox/models/registry.py)")
     p.add_argument("config", help="the run's YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (a.b=value)")
@@ -29,13 +34,13 @@ def cmd_train(args, command: str) -> int:
     dist = make_distributed(args.backend)
     setup_logging(dist.rank, args.verbose)
     log_launch()
-    watchdog = watch(dist, Path(cfg["run_dir"]), float(cfg["train"]["collective_timeout"]))
+    watchdog = watch(dist, Path(cfg.run_dir), cfg.train.collective_timeout)
 
     def install(trainer):  # every rank checkpoints at one common step and leaves cleanly
         on_stop_signals(lambda: setattr(trainer, "stop_requested", True))
 
     try:
-        if int(cfg["train"]["ensemble"]) > 1 and cfg["train"]["members_over_ranks"] and dist.size > 1:
+        if cfg.train.ensemble > 1 and cfg.train.members_over_ranks and dist.size > 1:
             from ..ensemble import train_members_over_ranks
             summary = train_members_over_ranks(cfg, dist, resume=args.resume, on_trainer=install)
         else:

@@ -11,10 +11,10 @@ from tests.conftest import ROOT
 
 def test_defaults_come_from_the_signatures_and_dataclasses():
     cfg = load_run_config(None, [], model="atomcloud")
-    assert cfg["network"]["cutoff"] == 3.0 and cfg["network"]["l_max"] == 2  # AtomCloudNet.__init__
-    assert cfg["train"]["lr"] == TrainConfig().lr and cfg["train"]["epochs"] == TrainConfig().epochs
-    assert cfg["data"]["split"] == dict(by=None, fractions=[0.8, 0.1, 0.1], sizes=None, seed=0, hold_out=None)
-    vox = load_run_config(None, [], model="voxelnet")["network"]
+    assert cfg.network["cutoff"] == 3.0 and cfg.network["l_max"] == 2  # AtomCloudNet.__init__
+    assert cfg.train == TrainConfig()  # every default from the one dataclass
+    assert cfg.to_dict()["data"]["split"] == dict(by=None, fractions=[0.8, 0.1, 0.1], sizes=None, seed=0, hold_out=None)
+    vox = load_run_config(None, [], model="voxelnet").network
     assert vox["widths"] == [16, 16, 16] and "in_channels" not in vox and "channel_names" not in vox
     feat = validate_featurize(dict(format="aflow", output="x.h5"))
     assert feat["descriptor"]["sigma"] == ReciprocalVoxelizer().sigma and feat["block_size"] == 256
@@ -45,7 +45,7 @@ def test_models_are_checked_against_the_registry():
         load_run_config(None, [], model="voxnet")
     with pytest.raises(ConfigError, match="unknown key 'network.widths'"):  # a VoxelNet key for AtomCloudNet
         load_run_config(None, ["network.widths=[4]"], model="atomcloud")
-    assert set(load_run_config(None, [], model="atomcloud")["network"]) <= set(
+    assert set(load_run_config(None, [], model="atomcloud").network) <= set(
         AtomCloudNet.__init__.__code__.co_varnames)
 
 
@@ -59,7 +59,7 @@ def test_yaml_files_errors_and_numbers(tmp_path):
         load_run_config(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_run_config(tmp_path / "absent.yaml")
-    assert load_run_config(None, ["train.lr=1e-3"])["train"]["lr"] == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    assert load_run_config(None, ["train.lr=1e-3"]).train.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
     with pytest.raises(ConfigError, match="unknown key 'descriptor.sigm': did you mean 'sigma'"):
         validate_featurize(dict(descriptor=dict(sigm=0.2)))
     with pytest.raises(ConfigError, match="descriptor.mode: 'polar' is not one of 'cartesian', 'spherical'"):
@@ -76,3 +76,19 @@ def test_every_shipped_config_validates():
             load_run_config(path)
         else:
             validate_featurize(raw)
+
+
+def test_a_loaded_run_config_is_typed_and_round_trips_through_its_yaml(tmp_path):
+    import yaml
+    from cloudvox.config import RunConfig
+    cfg = load_run_config(None, ["train.lr=3e-4", "train.loss=berhu", "data.split.seed=3", "augment.reflections=false"],
+                          model="voxelnet")
+    assert isinstance(cfg, RunConfig) and cfg.train.lr == 3e-4 and cfg.train.loss == "berhu"
+    assert cfg.data.split.seed == 3 and cfg.augment.reflections is False
+    with pytest.raises(AttributeError):
+        cfg.train.learning_rate  # a misspelt key in code fails loudly, where a dict's .get() returned None
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_run_config(path) == cfg and RunConfig.of(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="train.loss: 'l3' is not one of 'l1', 'mse', 'huber', 'berhu'"):
+        load_run_config(None, ["train.loss=l3"])  # the choices live beside the default, in TrainConfig

@@ -87,7 +87,7 @@ def test_checkpoints_of_another_format_are_refused_in_one_line(data, tmp_path):
     run = tmp_path / "run"
     train_run(run_config(data, run, VOXELNET))
     ck = torch.load(run / "checkpoint_best.pt", weights_only=True)
-    for version, fix in ((CHECKPOINT_FORMAT + 1, "upgrade cloudvox"), (0, "retrain")):
+    for version, fix in ((CHECKPOINT_FORMAT + 1, "upgrade cloudvox"), (CHECKPOINT_FORMAT - 1, "retrain")):
         bad = tmp_path / f"v{version}.pt"
         torch.save(dict(ck, format=version), bad)
         with pytest.raises(FormatError, match=fix):

@@ -205,8 +205,8 @@ def test_cross_spectrum_radial_run_round_trip_and_rotation_spread(tiny, tmp_path
     assert FeatureFile(data).model_channels()[-1].endswith("*total")
     run = tmp_path / "run"
     cfg = config(data, run, epochs=2)
-    cfg["network"] = dict(widths=[8, 8], kernel=1, pools=[0, 0], hidden=[8], activation="silu",
-                          global_pool="radial", bias=False, channel_properties=["one", "Z", "X"])
+    cfg.network = dict(widths=[8, 8], kernel=1, pools=[0, 0], hidden=[8], activation="silu",
+                       global_pool="radial", bias=False, channel_properties=["one", "Z", "X"])
     summary = train_run(cfg)
     plain = evaluate(run, data, out_dir=tmp_path / "plain")["metrics"]
     assert plain["test"]["mae"] == pytest.approx(summary["metrics"]["test"]["mae"], rel=1e-6)
@@ -310,7 +310,7 @@ def test_held_out_chemistry_is_more_uncertain_than_the_test_split_and_flagged(tm
     data = make_file(tmp_path / "f.h5", fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"), 300, n=8,
                      length=12.8)
     cfg = config(data, tmp_path / "run", epochs=4, ensemble=3)
-    cfg["data"]["split"]["hold_out"] = HELD_OUT
+    cfg.data.split.hold_out = HELD_OUT
     summary = train_run(cfg)
     m = summary["metrics"]
     train_ids = set((tmp_path / "run" / "split_train.txt").read_text().split())

@@ -65,7 +65,7 @@ def test_every_error_cloudvox_raises_for_the_user_is_a_user_error():
     from cloudvox.config import ConfigError
     from cloudvox.elements import UnknownElementError
     from cloudvox.errors import DataError, FormatError, UserError
-    from cloudvox.io.aflux import FetchError
+    from cloudvox.io.aflux_client import FetchError
     from cloudvox.io.records import InputError
     from cloudvox.structure import StructureError
     from hpc.featurize import JobError

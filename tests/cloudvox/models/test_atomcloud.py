@@ -102,7 +102,7 @@ def test_convolution_is_equivariant_for_every_order(rng, products, receiver):
             np.testing.assert_allclose(rotated[l].detach().numpy(), expected[l].detach().numpy(), rtol=0, atol=1e-10)
 
 
-def test_property_embedding_starts_from_the_properties_and_loads_old_checkpoints():
+def test_property_embedding_starts_from_the_properties():
     from cloudvox.elements import property_weights
     torch.manual_seed(0)
     props = ["row", "group", "X", "radius"]
@@ -114,12 +114,6 @@ def test_property_embedding_starts_from_the_properties_and_loads_old_checkpoints
     torch.testing.assert_close(emb(z), expect)
     h = emb(z)
     assert torch.linalg.norm(h[0] - h[1]) < torch.linalg.norm(h[0] - h[2])  # same group: closer embeddings
-    plain = AtomCloudNet(cutoff=3.0, layers=1, scalars=4, vectors=0, tensors=0, embed=6)
-    old = {k.replace("embedding.free.weight", "embedding.weight"): v for k, v in plain.state_dict().items()}
-    assert "embedding.weight" in old  # the key of checkpoints written before the property prior
-    fresh = AtomCloudNet(cutoff=3.0, layers=1, scalars=4, vectors=0, tensors=0, embed=6)
-    fresh.load_state_dict(old)
-    torch.testing.assert_close(fresh.embedding(z), plain.embedding(z))
 
 
 def test_many_body_products_are_invariant_feed_the_scalars_and_train_every_parameter(rng):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cloudvox.descriptors import ReciprocalVoxelizer
-from cloudvox.show import PANELS, figure, save
+from cloudvox.viz.structure import PANELS, figure, save
 from cloudvox.structure import Structure
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CLI = str(Path(sys.executable).parent / "cloudvox")
 
 

@@ -10,9 +10,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .descriptors import ReciprocalVoxelizer
-from .structure import Structure
-from .errors import ConfigError
+from ..descriptors import ReciprocalVoxelizer
+from ..structure import Structure
+from ..errors import ConfigError
 
 PANELS = ("cell", "density", "reciprocal", "voxels")
 

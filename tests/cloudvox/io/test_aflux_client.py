@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloudvox.io import read_aflow
-from cloudvox.io.aflux import AfluxClient, FetchError, aflux_url, fetch_aflow, validate_entry
+from cloudvox.io.aflux_client import AfluxClient, FetchError, aflux_url, fetch_aflow, validate_entry
 
 PAGE = 60
 PAGING = re.compile(r"paging\((\d+),(\d+)\)")
