@@ -406,17 +406,12 @@ class ReciprocalVoxelizer:
         # crystals: the points of the one enumeration (half_ball), binned as the feature file's reader bins them
         for i in (i for i, s in enumerate(structures) if s.is_periodic):
             s = structures[i]
-            W, channels = self._weights(s, names)
-            m = half_ball(s.lattice, self.ball_radius)
-            G = m @ reciprocal_lattice(s.lattice)
-            if R is None and self.mode == "cartesian":  # only the cube [-h, h)^3 is binned: not the ball's caps
-                inside = (np.abs(G) <= self.half_width * (1 + 1e-9)).all(1)
-                m, G = m[inside], G[inside]
-            rs = ReciprocalSet(G=G, amp=self.amplitudes_at(s, W, m, G), channels=channels, m=m, half=True)
+            # an unrotated cartesian grid bins only the cube [-h, h)^3: not the ball's caps
+            rs = self._crystal_set(s, names, np.float64, within_cube=R is None and self.mode == "cartesian")
             (index, values), = bin_sets([rs], self.n, self.length, self.mode, None if R is None else R[i],
                                         distinct=self.mode == "cartesian" and
                                         _coarser_than_voxels(s.lattice[None], self.length))
-            out[i] = SparseVoxels(index, values, channels)
+            out[i] = SparseVoxels(index, values, rs.channels)
         molecules = [i for i, s in enumerate(structures) if not s.is_periodic]
         weights = {i: self._weights(structures[i], names) for i in molecules}
         mols = [structures[i] for i in molecules]
@@ -463,11 +458,7 @@ class ReciprocalVoxelizer:
         molecules = [i for i, s in enumerate(structures) if not s.is_periodic]
         for i, s in enumerate(structures):
             if s.is_periodic:
-                W, channels = self._weights(s, names)
-                m = half_ball(s.lattice, self.ball_radius)
-                G = m @ reciprocal_lattice(s.lattice)
-                amp = self.amplitudes_at(s, W, m, G).astype(dtype, copy=False)
-                rs = ReciprocalSet(G=G, amp=amp, channels=channels, m=m, half=True)
+                rs = self._crystal_set(s, names, dtype)
                 out[i] = rs if half else rs.full()
         weights = {i: self._weights(structures[i], names) for i in molecules}
         mols = [structures[i] for i in molecules]
@@ -478,6 +469,18 @@ class ReciprocalVoxelizer:
                 for k, c in enumerate(chunk):
                     out[molecules[c]] = ReciprocalSet(G=G[k], amp=amp[k], channels=weights[molecules[c]][1])
         return out
+
+    def _crystal_set(self, s: Structure, names: Sequence[str], dtype, within_cube: bool = False) -> ReciprocalSet:
+        """A crystal's half set: the points of :func:`half_ball` (only those in the cartesian grid's cube
+        [-h, h]^3 with ``within_cube``) and its channel values there, ``dtype``."""
+        W, channels = self._weights(s, names)
+        m = half_ball(s.lattice, self.ball_radius)
+        G = m @ reciprocal_lattice(s.lattice)
+        if within_cube:
+            inside = (np.abs(G) <= self.half_width * (1 + 1e-9)).all(1)
+            m, G = m[inside], G[inside]
+        amp = self.amplitudes_at(s, W, m, G).astype(dtype, copy=False)
+        return ReciprocalSet(G=G, amp=amp, channels=channels, m=m, half=True)
 
     def stored_values(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, float]:
         """What the feature file stores of a crystal: its channels (c,) int64 (indices into ``names``; 2 c with

@@ -104,14 +104,6 @@ def elements_of(counts: np.ndarray) -> List[str]:
     return [SYMBOLS[z] for z in np.flatnonzero(np.asarray(counts).sum(0) > 0) if z > 0]
 
 
-def element_count_matrix(structures) -> np.ndarray:
-    """(n, MAX_Z + 1) atoms of each element per in-memory structure."""
-    counts = np.zeros((len(structures), MAX_Z + 1))
-    for k, s in enumerate(structures):
-        np.add.at(counts[k], s.numbers, 1)
-    return counts
-
-
 def domain_distance(meta: Dict, counts: Optional[np.ndarray]) -> Optional[np.ndarray]:
     """(n,) composition-descriptor distance of each structure to the training set (:mod:`cloudvox.uncertainty`),
     or None for checkpoints without a domain reference."""
@@ -273,33 +265,28 @@ class Predictor:
                 write_features(path, block, root_attributes(vox, ["<memory>"], "memory", "predict"))
                 ff = FeatureFile(path)
                 try:
-                    parts.append(self._chunk(ff, chunk))
+                    parts.append(self._chunk(ff, len(chunk)))
                 finally:
                     ff.close()
                 path.unlink()
-        return _concatenate(parts, len(structures))
+        return _concatenate(parts)
 
-    def _chunk(self, ff: FeatureFile, chunk: Sequence) -> Predictions:
-        counts = element_count_matrix(chunk)
+    def _chunk(self, ff: FeatureFile, n: int) -> Predictions:
+        """The n structures of a temporary feature file: those featurization refused (resource limits) are
+        reported with its reason, not predicted."""
         done = np.flatnonzero(ff.status == DONE)
-        if len(done) == len(chunk):
-            return self.on_file(ff, done, counts=counts)
-        # featurization refused some (resource limits): they are reported, not predicted
-        p = self.on_file(ff, done, counts=counts[done]) if len(done) else None
-        out = _empty(len(chunk), self.meta, counts)
-        reasons = {f["index"]: f["reason"] for f in ff.failures()}
-        for k in range(len(chunk)):
-            out.flags[k] = reasons.get(k, "not featurized")
-            out.usable[k] = False
-        if p is not None:
-            for field in ("prediction", "ensemble_std", "rotation_spread", "extrapolation"):
+        p = self.on_file(ff, done)  # the composition read from the stored clouds, as evaluate reads it
+        if len(done) == n:
+            return p
+        out = Predictions(*(np.full(n, np.nan) for _ in range(3)), np.zeros(n, dtype=bool), [""] * n,
+                          None if p.distance is None else np.full(n, np.nan), np.zeros(n))
+        for field in ("prediction", "ensemble_std", "rotation_spread", "usable", "distance", "extrapolation"):
+            if getattr(out, field) is not None:
                 getattr(out, field)[done] = getattr(p, field)
-            out.usable[done] = p.usable
-            for j, k in enumerate(done):
-                out.flags[k] = p.flags[j]
-            if p.distance is not None:
-                out.distance = np.full(len(chunk), np.nan)
-                out.distance[done] = p.distance
+        for f in ff.failures():
+            out.flags[f["index"]] = f["reason"]
+        for j, k in enumerate(done):
+            out.flags[k] = p.flags[j]
         return out
 
     # --- uncertainty ---------------------------------------------------------------------------------------
@@ -314,12 +301,7 @@ class Predictor:
         return p
 
 
-def _empty(n: int, meta: Dict, counts: np.ndarray) -> Predictions:
-    return Predictions(np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool),
-                       [""] * n, None, np.zeros(n))
-
-
-def _concatenate(parts: Sequence[Predictions], n: int) -> Predictions:
+def _concatenate(parts: Sequence[Predictions]) -> Predictions:
     if not parts:
         return Predictions(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), [], None, np.zeros(0))
     cat = np.concatenate
@@ -330,5 +312,5 @@ def _concatenate(parts: Sequence[Predictions], n: int) -> Predictions:
 
 
 __all__ = ["TrainedModel", "Predictor", "Predictions", "domain_flags", "domain_distance",
-           "uncertainty_flags", "elements_of", "element_count_matrix", "ensemble_members", "resolve_checkpoint",
+           "uncertainty_flags", "elements_of", "ensemble_members", "resolve_checkpoint",
            "UNCERTAINTY_FILE", "MEMBER", "CHUNK"]

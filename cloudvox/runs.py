@@ -230,7 +230,6 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     ff = FeatureFile(data_path)
-    predictor.spec.check_data(meta, ff)
     y_all = ff.prop(meta["target"]) * meta["target_scale"] if meta["target"] in ff.prop_names \
         else np.full(ff.n, np.nan)
     done = np.flatnonzero(ff.status == DONE)
