@@ -19,7 +19,7 @@ def native_extensions():
     rpath = [f"-Wl,-rpath,{p}" for p in library_paths()] if sys.platform.startswith("linux") else []
     exts = [CppExtension("cloudvox.models._sparse_conv", ["cloudvox/models/csrc/sparse_conv.cpp"],
                          extra_compile_args=["-O3"] + openmp, extra_link_args=openmp + rpath, optional=True),
-            # no fused multiply-adds: its half-ball enumeration must round as numpy's (cloudvox.descriptors.half_ball)
+            # no fused multiply-adds: its half-ball enumeration must round as numpy's (cloudvox.lattice.half_ball)
             CppExtension("cloudvox._structure_factors", ["cloudvox/csrc/structure_factors.cpp"],
                          extra_compile_args=["-O3", "-ffp-contract=off"], extra_link_args=rpath, optional=True)]
     return dict(ext_modules=exts, cmdclass={"build_ext": BuildExtension})

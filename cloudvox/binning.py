@@ -23,7 +23,7 @@ class ReciprocalBatch:
     channels); slot_channel: (S, K) int64 the channel (index into the model's channel list) of each slot of
     each structure, -1 for none; point_structure: (P,) int64 structure of each point; point_counts: (S,)
     points of each structure (host integers); half: the sets are halves (one of each Friedel pair,
-    :func:`cloudvox.descriptors.half_ball`): every point G != 0 is also binned at -G (|h(-G)| = |h(G)|),
+    :func:`cloudvox.lattice.half_ball`): every point G != 0 is also binned at -G (|h(-G)| = |h(G)|),
     which halves what the loader collates and sends to the device.
     """
     G: torch.Tensor

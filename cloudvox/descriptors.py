@@ -18,8 +18,8 @@ wherever that atom sits; x_e keeps where it sits relative to the other atoms (it
 Fourier transform of element e's partial pair distribution), is translation invariant, real, even in G
 (Friedel pairs share it), in the units of h and bounded by |h_c|.
 
-The reciprocal points of a crystal are enumerated once, by :func:`half_ball` (the C++ kernel follows the same
-operations, tested equal): the G with |G| <= sqrt(3) pi N / L, one of each Friedel pair. The feature file
+The reciprocal points of a crystal are enumerated once, by its lattice (:meth:`cloudvox.lattice.Lattice.half_ball`;
+the C++ kernel follows the same operations, tested equal): the G with |G| <= sqrt(3) pi N / L, one of each Friedel pair. The feature file
 stores values at them, the training loader bins them under rotations, and :meth:`ReciprocalVoxelizer.compact`
 bins them into voxels (for an unrotated cartesian grid only those inside its cube).
 
@@ -38,23 +38,22 @@ Exactness: G is computed in float64; like the original code, G is rounded to flo
 Molecules (no lattice) have a continuous transform; it is sampled at the voxel centres (cartesian or
 spherical), without the 1/|det A| factor. |h| is translation invariant and rotates with the structure.
 """
-import functools
-import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import kernel
 from .elements import property_weights
-from .structure import Structure, StructureError
 from .errors import ConfigError
+from .lattice import half_balls, sqnorm
+from .structure import Structure, StructureError
 
 MODES = ("cartesian", "spherical")
 CHANNELS = ("element", "total", "properties")
 CROSS_SUFFIX = "*total"  # name of the cross-spectrum channel of channel c: c + CROSS_SUFFIX
 DEFAULT_PROPERTIES = ("one", "Z", "row", "group", "X", "radius", "ionization", "affinity")
 _TIE = 1e-4  # spherical bins: edge offset, in bins, that makes exact ties robust to float32 rounding
-_BOX_TOL = 1e-5  # in units of m: covers float32 rounding of G at the grid edge
 _CHUNK_COMPLEX = 1 << 19  # complex128 entries per vectorised chunk (64 MB)
 
 
@@ -74,27 +73,6 @@ def without_cross(names: Sequence[str]) -> Tuple[str, ...]:
 # --------------------------------------------------------------------------------------------------------
 # array functions
 # --------------------------------------------------------------------------------------------------------
-def reciprocal_lattice(lattice: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) reciprocal vectors as rows, 1/Angstrom, from (..., 3, 3) cell vectors as rows, Angstrom.
-
-    ``lattice @ recip.T == 2 pi I``. Computed as the original ``B = 2 pi inv(A).T`` with A = lattice.T.
-    """
-    A = np.swapaxes(lattice, -1, -2)
-    B = 2 * np.pi * np.swapaxes(np.linalg.inv(A), -1, -2)  # columns b_k
-    return np.swapaxes(B, -1, -2)
-
-
-def reciprocal_box(lattice: np.ndarray, radius: float) -> np.ndarray:
-    """(..., 3) int extents e: every G = m @ recip with |G| <= radius (1/Angstrom) has |m_k| <= e_k
-    (bound radius ||a_k||_2 / (2 pi)). lattice: (..., 3, 3) rows in Angstrom."""
-    return np.floor(radius * np.linalg.norm(lattice, axis=-1) / (2 * np.pi) + _BOX_TOL).astype(np.int64)
-
-
-def _sqnorm(v: np.ndarray) -> np.ndarray:
-    """(...,) squared norms of (..., 3) vectors (faster than a reduction over the length-3 axis)."""
-    return v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2]
-
-
 def _xp(x):
     """The array namespace of x: numpy, or torch for a torch tensor (imported lazily)."""
     if type(x).__module__.startswith("torch"):
@@ -169,55 +147,6 @@ def structure_factors(coords: np.ndarray, weights: np.ndarray, axes: Sequence[np
     return F.reshape(S, weights.shape[1], n0, n1, n2)
 
 
-def half_ball(lattice: np.ndarray, radius: float) -> np.ndarray:
-    """(P, 3) int32 Miller indices m of the reciprocal vectors ``G = m @ recip`` with |G| <= radius
-    (1/Angstrom; 1e-12 relative slack), one of each Friedel pair (m, -m) and m = 0: the m lexicographically
-    <= 0, in lexicographic order (m0, then m1, then m2 ascending).
-
-    A function of the lattice (3, 3) (rows, Angstrom) and the radius only: the feature file stores values in
-    this order and its reader regenerates the indices. Enumerated row by row: for each (m0, m1) the m2 with
-    |u + m2 b2| <= radius form an interval (a quadratic in m2); candidates one wider on each side are then
-    tested exactly, so only about P points are ever formed.
-    """
-    recip, (e0, e1, e2), r2 = _ball_params(lattice, radius)
-    kernel = _native()
-    if kernel is not None:  # the same operations, compiled
-        import torch
-        return kernel.half_ball(torch.from_numpy(recip), e0, e1, e2, r2).numpy()
-    m0 = np.repeat(np.arange(-e0, 1, dtype=np.int32), 2 * e1 + 1)
-    m1 = np.tile(np.arange(-e1, e1 + 1, dtype=np.int32), e0 + 1)
-    rows = (m0 < 0) | (m1 <= 0)  # the half: m0 < 0, or m0 = 0 and m1 <= 0
-    m0, m1 = m0[rows], m1[rows]
-    u = np.outer(m0, recip[0]) + np.outer(m1, recip[1])  # (rows, 3)
-    b = recip[2]
-    bb = float(b[0] * b[0] + b[1] * b[1] + b[2] * b[2])  # elementwise, in this order: the kernel rounds alike
-    ub = u[:, 0] * b[0] + u[:, 1] * b[1] + u[:, 2] * b[2]
-    uu = _sqnorm(u)
-    disc = ub * ub - bb * (uu - r2)
-    root = np.sqrt(np.maximum(disc, 0.0))
-    lo = np.maximum(np.floor((-ub - root) / bb) - 1, -e2).astype(np.int64)
-    hi = np.minimum(np.ceil((-ub + root) / bb) + 1, e2).astype(np.int64)
-    hi[disc < 0] = lo[disc < 0] - 1
-    if len(hi) and m0[-1] == 0 and m1[-1] == 0:
-        hi[-1] = min(hi[-1], 0)  # the row through 0 stops at m = 0
-    n = np.maximum(hi - lo + 1, 0)
-    row = np.repeat(np.arange(len(n)), n)
-    m2 = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n - lo, n)).astype(np.int32)
-    # |u + m2 b|^2 <= r2: the exact test (expanded: no (P, 3) products)
-    keep = uu[row] + m2 * (2 * ub[row] + m2 * bb) <= r2
-    out = np.empty((int(keep.sum()), 3), dtype=np.int32)
-    out[:, 0], out[:, 1], out[:, 2] = m0[row[keep]], m1[row[keep]], m2[keep]
-    return out
-
-
-def _ball_params(lattice: np.ndarray, radius: float) -> Tuple[np.ndarray, Tuple[int, int, int], float]:
-    """What the half-ball enumeration needs: recip (3, 3) rows (1/Angstrom), the extents e (ints) and the
-    squared radius with its 1e-12 relative slack."""
-    recip = np.ascontiguousarray(reciprocal_lattice(np.asarray(lattice, dtype=np.float64)))
-    e0, e1, e2 = (int(e) for e in reciprocal_box(lattice, radius))
-    return recip, (e0, e1, e2), radius * radius * (1 + 1e-12)
-
-
 def structure_factors_at(m: np.ndarray, frac: np.ndarray, W: np.ndarray) -> np.ndarray:
     """(C, P) complex128 ``F[c, p] = sum_j W[c, j] exp(-2 pi i m_p . f_j)`` of one crystal.
 
@@ -228,10 +157,10 @@ def structure_factors_at(m: np.ndarray, frac: np.ndarray, W: np.ndarray) -> np.n
     m = np.ascontiguousarray(m, dtype=np.int32)
     frac = np.array(frac, dtype=np.float64, order="C")  # own, writable copies (torch.from_numpy)
     W = np.array(W, dtype=np.float64, order="C")
-    kernel = _native()
-    if kernel is not None:
+    native = kernel.native()
+    if native is not None:
         import torch
-        return kernel.at(torch.from_numpy(m), torch.from_numpy(frac), torch.from_numpy(W)).numpy()
+        return native.at(torch.from_numpy(m), torch.from_numpy(frac), torch.from_numpy(W)).numpy()
     out = np.empty((W.shape[0], len(m)), dtype=np.complex128)
     step = max(1, _CHUNK_COMPLEX // max(len(frac), 1))
     for a in range(0, len(m), step):
@@ -240,17 +169,31 @@ def structure_factors_at(m: np.ndarray, frac: np.ndarray, W: np.ndarray) -> np.n
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _native():
-    try:
-        import torch  # noqa: F401  (loads the libraries the extension links against)
-        from . import _structure_factors
-    except ImportError as err:
-        logging.getLogger(__name__).warning(
-            "cloudvox's C++ structure-factor kernel is not built (%s); featurizing crystals uses numpy (several "
-            "times slower). Reinstall with a C++ compiler: pip install -e .", err)
-        return None
-    return _structure_factors
+def structure_factors_many(m: np.ndarray, sizes: np.ndarray, fracs: Sequence[np.ndarray], Ws: Sequence[np.ndarray],
+                           rows: int, total_last: bool = False) -> np.ndarray:
+    """(rows, P) complex128 structure factors of S crystals at once (:func:`structure_factors_at` of each).
+
+    m: (P, 3) int Miller indices, ``sizes[s]`` of them for crystal s in turn; fracs: S (J_s, 3) fractional
+    coordinates; Ws: S (C_s, J_s) channel weights. Crystal s's channel c goes to row c of its points' columns,
+    except, with ``total_last``, its last channel (the total density), which goes to the last row; rows it does
+    not have are 0. One compiled call when the kernel is built."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    out_rows = np.concatenate([np.r_[0:len(W) - 1, rows - 1] if total_last else np.arange(len(W)) for W in Ws])
+    native = kernel.native()
+    if native is not None:
+        import torch
+        args = (np.array(m, dtype=np.int32, order="C"), sizes.copy(),
+                np.concatenate([np.asarray(f, dtype=np.float64) for f in fracs]),
+                np.array([len(f) for f in fracs], dtype=np.int64),
+                np.concatenate([np.asarray(W, dtype=np.float64).ravel() for W in Ws]),
+                np.array([len(W) for W in Ws], dtype=np.int64), out_rows.astype(np.int64))
+        return native.at_batch(*(torch.from_numpy(a) for a in args), int(rows)).numpy()
+    F = np.zeros((rows, len(m)), dtype=np.complex128)
+    a, r = 0, 0
+    for k, f, W in zip(sizes, fracs, Ws):
+        F[out_rows[r:r + len(W)], a:a + k] = structure_factors_at(m[a:a + k], f, W)
+        a, r = a + k, r + len(W)
+    return F
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -403,15 +346,18 @@ class ReciprocalVoxelizer:
         names = tuple(names) if names is not None else self.channel_names(structures)
         R = _rotations(rotations, len(structures))
         out: List = [None] * len(structures)
-        # crystals: the points of the one enumeration (half_ball), binned as the feature file's reader bins them
-        for i in (i for i, s in enumerate(structures) if s.is_periodic):
-            s = structures[i]
-            # an unrotated cartesian grid bins only the cube [-h, h)^3: not the ball's caps
-            rs = self._crystal_set(s, names, np.float64, within_cube=R is None and self.mode == "cartesian")
-            (index, values), = bin_sets([rs], self.n, self.length, self.mode, None if R is None else R[i],
-                                        distinct=self.mode == "cartesian" and
-                                        _coarser_than_voxels(s.lattice[None], self.length))
-            out[i] = SparseVoxels(index, values, rs.channels)
+        # crystals: the points of the one enumeration (Lattice.half_ball), binned as the feature file's reader
+        # bins them, many crystals per pass; an unrotated cartesian grid bins only the cube [-h, h)^3, not the
+        # ball's caps
+        cube = R is None and self.mode == "cartesian"
+        for chunk in _crystal_chunks(structures, self.ball_radius):
+            pts = self._crystal_points([structures[i] for i in chunk], names, within_cube=cube)
+            distinct = self.mode == "cartesian" and \
+                _coarser_than_voxels(np.stack([structures[i].lattice for i in chunk]), self.length)
+            binned = _bin_points(pts.G, pts.amp.astype(np.float32), pts.sizes, pts.mirror, self.n, self.length,
+                                 self.mode, None if R is None else R[chunk], distinct)
+            for k, (i, (index, values)) in enumerate(zip(chunk, binned)):
+                out[i] = SparseVoxels(index, values[pts.rows[k]], pts.channels[k])
         molecules = [i for i, s in enumerate(structures) if not s.is_periodic]
         weights = {i: self._weights(structures[i], names) for i in molecules}
         mols = [structures[i] for i in molecules]
@@ -450,7 +396,7 @@ class ReciprocalVoxelizer:
 
     def reciprocal_batch(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None,
                          dtype=np.float32, half: bool = False) -> List[ReciprocalSet]:
-        """:meth:`reciprocal` of many structures. Crystals: the points of :func:`half_ball` (one of each
+        """:meth:`reciprocal` of many structures. Crystals: the points of :meth:`cloudvox.lattice.Lattice.half_ball` (one of each
         Friedel pair), structure factors by the compiled kernel (:func:`structure_factors_at`), mirrored
         for ``half=False``; molecules: vectorised over molecules of one shape."""
         names = tuple(names) if names is not None else self.channel_names(structures)
@@ -470,37 +416,63 @@ class ReciprocalVoxelizer:
                     out[molecules[c]] = ReciprocalSet(G=G[k], amp=amp[k], channels=weights[molecules[c]][1])
         return out
 
-    def _crystal_set(self, s: Structure, names: Sequence[str], dtype, within_cube: bool = False) -> ReciprocalSet:
-        """A crystal's half set: the points of :func:`half_ball` (only those in the cartesian grid's cube
-        [-h, h]^3 with ``within_cube``) and its channel values there, ``dtype``."""
-        W, channels = self._weights(s, names)
-        m = half_ball(s.lattice, self.ball_radius)
-        G = m @ reciprocal_lattice(s.lattice)
-        if within_cube:
-            inside = (np.abs(G) <= self.half_width * (1 + 1e-9)).all(1)
+    def _crystal_set(self, s: Structure, names: Sequence[str], dtype) -> ReciprocalSet:
+        """A crystal's half set: the points of :meth:`cloudvox.lattice.Lattice.half_ball` and its channel values
+        there, ``dtype``."""
+        pts = self._crystal_points([s], names)
+        return ReciprocalSet(G=pts.G, amp=pts.amp[pts.rows[0]].astype(dtype, copy=False), channels=pts.channels[0],
+                             m=pts.m, half=True)
+
+    def _crystal_points(self, group: Sequence[Structure], names: Sequence[str],
+                        within_cube: bool = False) -> "_CrystalPoints":
+        """The half sets of crystals, concatenated (only the points in the cartesian grid's cube [-h, h]^3 with
+        ``within_cube``): per crystal the enumeration and the structure factors (compiled), then the envelope
+        and the channel values of all points at once, with the same floating-point operations as one crystal
+        alone."""
+        ws = [self._weights(s, names) for s in group]
+        channels = [ch for _, ch in ws]
+        Ws = [np.concatenate([W, np.ones((1, W.shape[1]))]) if self.cross else W for W, _ in ws]
+        m, sizes, recips = half_balls([s.cell for s in group], self.ball_radius,
+                                      self.half_width if within_cube else None)
+        starts = np.cumsum(sizes) - sizes
+        G = np.concatenate([m[a:a + k] @ r for a, k, r in zip(starts, sizes, recips)])  # as the reader computes G
+        if within_cube:  # the exact test, over all points at once
+            a, hw = np.abs(G), self.half_width * (1 + 1e-9)
+            inside = (a[:, 0] <= hw) & (a[:, 1] <= hw) & (a[:, 2] <= hw)
+            kept = np.concatenate([[0], np.cumsum(inside)])  # kept points before each point
+            ends = np.cumsum(sizes)
+            sizes = kept[ends] - kept[ends - sizes]
             m, G = m[inside], G[inside]
-        amp = self.amplitudes_at(s, W, m, G).astype(dtype, copy=False)
-        return ReciprocalSet(G=G, amp=amp, channels=channels, m=m, half=True)
+        c_base = max(len(W) for W in Ws) - (1 if self.cross else 0)  # channel rows, then the total with cross
+        c_out = c_base + (1 if self.cross else 0)
+        F = structure_factors_many(m, sizes, [s.frac_coords for s in group], Ws, c_out, total_last=self.cross)
+        sid = np.repeat(np.arange(len(group)), sizes)
+        env = np.exp(-self.sigma ** 2 / 2 * sqnorm(G))
+        amp = self._channel_values(F, env, np.array([len(s) for s in group], dtype=np.float64)[sid])
+        amp *= env / np.array([s.volume for s in group])[sid]
+        rows = [np.r_[0:len(W) - 1, c_base:c_base + len(W) - 1] if self.cross else slice(0, len(W)) for W in Ws]
+        mirror = (m[:, 0] != 0) | (m[:, 1] != 0) | (m[:, 2] != 0)
+        return _CrystalPoints(m, G, amp, sizes, mirror, rows, channels)
 
     def stored_values(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, float]:
         """What the feature file stores of a crystal: its channels (c,) int64 (indices into ``names``; 2 c with
         ``cross``), its half set's channel values relative to their largest modulus, (c, P) float16 in
-        :func:`half_ball`'s order, and that largest modulus (the scale, 1/Angstrom^3; 0 for an empty set).
+        :meth:`cloudvox.lattice.Lattice.half_ball`'s order, and that largest modulus (the scale, 1/Angstrom^3; 0
+        for an empty set).
 
         The compiled kernel does it in one pass (enumeration, structure factors, envelope, float16 rounding);
         without it, :meth:`reciprocal` in numpy, then the division and ``astype(float16)``."""
         W, channels = self._weights(s, names)
-        kernel = _native()
-        if kernel is not None:
+        native = kernel.native()
+        if native is not None:
             import torch
-            recip, (e0, e1, e2), r2 = _ball_params(s.lattice, self.ball_radius)
-            values, top = kernel.stored_values(torch.from_numpy(recip), e0, e1, e2, r2,
+            recip, (e0, e1, e2), r2 = s.cell.ball_params(self.ball_radius)
+            values, top = native.stored_values(torch.from_numpy(recip.copy()), e0, e1, e2, r2,
                                                torch.from_numpy(np.array(s.frac_coords, dtype=np.float64, order="C")),
                                                torch.from_numpy(np.array(W, dtype=np.float64, order="C")),
                                                self.sigma, float(s.volume), self.cross)
             return channels, values.numpy(), float(top)
-        m = half_ball(s.lattice, self.ball_radius)
-        amp = self.amplitudes_at(s, W, m, m @ reciprocal_lattice(s.lattice))
+        amp = self._crystal_set(s, names, np.float64).amp
         top = float(np.abs(amp).max()) if amp.size else 0.0
         return channels, (amp / (top or 1.0)).astype(np.float16), top
 
@@ -509,18 +481,6 @@ class ReciprocalVoxelizer:
         """sqrt(3) pi N / L in 1/Angstrom: the ball of the stored reciprocal sets, which holds every rotation
         of the cartesian grid's cube [-h, h)^3."""
         return float(np.sqrt(3) * self.half_width)
-
-    def amplitudes_at(self, s: Structure, W: np.ndarray, m: np.ndarray, G: np.ndarray) -> np.ndarray:
-        """(C, P) float64 channel values (|h_c|, then the cross-spectra with ``cross``; 1/Angstrom^3) of a
-        crystal at Miller indices m (P, 3), G = m @ recip (P, 3) in 1/Angstrom, for channel weights W
-        (c, natoms) (:meth:`_weights`)."""
-        if self.cross:
-            W = np.concatenate([W, np.ones((1, W.shape[1]))])
-        F = structure_factors_at(m, s.frac_coords, W)  # (C', P)
-        env = np.exp(-self.sigma ** 2 / 2 * _sqnorm(G))
-        amp = self._channel_values(F[None], env[None], W[None])[0]
-        amp *= env / s.volume
-        return amp
 
     # --- internals -------------------------------------------------------------------------------------
     def _group_key(self, s: Structure) -> Tuple:
@@ -533,11 +493,11 @@ class ReciprocalVoxelizer:
 
         A crystal's reciprocal set (stored, or binned into voxels) holds P ~ (4/3 pi r^3) V / (2 pi)^3 / 2
         points (r the ball radius, V the cell volume), enumerated over (e0 + 1)(2 e1 + 1) rows of the box of
-        integer m around the ball (:func:`half_ball`)."""
+        integer m around the ball (:meth:`cloudvox.lattice.Lattice.half_ball`)."""
         if not s.is_periodic:
             return
         c = self._channel_count(s)
-        e = reciprocal_box(s.lattice, self.ball_radius).astype(np.float64)
+        e = s.cell.box(self.ball_radius).astype(np.float64)
         ball = 4 / 3 * np.pi * self.ball_radius ** 3 * s.volume / (2 * np.pi) ** 3 / 2
         points = ball + 2 * (e[0] + 1) * (2 * e[1] + 1)
         need = points * (40 + 40 * c)  # m, G, |G|^2 and the complex / float64 values per channel
@@ -571,20 +531,20 @@ class ReciprocalVoxelizer:
             G = spherical_voxel_centres(self.n, self.length).reshape(1, -1, 3)
             F = np.matmul(W.astype(np.complex128), np.exp(-1j * np.matmul(cart, G[0].T)))  # (S, C, P)
         G = np.broadcast_to(G, (S,) + G.shape[1:])
-        env = np.exp(-self.sigma ** 2 / 2 * _sqnorm(G))
-        amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W) * env[:, None, :]
+        env = np.exp(-self.sigma ** 2 / 2 * sqnorm(G))
+        amp = self._channel_values(F.reshape(S, W.shape[1], -1), env, W[:, -1].sum(-1)[:, None]) * env[:, None, :]
         return G, amp
 
-    def _channel_values(self, F: np.ndarray, env: np.ndarray, W: np.ndarray) -> np.ndarray:
-        """(S, C or 2 C, P) channel values before the common factor env / |det A|, from structure factors
-        F (S, C', P) of the weights W (S, C', J) (C' = C + 1 with ``cross``: the last row is the total)
-        and the Gaussian envelope env (S, P): |F_c|, then with ``cross`` env Re(F_c conj(F)) / natoms."""
+    def _channel_values(self, F: np.ndarray, env: np.ndarray, natoms) -> np.ndarray:
+        """(..., C or 2 C, P) channel values before the common factor env / |det A|, from structure factors
+        F (..., C', P) (C' = C + 1 with ``cross``: the last row is the total), the Gaussian envelope env
+        (..., P) and the atom counts ``natoms`` (broadcast against env): |F_c|, then with ``cross``
+        env Re(F_c conj(F)) / natoms."""
         if not self.cross:
             return np.abs(F)
-        Fc, Ft = F[:, :-1], F[:, -1:]
-        natoms = W[:, -1].sum(-1)  # h(0) = natoms / |det A|
-        x = (Fc.real * Ft.real + Fc.imag * Ft.imag) * (env / natoms[:, None])[:, None, :]
-        return np.concatenate([np.abs(Fc), x], axis=1)
+        Fc, Ft = F[..., :-1, :], F[..., -1:, :]
+        x = (Fc.real * Ft.real + Fc.imag * Ft.imag) * (env / natoms)[..., None, :]
+        return np.concatenate([np.abs(Fc), x], axis=-2)
 
     def _bin_molecules(self, group: Sequence[Structure], W: Sequence[np.ndarray],
                        R: Optional[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -595,26 +555,75 @@ class ReciprocalVoxelizer:
         return sparse_bin(idx, amp.astype(np.float32), self.n ** 3, True)
 
 
+@dataclass
+class _CrystalPoints:
+    """Crystals' half sets, concatenated: m (P, 3) int32, G (P, 3) float64 in 1/Angstrom and amp (C, P)
+    float64 channel values (1/Angstrom^3; rows of a crystal not its own are zero), points per crystal
+    ``sizes`` (S,), ``mirror`` (P,) the points whose -G the full set also holds (G != 0), and per crystal its
+    rows of amp (an index array or a slice) and its channel indices."""
+    m: np.ndarray
+    G: np.ndarray
+    amp: np.ndarray
+    sizes: np.ndarray
+    mirror: np.ndarray
+    rows: List
+    channels: List[np.ndarray]
+
+
 def bin_sets(sets: Sequence[ReciprocalSet], n: int, length: float, mode: str = "cartesian",
              rotation: Optional[np.ndarray] = None, distinct: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Voxels of crystals' reciprocal sets, as the descriptor bins them (G rounded to float32, then rotated by
-    ``rotation`` R (3, 3) if given: the descriptor of the structure rotated by R; values float32, sums in
-    float64): per set, occupied voxels (K,) int32 and values (C, K) float32. distinct: no two points of a set
-    share a voxel (nothing to sum)."""
-    out = []
-    for rs in sets:
-        full = rs.full()
-        G = full.G.astype(np.float32).astype(np.float64)  # the original bins float32 G
-        if rotation is not None:
-            G = G @ np.asarray(rotation).T
-        idx = voxel_index(G, n, length, mode)
-        if distinct:  # in voxel order, as the summing path returns them
-            order = np.argsort(idx, kind="stable")
-            idx, amp = idx[order], full.amp[:, order]
+    ``rotation`` if given: the descriptor of the structure rotated by R; values float32, sums in float64): per
+    set, occupied voxels (K,) int32 ascending and values (C, K) float32.
+
+    rotation: (3, 3) for every set or (S, 3, 3) one per set; distinct: no two points of a set share a voxel
+    (nothing to sum). All sets are binned in one pass (:func:`_bin_points`)."""
+    if not sets:
+        return []
+    sizes = np.array([len(rs.G) for rs in sets])
+    G = np.concatenate([rs.G for rs in sets])
+    C = max(len(rs.amp) for rs in sets)
+    amp = np.zeros((C, len(G)), dtype=np.float32)
+    for rs, a in zip(sets, np.cumsum(sizes) - sizes):
+        amp[:len(rs.amp), a:a + len(rs.G)] = rs.amp
+    mirror = np.concatenate([np.any((rs.m if rs.m is not None else rs.G) != 0, axis=1) & rs.half for rs in sets])
+    binned = _bin_points(G, amp, sizes, mirror, n, length, mode, rotation, distinct)
+    return [(index, values[:len(rs.amp)]) for rs, (index, values) in zip(sets, binned)]
+
+
+def _bin_points(G: np.ndarray, amp: np.ndarray, sizes: np.ndarray, mirror: np.ndarray, n: int, length: float,
+                mode: str, rotation: Optional[np.ndarray], distinct: bool) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """:func:`bin_sets` of concatenated sets: G (P, 3) float64, amp (C, P) float32, points per set ``sizes``,
+    ``mirror`` (P,) the points also binned at -G. Each set's mirror points come after its own, as
+    :meth:`ReciprocalSet.full` orders them, so every sum adds the same float32 values in the same order; the
+    rotation is applied before mirroring (R(-G) = -(R G) exactly in floating point)."""
+    S = len(sizes)
+    starts = np.cumsum(sizes) - sizes
+    G = G.astype(np.float32).astype(np.float64)  # the original bins float32 G
+    if rotation is not None:
+        R = np.asarray(rotation, dtype=np.float64)
+        if R.ndim == 2:
+            G = G @ R.T
         else:
-            amp = full.amp
-        out.extend(sparse_bin(idx[None], amp.astype(np.float32)[None], n ** 3, distinct))
-    return out
+            G = np.concatenate([G[a:a + k] @ R[i].T for i, (a, k) in enumerate(zip(starts, sizes))]) if S else G
+    size = n ** 3
+    back = np.flatnonzero(mirror)
+    idx = np.concatenate([voxel_index(G, n, length, mode), voxel_index(-G[back], n, length, mode)])
+    src = np.concatenate([np.arange(len(G)), back])  # the point (column of amp) behind each binned point
+    keep = idx >= 0
+    src = src[keep]
+    key = np.repeat(np.arange(S) * size, sizes)[src] + idx[keep]  # global voxel of each kept point
+    if distinct:
+        order = np.argsort(key, kind="stable")
+        occupied, sums = key[order], amp[:, src[order]]
+    else:
+        occupied, slot = np.unique(key, return_inverse=True)
+        K, C = len(occupied), len(amp)
+        sums = np.bincount((slot[None, :] + (np.arange(C) * K)[:, None]).ravel(), weights=amp[:, src].ravel(),
+                           minlength=C * K).astype(np.float32).reshape(C, K)
+    bounds = np.searchsorted(occupied, np.arange(S + 1) * size)
+    local = (occupied % size).astype(np.int32)
+    return [(local[a:b], sums[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _coarser_than_voxels(lattice: np.ndarray, length: float) -> bool:
@@ -655,6 +664,22 @@ def sparse_bin(idx: np.ndarray, values: np.ndarray, size: int,
     bounds = np.searchsorted(occupied, np.arange(S + 1) * size)
     return [((occupied[a:b] - s * size).astype(np.int32), sums[:, a:b])
             for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _crystal_chunks(structures: Sequence[Structure], radius: float, points: int = 1 << 18):
+    """The indices of the crystals among ``structures``, in chunks of about ``points`` reciprocal points (a
+    ball of ``radius`` 1/Angstrom each), so that a pass over a chunk holds a bounded amount of memory."""
+    chunk, total = [], 0.0
+    per_volume = 4 / 3 * np.pi * radius ** 3 / (2 * np.pi) ** 3 / 2  # half-ball points per A^3 of cell
+    for i, s in enumerate(structures):
+        if s.is_periodic:
+            chunk.append(i)
+            total += per_volume * s.volume
+            if total >= points:
+                yield chunk
+                chunk, total = [], 0.0
+    if chunk:
+        yield chunk
 
 
 def _rotations(rotations, count: int) -> Optional[np.ndarray]:

@@ -3,7 +3,8 @@
 Conventions (as in pymatgen ``core/lattice.py``):
 
 * ``lattice`` is a (3, 3) float64 array whose **rows** are the cell vectors a, b, c in Angstrom, or ``None``
-  for a molecule (no periodicity).
+  for a molecule (no periodicity); ``cell`` is the same as a :class:`cloudvox.lattice.Lattice`, which owns the
+  reciprocal lattice and the enumeration of reciprocal points.
 * ``frac_coords`` (n, 3) are fractional coordinates (crystals only); ``cart_coords`` (n, 3) are Cartesian
   coordinates in Angstrom, ``cart_coords = frac_coords @ lattice``.
 * ``numbers`` (n,) int64 atomic numbers Z.
@@ -19,40 +20,15 @@ import numpy as np
 
 from .elements import SYMBOLS, UnknownElementError, atomic_numbers, MAX_Z
 from .errors import UserError
+from .lattice import MIN_VOLUME, Lattice, det3
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are rejected as overlapping
 MAX_ATOMS = 2000  # atoms per structure: larger ones are refused before any pairwise work (AFLOW cells: <= ~400)
-MIN_VOLUME = 1e-3  # Angstrom^3: smaller |det(lattice)| is a singular cell
 MAX_CELLS = 100  # a crystal's atoms lie within this many cells of the origin (|fractional coordinate| <= 100)
 
 
 class StructureError(UserError, ValueError):
     """A structure that is not physically valid; the message names the structure and the problem."""
-
-
-def lattice_from_parameters(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> np.ndarray:
-    """(3, 3) lattice (rows a, b, c in Angstrom) from cell lengths (Angstrom) and angles (degrees).
-
-    AFLOW's convention: a along x, b in the xy plane, c completing a right-handed cell. Entries are
-    rounded to 14 decimals exactly as AFLOW-derived tools (and the original VoxelNet) do, so that
-    reciprocal vectors agree bit for bit with theirs.
-    """
-    al, be, ga = (x / 180 * np.pi for x in (alpha, beta, gamma))
-    ca, cb, cg, sg = np.cos(al), np.cos(be), np.cos(ga), np.sin(ga)
-    radicand = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
-    if not radicand > 0 or not sg != 0:
-        raise ValueError(f"cell angles ({alpha}, {beta}, {gamma}) degrees do not form a cell")
-    vol = a * b * c * np.sqrt(radicand)
-    columns = np.array([[a, b * cg, c * cb],
-                        [0.0, b * sg, c * (ca - cb * cg) / sg],
-                        [0.0, 0.0, vol / (a * b * sg)]])
-    return np.round(columns, 14).T.copy()
-
-
-def _det3(m: np.ndarray) -> float:
-    """Determinant of a 3x3 matrix (a triple product: cheaper than LAPACK for one small matrix)."""
-    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
-    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def _readonly(x: np.ndarray) -> np.ndarray:
@@ -134,7 +110,7 @@ class Structure:
         StructureError: naming ``id`` and the problem.
     """
 
-    __slots__ = ("_numbers", "_frac", "_cart", "_lattice", "id", "_props", "_meta", "_symbols", "_elements")
+    __slots__ = ("_numbers", "_frac", "_cart", "_lattice", "_cell", "id", "_props", "_meta", "_symbols", "_elements")
 
     def __init__(self, numbers, coords, lattice=None, *, cartesian: bool = False, id: str = "",
                  props: Optional[Mapping[str, float]] = None, meta: Optional[Mapping[str, str]] = None):
@@ -172,7 +148,7 @@ class Structure:
                 raise self._error(f"lattice has shape {lat.shape}, expected (3, 3)")
             if not np.isfinite(lat).all():
                 raise self._error("lattice has non-finite entries (NaN or inf)")
-            vol = abs(_det3(lat))
+            vol = abs(det3(lat))
             if not vol >= MIN_VOLUME:
                 raise self._error(f"singular or degenerate lattice: volume {vol:.3g} A^3 < {MIN_VOLUME} A^3")
             if cartesian:
@@ -185,9 +161,10 @@ class Structure:
                 raise self._error(f"atom {k} lies far outside the cell (fractional coordinates {frac[k].tolist()}; "
                                   f"the limit is {MAX_CELLS} cells, cloudvox.structure.MAX_CELLS)")
             self._lattice, self._frac = _readonly(lat), _readonly(frac)
+            self._cell = Lattice.checked(self._lattice)
         else:
             cart = xyz
-            self._lattice, self._frac = None, None
+            self._lattice, self._frac, self._cell = None, None, None
         self._numbers, self._cart = _readonly(nums), _readonly(cart)
         overlap = find_overlap(cart, self._lattice, frac=self._frac)
         if overlap is not None:
@@ -225,8 +202,14 @@ class Structure:
 
     @property
     def lattice(self) -> Optional[np.ndarray]:
-        """(3, 3) rows a, b, c in Angstrom, or None for a molecule."""
+        """(3, 3) read-only rows a, b, c in Angstrom, or None for a molecule."""
         return self._lattice
+
+    @property
+    def cell(self) -> Optional[Lattice]:
+        """The :class:`cloudvox.lattice.Lattice` of a crystal (its reciprocal and reciprocal points), None for a
+        molecule."""
+        return self._cell
 
     @property
     def frac_coords(self) -> np.ndarray:
@@ -265,9 +248,9 @@ class Structure:
     @property
     def volume(self) -> float:
         """|det(lattice)| in Angstrom^3; raises for a molecule."""
-        if self._lattice is None:
+        if self._cell is None:
             raise AttributeError(f"structure {self.id}: a molecule has no cell volume")
-        return abs(_det3(self._lattice))
+        return self._cell.volume
 
     @property
     def formula(self) -> str:

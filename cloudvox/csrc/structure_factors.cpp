@@ -9,9 +9,13 @@
 // channels, one weight per atom: atoms grouped by channel, one sum over each group).
 // Single-threaded: the featurize job runs one MPI rank per core.
 //
-//   half_ball(recip (3, 3), e0, e1, e2, r2) -> m (P, 3) int32: cloudvox.descriptors.half_ball's enumeration with
+//   at_batch(m, counts (S,), frac, atoms (S,), W (flat blocks), channels (S,), out_rows, C_out) -> F (C_out, P):
+//     at() of many crystals in one call, each crystal's channel rows placed at out_rows in a common layout.
+//   half_ball(recip (3, 3), e0, e1, e2, r2) -> m (P, 3) int32: cloudvox.lattice.half_ball's enumeration with
 //     the same floating-point operations in the same order (built with -ffp-contract=off: no fused
 //     multiply-adds), so that both select the same points: the feature file stores values in this order.
+//   half_balls(recips (S, 3, 3), extents (S, 3), r2, cube) -> (m (P, 3) int32, counts (S,) int64): the half balls
+//     of many lattices in one call, optionally only their points inside the cube |G_k| <= cube (a prefilter).
 //   stored_values(recip, e0, e1, e2, r2, frac (J, 3), W (C, J), sigma, volume, cross) -> (values (C', P) float16,
 //     scale): the featurize job's whole per-crystal descriptor: the half ball enumerated row by row, the
 //     structure factors of each row's points at once (vectorised over the row), |F_c| (and with cross the
@@ -159,8 +163,60 @@ torch::Tensor factors_at(torch::Tensor m, torch::Tensor frac, torch::Tensor W) {
 }
 
 
+// factors_at of S crystals in one call: crystal s has counts[s] points of m, atoms[s] atoms of frac and a (C_s, J_s)
+// block of W (flat, one block after the other), whose rows go to rows out_rows[...] of the (C_out, P) output
+// (zeros elsewhere); each crystal's values are those factors_at gives it alone
+torch::Tensor factors_at_batch(torch::Tensor m, torch::Tensor counts, torch::Tensor frac, torch::Tensor atoms,
+                               torch::Tensor W, torch::Tensor channels, torch::Tensor out_rows, int64_t C_out) {
+  TORCH_CHECK(m.dim() == 2 && m.size(1) == 3 && m.scalar_type() == torch::kInt32, "m must be (P, 3) int32");
+  TORCH_CHECK(frac.dim() == 2 && frac.size(1) == 3 && frac.scalar_type() == torch::kFloat64,
+              "frac must be (J, 3) float64");
+  TORCH_CHECK(W.dim() == 1 && W.scalar_type() == torch::kFloat64, "W must be flat float64");
+  for (const auto* t : {&counts, &atoms, &channels, &out_rows})
+    TORCH_CHECK(t->dim() == 1 && t->scalar_type() == torch::kInt64, "counts, atoms, channels, out_rows: int64");
+  const int64_t S = counts.size(0);
+  TORCH_CHECK(atoms.size(0) == S && channels.size(0) == S, "one count, atom count and channel count per crystal");
+  m = m.contiguous();
+  frac = frac.contiguous();
+  W = W.contiguous();
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  const int64_t* nat = atoms.data_ptr<int64_t>();
+  const int64_t* nch = channels.data_ptr<int64_t>();
+  const int64_t* rows = out_rows.data_ptr<int64_t>();
+  int64_t P = 0, J = 0, WJ = 0, R = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(cnt[s] >= 0 && nat[s] >= 0 && nch[s] >= 0, "negative count");
+    P += cnt[s];
+    J += nat[s];
+    WJ += nch[s] * nat[s];
+    R += nch[s];
+  }
+  TORCH_CHECK(P == m.size(0) && J == frac.size(0) && WJ == W.size(0) && R == out_rows.size(0),
+              "counts, atoms and channels must add up to m, frac, W and out_rows");
+  for (int64_t r = 0; r < R; ++r) TORCH_CHECK(rows[r] >= 0 && rows[r] < C_out, "out_rows outside [0, C_out)");
+  auto out = torch::zeros({C_out, P}, torch::TensorOptions().dtype(torch::kComplexDouble));
+  double* o = reinterpret_cast<double*>(out.data_ptr());
+  const int32_t* mp = m.data_ptr<int32_t>();
+  const double* fp = frac.data_ptr<double>();
+  const double* wp = W.data_ptr<double>();
+  std::vector<double> tmp;
+  int64_t p0 = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t Ps = cnt[s], Js = nat[s], Cs = nch[s];
+    tmp.assign(2 * Cs * Ps, 0.0);
+    structure_factors(mp + 3 * p0, Ps, fp, Js, wp, Cs, tmp.data());
+    for (int64_t c = 0; c < Cs; ++c)
+      std::memcpy(o + 2 * (rows[c] * P + p0), tmp.data() + 2 * c * Ps, 2 * Ps * sizeof(double));
+    p0 += Ps;
+    fp += 3 * Js;
+    wp += Cs * Js;
+    rows += Cs;
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------
-// the half ball, row by row (cloudvox.descriptors.half_ball: keep every operation as written there)
+// the half ball, row by row (cloudvox.lattice.half_ball: keep every operation as written there)
 // ---------------------------------------------------------------------------------------------------------
 struct Row {
   int32_t m0, m1, a, b;  // kept m2 in [a, b]
@@ -194,6 +250,46 @@ std::vector<Row> half_ball_rows(const double* r /* (3, 3) rows b_k */, int64_t e
       if (a <= z) rows.push_back(Row{int32_t(m0), int32_t(m1), int32_t(a), int32_t(z)});
     }
   return rows;
+}
+
+// the half balls of S lattices at once, concatenated, with the counts per lattice; cube > 0 keeps only the
+// points with every |G_k| <= cube (a prefilter: the caller applies its exact test to what is left)
+std::tuple<torch::Tensor, torch::Tensor> half_balls(torch::Tensor recips, torch::Tensor extents, double r2,
+                                                    double cube) {
+  TORCH_CHECK(recips.dim() == 3 && recips.size(1) == 3 && recips.size(2) == 3 &&
+              recips.scalar_type() == torch::kFloat64, "recips must be (S, 3, 3) float64");
+  TORCH_CHECK(extents.dim() == 2 && extents.size(0) == recips.size(0) && extents.size(1) == 3 &&
+              extents.scalar_type() == torch::kInt64, "extents must be (S, 3) int64");
+  recips = recips.contiguous();
+  extents = extents.contiguous();
+  const int64_t S = recips.size(0);
+  const double* R = recips.data_ptr<double>();
+  const int64_t* E = extents.data_ptr<int64_t>();
+  auto counts = torch::zeros({S}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* cnt = counts.data_ptr<int64_t>();
+  std::vector<int32_t> m;
+  for (int64_t s = 0; s < S; ++s) {
+    const double* r = R + 9 * s;
+    TORCH_CHECK(E[3 * s] >= 0 && E[3 * s + 1] >= 0 && E[3 * s + 2] >= 0, "extents must be >= 0");
+    const auto rows = half_ball_rows(r, E[3 * s], E[3 * s + 1], E[3 * s + 2], r2);
+    const size_t before = m.size();
+    for (const auto& w : rows)
+      for (int32_t m2 = w.a; m2 <= w.b; ++m2) {
+        if (cube > 0) {
+          bool inside = true;
+          for (int k = 0; k < 3 && inside; ++k)
+            inside = std::abs(double(w.m0) * r[k] + double(w.m1) * r[3 + k] + double(m2) * r[6 + k]) <= cube;
+          if (!inside) continue;
+        }
+        m.push_back(w.m0);
+        m.push_back(w.m1);
+        m.push_back(m2);
+      }
+    cnt[s] = int64_t(m.size() - before) / 3;
+  }
+  auto out = torch::empty({int64_t(m.size() / 3), 3}, torch::TensorOptions().dtype(torch::kInt32));
+  if (!m.empty()) std::memcpy(out.data_ptr<int32_t>(), m.data(), m.size() * sizeof(int32_t));
+  return std::make_tuple(out, counts);
 }
 
 torch::Tensor half_ball(torch::Tensor recip, int64_t e0, int64_t e1, int64_t e2, double r2) {
@@ -390,7 +486,11 @@ torch::Tensor half_from_double(torch::Tensor x) {  // exposed for the tests of t
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("at", &factors_at, "F[c, p] = sum_j W[c, j] exp(-2 pi i m_p . f_j): m (P, 3) int32, frac (J, 3), W (C, J)");
-  mod.def("half_ball", &half_ball, "m (P, 3) int32 of cloudvox.descriptors.half_ball: recip (3, 3), e0, e1, e2, r2");
+  mod.def("at_batch", &factors_at_batch, "F (C_out, P) complex128 of many crystals: m, counts, frac, atoms, W (flat "
+          "blocks), channels, out_rows, C_out");
+  mod.def("half_ball", &half_ball, "m (P, 3) int32 of cloudvox.lattice.half_ball: recip (3, 3), e0, e1, e2, r2");
+  mod.def("half_balls", &half_balls, "(m (P, 3) int32, counts (S,) int64): the half balls of recips (S, 3, 3), "
+          "extents (S, 3) int64, r2, concatenated; cube > 0: only points with every |G_k| <= cube");
   mod.def("stored_values", &stored_values,
           "(values (C', P) float16, scale) of a crystal's stored reciprocal set: recip, e0, e1, e2, r2, frac, W, "
           "sigma, volume, cross");

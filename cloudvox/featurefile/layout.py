@@ -29,7 +29,7 @@ Layout (``format = "cloudvox-features"``, ``format_version = 2``); S structures 
     /voxels/values             (sum c_i K_i,) float32  per structure a (c_i, K_i) block, 1/Angstrom^3
     /reciprocal/values         (sum c_i P_i,) float16  per crystal a (c_i, P_i) block of |h| / scale (and the
                                                cross-spectra / scale), at the P_i Miller indices m of
-                                               cloudvox.descriptors.half_ball(lattice, sqrt(3) pi N / L), in its
+                                               cloudvox.lattice.half_ball(lattice, sqrt(3) pi N / L), in its
                                                order: one of each Friedel pair (|h(-G)| = |h(G)|), G = m @ recip
     /reciprocal/scale          (S,) float32    per structure: the largest |value| of its block, 1/Angstrom^3
                                                (values = float16 * scale; NaN without a reciprocal set)

@@ -7,7 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..descriptors import ReciprocalSet, SparseVoxels, bin_sets, half_ball, reciprocal_lattice, with_cross
+from ..descriptors import ReciprocalSet, SparseVoxels, bin_sets, with_cross
+from ..lattice import Lattice
 from ..errors import DataError, FormatError
 from ..structure import Structure
 from .layout import CHUNK_CACHE_BYTES, DONE, FAILED, FORMAT, FORMAT_VERSION, decode
@@ -232,13 +233,14 @@ class FeatureFile:
         """The reciprocal set of crystal i (both halves unless ``half``), channels indexed in ``channels``
         (default :meth:`model_channels`), amplitudes float32 in 1/Angstrom^3."""
         i = self._check(i)
-        lattice = self.row("structures/lattice", i)
-        if np.isnan(lattice).any() or not self.has_reciprocal(i):
+        matrix = self.row("structures/lattice", i)
+        if np.isnan(matrix).any() or not self.has_reciprocal(i):
             raise DataError(f"structure {i} ({self.ids[i]}) of {self.path} has no reciprocal set (a molecule, or "
                              "featurized without store: reciprocal)")
+        lattice = Lattice(matrix)
         if self.version >= 2:
             p = self.params
-            m = half_ball(lattice, float(np.sqrt(3) * np.pi * int(p["n"]) / float(p["length"])))
+            m = lattice.half_ball(float(np.sqrt(3) * np.pi * int(p["n"]) / float(p["length"])))
             scale = np.float32(self.row("reciprocal/scale", i))
             raw = self.ragged("reciprocal/values", i).astype(np.float32) * scale
         else:  # version 1: stored indices, float32 values
@@ -246,7 +248,7 @@ class FeatureFile:
             raw = self.ragged("reciprocal/values", i)
         ch = self.channel_index(i, channels)
         values = raw.reshape(len(ch), len(m))
-        G = m @ reciprocal_lattice(lattice)
+        G = m @ lattice.reciprocal
         rs = ReciprocalSet(G, values, ch, m, half=True)
         return rs if half else rs.full()
 

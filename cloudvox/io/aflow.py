@@ -14,7 +14,8 @@ from typing import Iterator, List, Optional, Union
 import numpy as np
 
 from ..elements import UnknownElementError, atomic_numbers
-from ..structure import MAX_ATOMS, Structure, StructureError, lattice_from_parameters
+from ..lattice import lattice_from_parameters
+from ..structure import MAX_ATOMS, Structure, StructureError
 from .records import Record, collect
 
 REQUIRED = ("geometry", "species", "composition", "positions_fractional")

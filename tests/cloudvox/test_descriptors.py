@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from cloudvox import kernel
 from cloudvox.descriptors import ReciprocalVoxelizer, voxel_index
+from cloudvox.lattice import half_ball
 from cloudvox.io import read_aflow, structure_from_aflow
 from cloudvox.structure import Structure, StructureError
 from tests.conftest import fixture_file, shared_file, shared_reference
@@ -310,39 +312,62 @@ def test_cross_spectra_follow_their_definition(rng, mode):
     np.testing.assert_allclose(vox(s, R), vox(s.rotated(R)), rtol=1e-5, atol=1e-6)
 
 
-def test_half_ball_is_the_lexicographic_half_of_the_ball(rng):
-    """half_ball against its definition (the box filtered by |G| <= radius, the m lexicographically <= 0), on
-    skewed cells and on a cubic cell whose cube corners lie exactly on the ball (a = L / 2)."""
-    from cloudvox.descriptors import half_ball, reciprocal_box, reciprocal_lattice
-    lattices = [np.eye(3) * 6.4, np.array([[3.1, 0, 0], [1.6, 2.9, 0], [-0.8, 0.7, 3.3]]),
-                np.array([[5.0, 0, 0], [14.2, 1.1, 0], [0.3, 9.4, 2.7]])] + \
-        [np.triu(rng.uniform(-3, 3, (3, 3))) + np.diag(rng.uniform(3, 8, 3)) for _ in range(3)]
-    radius = np.sqrt(3) * np.pi * 32 / 12.8
-    for lattice in lattices:
-        e = reciprocal_box(lattice, radius)
-        box = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in e], indexing="ij"), -1).reshape(-1, 3)
-        half = box[:len(box) // 2 + 1]  # lexicographic order: the first half ends at m = 0
-        G = half @ reciprocal_lattice(lattice)
-        expected = half[(G * G).sum(1) <= radius ** 2 * (1 + 1e-12)]
-        got = half_ball(lattice, radius)
-        assert got.dtype == np.int32
-        np.testing.assert_array_equal(got, expected)
-    corner = half_ball(np.eye(3) * 6.4, radius)
-    assert (corner == [-8, -8, -8]).all(1).any()  # exactly on the sphere: kept
-
-
 def test_compiled_structure_factors_equal_numpy(rng, monkeypatch):
     """The C++ kernel against the numpy fallback (float64, 1e-12), for one-hot and dense channel weights."""
     import cloudvox.descriptors as d
-    m = d.half_ball(np.array([[4.1, 0, 0], [0.7, 3.9, 0], [0.2, -0.5, 5.2]]), 9.0)
+    m = half_ball(np.array([[4.1, 0, 0], [0.7, 3.9, 0], [0.2, -0.5, 5.2]]), 9.0)
     frac = rng.uniform(-0.2, 1.2, (7, 3))
     for W in (np.eye(3)[rng.integers(0, 3, 7)].T.copy(), rng.normal(size=(4, 7))):
         native = d.structure_factors_at(m, frac, W)
-        assert d._native() is not None
-        monkeypatch.setattr(d, "_native", lambda: None)
+        assert kernel.native() is not None
+        monkeypatch.setattr(kernel, "native", lambda: None)
         plain = d.structure_factors_at(m, frac, W)
         monkeypatch.undo()
         np.testing.assert_allclose(native, plain, rtol=1e-12, atol=1e-12 * np.abs(plain).max())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_structure_factors_of_many_crystals_equal_each_alone(rng, monkeypatch, compiled):
+    """structure_factors_many puts each crystal's structure_factors_at, bit for bit, into its rows (the total
+    last with total_last) and zeros in the rows it lacks."""
+    from cloudvox.descriptors import structure_factors_at, structure_factors_many
+    if not compiled:
+        monkeypatch.setattr(kernel, "native", lambda: None)
+    lattices = _lattices(rng)[:5]
+    ms = [half_ball(lat, 6.0) for lat in lattices]
+    fracs = [rng.uniform(0, 1, (k, 3)) for k in (1, 5, 3, 7, 2)]
+    Ws = [np.eye(c)[rng.integers(0, c, len(f))].T.copy() for c, f in zip((1, 3, 2, 4, 2), fracs)]
+    for total_last in (False, True):
+        Wt = [np.concatenate([W, np.ones((1, W.shape[1]))]) for W in Ws] if total_last else Ws
+        rows = max(len(W) for W in Wt) + (1 if total_last else 0)
+        F = structure_factors_many(np.concatenate(ms), [len(m) for m in ms], fracs, Wt, rows, total_last)
+        a = 0
+        for m, f, W in zip(ms, fracs, Wt):
+            alone = structure_factors_at(m, f, W)
+            own = list(range(len(W) - 1)) + [rows - 1] if total_last else list(range(len(W)))
+            np.testing.assert_array_equal(F[own, a:a + len(m)], alone)
+            assert not F[[r for r in range(rows) if r not in own], a:a + len(m)].any()
+            a += len(m)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(cross=True), dict(mode="spherical"), dict(channels="total")])
+def test_voxels_of_a_batch_equal_each_structure_alone(rng, kwargs):
+    """compact bins many crystals in one pass: each structure's voxels equal those it gets alone, bit for bit,
+    with and without rotations, crystals and molecules mixed."""
+    vox = ReciprocalVoxelizer(**kwargs)
+    structures = [perovskite(), triclinic(rng), perovskite(4.3, id="big"),
+                  Structure.molecule([[0, 0, 0], [0, 0, 1.1], [1.0, 0, 0]], ["O", "H", "H"], id="water"),
+                  Structure(["Sr", "O"], [[0, 0, 0], [.5, .5, .5]], _lattices(rng)[3], id="skew")]
+    names = vox.channel_names(structures)
+    R = np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in structures])
+    for rotations in (None, R):
+        together = vox.compact(structures, rotations, names)
+        for k, s in enumerate(structures):
+            alone, = vox.compact([s], None if rotations is None else rotations[k:k + 1], names)
+            np.testing.assert_array_equal(together[k].index, alone.index)
+            np.testing.assert_array_equal(together[k].values, alone.values)
+            np.testing.assert_array_equal(together[k].channels, alone.channels)
+            assert (np.diff(alone.index) > 0).all()
 
 
 def _lattices(rng):
@@ -356,13 +381,12 @@ def _lattices(rng):
 def test_compiled_half_ball_selects_the_same_points_as_numpy(rng, monkeypatch):
     """The kernel's enumeration does numpy's floating-point operations in numpy's order (built without fused
     multiply-adds): the same points, in the same order, also on cells with points exactly on the sphere."""
-    import cloudvox.descriptors as d
-    assert d._native() is not None
+    assert kernel.native() is not None
     for lattice in _lattices(rng):
         for radius in (np.sqrt(3) * np.pi * 32 / 12.8, np.pi * 16 / 12.8, 2 * np.pi / 3.2):
-            compiled = d.half_ball(lattice, radius)
-            monkeypatch.setattr(d, "_native", lambda: None)
-            plain = d.half_ball(lattice, radius)
+            compiled = half_ball(lattice, radius)
+            monkeypatch.setattr(kernel, "native", lambda: None)
+            plain = half_ball(lattice, radius)
             monkeypatch.undo()
             assert compiled.dtype == plain.dtype == np.int32
             np.testing.assert_array_equal(compiled, plain)
@@ -371,12 +395,11 @@ def test_compiled_half_ball_selects_the_same_points_as_numpy(rng, monkeypatch):
 def test_compiled_float16_rounding_equals_numpy(rng):
     """Round to nearest even from float64, subnormals and ties included: bit for bit numpy's astype(float16)."""
     import torch
-    import cloudvox.descriptors as d
     x = rng.normal(size=200_000) * 10.0 ** rng.uniform(-9, 0, 200_000)
     ties = np.array([2 ** -25, 3 * 2 ** -25, 1.5 * 2 ** -24, 2.5 * 2 ** -24, 2 ** -14, 2 ** -14 * (1 - 2 ** -11),
                      1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 - 2 ** -12, 0.0, -0.0, 1.0, -1.0, 2 ** -26])
     x = np.concatenate([x, ties, -ties])
-    got = d._native().half_from_double(torch.from_numpy(x)).numpy()
+    got = kernel.native().half_from_double(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
 
 
@@ -385,7 +408,6 @@ def test_compiled_float16_rounding_equals_numpy(rng):
 def test_compiled_stored_values_equal_numpy(rng, monkeypatch, kwargs):
     """What the feature file stores of a crystal, by the one-pass kernel and by numpy: the same channels, the
     scale to 1e-12 and the float16 values within one float16 rounding (the envelope runs as a recurrence)."""
-    import cloudvox.descriptors as d
     from cloudvox.featurefile import channel_names
     vox = ReciprocalVoxelizer(**kwargs)
     names = channel_names(vox)
@@ -395,7 +417,7 @@ def test_compiled_stored_values_equal_numpy(rng, monkeypatch, kwargs):
         for i, (k, lat) in enumerate(zip(rng.integers(1, 8, 12), _lattices(rng)[2:14]))]
     for s in structures:
         ch, values, scale = vox.stored_values(s, names)
-        monkeypatch.setattr(d, "_native", lambda: None)
+        monkeypatch.setattr(kernel, "native", lambda: None)
         ch_np, values_np, scale_np = vox.stored_values(s, names)
         monkeypatch.undo()
         np.testing.assert_array_equal(ch, ch_np)

@@ -1,22 +1,12 @@
 import numpy as np
 import pytest
 
-from cloudvox.structure import Structure, StructureError, find_overlap, lattice_from_parameters
+from cloudvox.structure import Structure, StructureError, find_overlap
 
 
 def cubic(a=4.0, **kw):
     return Structure(["Sr", "Ti", "O", "O", "O"],
                      [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]], np.eye(3) * a, id="SrTiO3", **kw)
-
-
-def test_lattice_from_parameters_follows_aflow_convention():
-    lat = lattice_from_parameters(3.0, 4.0, 5.0, 80.0, 95.0, 110.0)
-    assert lat[0, 1] == 0 and lat[0, 2] == 0 and lat[1, 2] == 0  # a along x, b in the xy plane
-    np.testing.assert_allclose(np.linalg.norm(lat, axis=1), [3, 4, 5], rtol=1e-12)
-    cos = lambda u, v: u @ v / np.linalg.norm(u) / np.linalg.norm(v)
-    np.testing.assert_allclose(np.degrees(np.arccos([cos(lat[1], lat[2]), cos(lat[0], lat[2]), cos(lat[0], lat[1])])),
-                               [80, 95, 110], rtol=1e-12)
-    assert np.linalg.det(lat) > 0
 
 
 def test_coordinates_and_immutability():
