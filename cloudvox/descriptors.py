@@ -425,24 +425,19 @@ class ReciprocalVoxelizer:
 
     def _crystal_points(self, group: Sequence[Structure], names: Sequence[str],
                         within_cube: bool = False) -> "_CrystalPoints":
-        """The half sets of crystals, concatenated (only the points in the cartesian grid's cube [-h, h]^3 with
-        ``within_cube``): per crystal the enumeration and the structure factors (compiled), then the envelope
+        """The half sets of crystals, concatenated (with ``within_cube`` only about the points in the cartesian
+        grid's cube [-h, h]^3, for binning into it): per crystal the enumeration and the structure factors (compiled), then the envelope
         and the channel values of all points at once, with the same floating-point operations as one crystal
         alone."""
         ws = [self._weights(s, names) for s in group]
         channels = [ch for _, ch in ws]
         Ws = [np.concatenate([W, np.ones((1, W.shape[1]))]) if self.cross else W for W, _ in ws]
+        # within_cube: the enumeration leaves out the ball's caps, keeping a slightly larger cube; the binning
+        # drops what lies outside the grid exactly
         m, sizes, recips = half_balls([s.cell for s in group], self.ball_radius,
                                       self.half_width if within_cube else None)
         starts = np.cumsum(sizes) - sizes
         G = np.concatenate([m[a:a + k] @ r for a, k, r in zip(starts, sizes, recips)])  # as the reader computes G
-        if within_cube:  # the exact test, over all points at once
-            a, hw = np.abs(G), self.half_width * (1 + 1e-9)
-            inside = (a[:, 0] <= hw) & (a[:, 1] <= hw) & (a[:, 2] <= hw)
-            kept = np.concatenate([[0], np.cumsum(inside)])  # kept points before each point
-            ends = np.cumsum(sizes)
-            sizes = kept[ends] - kept[ends - sizes]
-            m, G = m[inside], G[inside]
         c_base = max(len(W) for W in Ws) - (1 if self.cross else 0)  # channel rows, then the total with cross
         c_out = c_base + (1 if self.cross else 0)
         F = structure_factors_many(m, sizes, [s.frac_coords for s in group], Ws, c_out, total_last=self.cross)
