@@ -23,9 +23,10 @@ import torch
 
 from .data import Normalizer, element_counts
 from .elements import MAX_Z, SYMBOLS
+from .errors import DataError
 from .featurefile import DONE, FeatureFile, featurize_block, root_attributes, write_features
 from .models.registry import get_model
-from .uncertainty import DomainReference, uncertainty
+from .uncertainty import CALIBRATION_FORMAT, DomainReference, uncertainty
 from .training.checkpoint import load_checkpoint
 from .training.loaders import InProcessBatches, epoch_batches, shard
 from .training.process import SingleProcess
@@ -193,6 +194,10 @@ class Predictor:
         self.checkpoints: List[Path] = []
         cal_file = self.home / UNCERTAINTY_FILE
         self.calibration: Optional[Dict] = json.loads(cal_file.read_text()) if cal_file.exists() else None
+        if self.calibration is not None and self.calibration.get("format", 1) > CALIBRATION_FORMAT:
+            raise DataError(f"{cal_file} has calibration format {self.calibration['format']}, newer than this "
+                            f"cloudvox reads ({CALIBRATION_FORMAT}): upgrade cloudvox, or re-evaluate the run to "
+                            "recalibrate")
 
     @classmethod
     def load(cls, run_or_checkpoint, device: torch.device = torch.device("cpu"), batch_size: int = 64,

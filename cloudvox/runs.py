@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import yaml
 
+from .calibration import read_fold_residuals, train_folds
 from .config import RunConfig, load_run_config
 from .data import HOLDOUT, Normalizer, element_counts, load_splits, save_splits, split_indices
 from .inference import MEMBER, UNCERTAINTY_FILE, Predictions, Predictor, elements_of
-from .uncertainty import DomainReference, fit_uncertainty, uncertainty
+from .uncertainty import CALIBRATION_FORMAT, DomainReference, fit_uncertainty, fit_uncertainty_folds, uncertainty
 from .featurefile import DONE, FeatureFile
 from .viz.runs import plot_learning_curve, plot_parity
 from .models.registry import DESCRIPTOR_KEYS, get_model
@@ -58,8 +59,9 @@ def holds_elements(ff: FeatureFile, indices: np.ndarray, elements: Sequence[str]
     return element_counts(ff, indices)[:, atomic_numbers(elements)].sum(1) > 0
 
 
-def prepare(cfg: RunConfig, run_dir: Path, reuse_splits: bool):
-    """Feature file, usable indices, splits (saved or reused), normaliser and datasets of a run."""
+def prepare(cfg: RunConfig, run_dir: Path, reuse_splits: bool, given: Optional[Dict[str, np.ndarray]] = None):
+    """Feature file, usable indices, splits (saved or reused; ``given``: these, saved), normaliser and datasets
+    of a run."""
     data = cfg.data
     if not data.path:
         raise ConfigError("data.path (the featurized .h5 file) is required")
@@ -69,6 +71,9 @@ def prepare(cfg: RunConfig, run_dir: Path, reuse_splits: bool):
     ids = ff.ids
     if reuse_splits and (run_dir / "split_train.txt").exists():
         splits = load_splits(run_dir, ids)
+    elif given is not None:  # a calibration fold's (cloudvox.calibration)
+        splits = {k: np.asarray(v, dtype=np.int64) for k, v in given.items()}
+        save_splits(run_dir, ids, splits)
     else:
         sp = data.split
         held = holds_elements(ff, usable, sp.hold_out or ())
@@ -90,10 +95,11 @@ def model_channels(ff: FeatureFile, species: Optional[Sequence[str]]) -> List[st
     return ff.model_channels(species or None)
 
 
-def build_trainer(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False):
-    """The run's data, splits, normaliser, model and :class:`Trainer`, ready to train (rank 0 writes the
-    resolved config and the splits of a new run). Returns (trainer, feature file, the checkpoint to resume
-    from or None)."""
+def build_trainer(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False,
+                  splits: Optional[Dict[str, np.ndarray]] = None):
+    """The run's data, splits (``splits``: these), normaliser, model and :class:`Trainer`, ready to train (rank 0
+    writes the resolved config and the splits of a new run). Returns (trainer, feature file, the checkpoint to
+    resume from or None)."""
     dist = dist or SingleProcess()
     cfg = RunConfig.of(cfg)
     run_dir = Path(cfg.run_dir)
@@ -105,7 +111,7 @@ def build_trainer(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False):
     if dist.is_main and not resume_from:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=False)
+        ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=False, given=splits)
     dist.barrier()
     if not (dist.is_main and not resume_from):
         ff, splits, norm, targets, counts = prepare(cfg, run_dir, reuse_splits=True)
@@ -159,14 +165,19 @@ def train_members(cfg: RunConfig, dist, resume: bool, on_trainer, members: Seque
     return None
 
 
-def finish_ensemble(cfg: RunConfig, dist) -> Dict:
-    """Every member done: the members' common split copied up, the ensemble evaluated in the parent run
-    directory (mean and standard deviation of the members' predictions)."""
+def finish_ensemble(cfg: RunConfig, dist, resume: bool = False, on_trainer=None) -> Dict:
+    """Every member done: the members' common split copied up, the calibration folds trained
+    (``train.uncertainty: folds``), the ensemble evaluated in the parent run directory (mean and standard
+    deviation of the members' predictions). Returns the summary of an interrupted fold instead."""
     run_dir = Path(cfg.run_dir)
     if dist.is_main:
         for split in (run_dir / MEMBER.format(0)).glob("split_*.txt"):
             shutil.copyfile(split, run_dir / split.name)
     dist.barrier()
+    if cfg.train.uncertainty == "folds":
+        stopped = train_folds(cfg, dist, train_run, resume, on_trainer)
+        if stopped is not None:
+            return stopped
     result = evaluate(run_dir, cfg.data.path, dist=dist)
     return dict(result, members=cfg.train.ensemble, stopped=False, history=[])
 
@@ -176,20 +187,23 @@ def _train_ensemble(cfg: RunConfig, dist, resume: bool, on_trainer) -> Dict:
     (``train.members_over_ranks`` spreads them over the ranks instead: :mod:`hpc.ensemble`)."""
     start_ensemble(cfg, dist)
     stopped = train_members(cfg, dist, resume, on_trainer, range(cfg.train.ensemble))
-    return stopped if stopped is not None else finish_ensemble(cfg, dist)
+    return stopped if stopped is not None else finish_ensemble(cfg, dist, resume, on_trainer)
 
 
-def train_run(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False, on_trainer=None) -> Dict:
+def train_run(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False, on_trainer=None,
+              splits: Optional[Dict[str, np.ndarray]] = None) -> Dict:
     """Train a model as configured; rank 0 then evaluates the best checkpoint and draws the plots.
-    ``train.ensemble`` K > 1 trains K members (:func:`_train_ensemble`).
+    ``train.ensemble`` K > 1 trains K members (:func:`_train_ensemble`); ``train.uncertainty: folds`` also
+    trains the calibration folds (:mod:`cloudvox.calibration`) before the evaluation.
 
     dist: the distributed interface (default one process); on_trainer: called with the Trainer before
-    training (e.g. to install signal handlers that request a checkpointed stop)."""
+    training (e.g. to install signal handlers that request a checkpointed stop); splits: the run's splits
+    (indices into the feature file, by split name) instead of the configured split (a calibration fold's)."""
     dist = dist or SingleProcess()
     cfg = RunConfig.of(cfg)
     if cfg.train.ensemble > 1:
         return _train_ensemble(cfg, dist, resume, on_trainer)
-    trainer, ff, resume_from = build_trainer(cfg, dist, resume)
+    trainer, ff, resume_from = build_trainer(cfg, dist, resume, splits)
     tcfg, run_dir = trainer.cfg, trainer.run_dir
     if on_trainer is not None:
         on_trainer(trainer)
@@ -199,6 +213,10 @@ def train_run(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False, on_t
         return summary  # interrupted: resume later; evaluation comes at the end
     if dist.is_main:
         plot_learning_curve(trainer.history, run_dir / "learning_curve.png", trainer.meta["unit"])
+    if cfg.train.uncertainty == "folds":
+        stopped = train_folds(cfg, dist, train_run, resume, on_trainer)
+        if stopped is not None:
+            return stopped
     result = evaluate(run_dir / "checkpoint_best.pt", ff.path, run_dir=run_dir, dist=dist, trainer_cfg=tcfg)
     summary.update(result)
     return summary
@@ -240,8 +258,8 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
         splits = {"all": done}
     results = {name: predictor.on_file(ff, idx, rotations, seed=cfg.seed) for name, idx in splits.items()}
     cal = None
-    if "val" in results:  # the run's own data: calibrate on its validation split, keep it for predict
-        cal = calibrate(results["val"], y_all[splits["val"]])
+    if "val" in results:  # the run's own data: calibrate on its validation split (and folds), keep it for predict
+        cal = calibrate(results["val"], y_all[splits["val"]], read_fold_residuals(run_dir))
         if cal is not None and dist.is_main:
             (predictor.home / UNCERTAINTY_FILE).write_text(json.dumps(cal))
     rows, metrics = [], {}
@@ -282,17 +300,30 @@ def evaluate(run_or_checkpoint, data_path, run_dir: Optional[Path] = None, rotat
 UNCERTAINTY_QUANTILE = 0.95  # the flag threshold: this quantile of the validation split's uncertainty
 
 
-def calibrate(val: Predictions, y: np.ndarray) -> Optional[Dict]:
-    """The uncertainty calibration (:func:`cloudvox.uncertainty.fit_uncertainty`) from the validation split's
-    predictions and targets, with the flag threshold; None with fewer than 10 usable structures or without a
-    domain reference."""
+def calibrate(val: Predictions, y: np.ndarray, folds: Optional[Dict] = None) -> Optional[Dict]:
+    """The uncertainty calibration from the validation split's predictions and targets, with the flag threshold:
+    on the validation split alone (:func:`cloudvox.uncertainty.fit_uncertainty`), or with the calibration
+    folds' held-out residuals (``folds``, :func:`cloudvox.calibration.read_fold_residuals`;
+    :func:`cloudvox.uncertainty.fit_uncertainty_folds`). None with fewer than 10 usable validation structures
+    or without a domain reference."""
     ok = val.usable & np.isfinite(val.prediction) & np.isfinite(y)
     if ok.sum() < 10 or val.distance is None:
         return None
-    known = np.sqrt(np.nan_to_num(val.ensemble_std[ok]) ** 2 + val.extrapolation[ok] ** 2)
-    cal = fit_uncertainty((val.prediction - y)[ok], known, val.distance[ok])
+    if folds is None or not len(folds["residual"]):
+        known = np.sqrt(np.nan_to_num(val.ensemble_std[ok]) ** 2 + val.extrapolation[ok] ** 2)
+        cal = fit_uncertainty((val.prediction - y)[ok], known, val.distance[ok])
+        cal.update(method="validation")
+    else:
+        n = len(folds["residual"])
+        cal = fit_uncertainty_folds(np.concatenate([(val.prediction - y)[ok], folds["residual"]]),
+                                    np.concatenate([np.nan_to_num(val.ensemble_std[ok]), np.zeros(n)]),
+                                    np.concatenate([val.distance[ok], folds["distance"]]),
+                                    np.concatenate([val.extrapolation[ok], folds["extrapolation"]]),
+                                    np.concatenate([np.zeros(int(ok.sum()), dtype=bool), np.ones(n, dtype=bool)]))
+        cal.update(method="folds", folds=folds["folds"])
     sigma = uncertainty(val.ensemble_std[ok], val.distance[ok], cal, val.extrapolation[ok])
-    cal.update(threshold=float(np.quantile(sigma, UNCERTAINTY_QUANTILE)), quantile=UNCERTAINTY_QUANTILE)
+    cal.update(threshold=float(np.quantile(sigma, UNCERTAINTY_QUANTILE)), quantile=UNCERTAINTY_QUANTILE,
+               format=CALIBRATION_FORMAT)
     return cal
 
 

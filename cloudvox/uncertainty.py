@@ -126,16 +126,85 @@ def fit_uncertainty(residuals: np.ndarray, spread: np.ndarray, distance: np.ndar
     return dict(floor=float(fine_f[i]), slope=float(fine_a[j]))
 
 
+CALIBRATION_FORMAT = 2  # uncertainty.json: 2 adds the method, the extrapolation factor and the scale
+_GAUSS_MEDIAN = 0.6744897501960817  # the median of |z| for a standard normal z
+
+
+def fit_uncertainty_folds(residuals: np.ndarray, spread: np.ndarray, distance: np.ndarray,
+                          extrapolation: np.ndarray, held_out: np.ndarray) -> Dict[str, float]:
+    """Calibrate sigma = scale sqrt(spread^2 + floor^2 + (slope distance)^2 + (factor extrapolation)^2) on the
+    validation split together with residuals on held-out chemistry (``held_out``: the cross-validation folds'
+    predictions of the structures whose elements their training lacked, :mod:`cloudvox.calibration`).
+
+    residuals, spread, distance, extrapolation: (n,) each, target units except distance (dimensionless);
+    held_out: (n,) bool. floor, slope and factor maximise the Gaussian likelihood, the validation and the
+    held-out residuals weighted equally (each half), so that the growth with the distance to the training set
+    and with the baseline's unfitted elements is learned from extrapolation, not extrapolated from the
+    validation split; ``scale`` then sets the weighted median of |residual| / sigma to a Gaussian's 0.674
+    (heavy tails: the 1-sigma interval still holds about 68 %). Returns dict(floor, slope, factor, scale)."""
+    from scipy.optimize import minimize
+    r2, s2, d2, e2 = (np.asarray(a, dtype=np.float64) ** 2 for a in (residuals, spread, distance, extrapolation))
+    held = np.asarray(held_out, dtype=bool)
+    ok = np.isfinite(r2) & np.isfinite(s2) & np.isfinite(d2) & np.isfinite(e2)
+    r2, s2, d2, e2, held = r2[ok], s2[ok], d2[ok], e2[ok], held[ok]
+    w = np.where(held, 0.5 / max(held.sum(), 1), 0.5 / max((~held).sum(), 1))
+    w /= w.sum()
+    scale0 = float(np.sqrt(np.average(r2, weights=w))) or 1.0
+    dmax = float(np.sqrt(d2.max())) if d2.size and d2.max() > 0 else 1.0
+    emax = float(np.sqrt(e2.max())) if e2.size and e2.max() > 0 else 1.0
+    ref = np.array([scale0, scale0 / dmax, scale0 / emax])
+
+    def variance(theta):
+        f, a, b = ref * np.exp(theta)
+        return s2 + f * f + a * a * d2 + b * b * e2 + 1e-300
+
+    def nll(theta):
+        var = variance(theta)
+        return float(np.sum(w * (np.log(var) + r2 / var)))
+
+    starts = [np.array([x, y, z]) for x in (-3.0, 0.0) for y in (-6.0, 0.0) for z in (-6.0, 0.0)]
+    best = min((minimize(nll, x0, method="L-BFGS-B", bounds=[(-12, 6)] * 3) for x0 in starts), key=lambda r: r.fun)
+    f, a, b = (float(v) for v in ref * np.exp(best.x))
+    ratio = np.sqrt(r2 / variance(best.x))
+    order = np.argsort(ratio)
+    cum = np.cumsum(w[order])
+    median = float(ratio[order][np.searchsorted(cum, 0.5 * cum[-1])]) if len(ratio) else _GAUSS_MEDIAN
+    return dict(floor=f, slope=a, factor=b, scale=median / _GAUSS_MEDIAN)
+
+
 def uncertainty(spread: np.ndarray, distance: Optional[np.ndarray], calibration: Optional[Dict],
                 extrapolation: Optional[np.ndarray] = None) -> np.ndarray:
-    """(n,) sigma = sqrt(spread^2 + floor^2 + (slope * distance)^2 + extrapolation^2) (target units): the
-    ensemble's disagreement, the validation error not explained by it (floor), its growth with the distance to
-    the training set, and the composition baseline's error on elements it never fitted
-    (:meth:`cloudvox.data.Normalizer.extrapolation_std`). Without a calibration (or a distance): the spread and
-    the extrapolation term only."""
+    """(n,) sigma = scale sqrt(spread^2 + floor^2 + (slope * distance)^2 + (factor * extrapolation)^2) (target
+    units): the ensemble's disagreement, the validation error not explained by it (floor), its growth with the
+    distance to the training set, and the composition baseline's error on elements it never fitted
+    (:meth:`cloudvox.data.Normalizer.extrapolation_std`), as calibrated (:func:`fit_uncertainty`: factor and
+    scale 1; :func:`fit_uncertainty_folds`). Without a calibration (or a distance): the spread and the
+    extrapolation term only."""
+    cal = calibration or {}
     var = np.asarray(spread, dtype=np.float64) ** 2
     if extrapolation is not None:
-        var = var + np.asarray(extrapolation, dtype=np.float64) ** 2
+        var = var + (cal.get("factor", 1.0) * np.asarray(extrapolation, dtype=np.float64)) ** 2
     if calibration and distance is not None:
         var = var + calibration["floor"] ** 2 + (calibration["slope"] * np.asarray(distance)) ** 2
-    return np.sqrt(var)
+    return cal.get("scale", 1.0) * np.sqrt(var)
+
+
+def element_folds(counts: np.ndarray, k: int, common: float = 0.5) -> List[List[str]]:
+    """Leave-chemistry-out folds: the elements of the structures (counts (n, MAX_Z + 1)) in k groups of
+    neighbouring periodic-table columns (families), each holding about as many structures as the others.
+
+    Elements in more than ``common`` of the structures (the O of oxides) are in no group: holding them out
+    would leave nothing. Sorted by (group, row, Z) and cut into k runs of about equal structure counts, so a
+    fold leaves out whole families, as new chemistry does (not one element whose neighbour stays)."""
+    from .elements import SYMBOLS, property_weights
+    counts = np.asarray(counts)
+    present = (counts > 0).sum(0)
+    n = max(len(counts), 1)
+    zs = [z for z in np.flatnonzero(present) if z > 0 and present[z] <= common * n]
+    if not zs:
+        return []
+    group, row = (property_weights((name,))[0] for name in ("group", "row"))  # standardised: order kept
+    zs.sort(key=lambda z: (group[z], row[z], z))
+    share = np.cumsum([present[z] for z in zs]) / sum(present[z] for z in zs)
+    cut = np.minimum((share * k - 1e-9).astype(int), k - 1)
+    return [[SYMBOLS[z] for z, c in zip(zs, cut) if c == i] for i in range(k) if (cut == i).any()]

@@ -62,4 +62,4 @@ def train_members_over_ranks(cfg: RunConfig, dist, resume: bool = False, on_trai
         return stopped
     if not wait_for_members(run_dir, k_members):
         return dict(stopped=True, history=[])  # another rank was stopped: --resume continues its member
-    return finish_ensemble(cfg, dist)
+    return finish_ensemble(cfg, dist, resume, on_trainer)

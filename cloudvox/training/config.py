@@ -61,6 +61,12 @@ class TrainConfig:
     exact_timing: bool = False  # synchronise the device at each phase of a step: exact step_ms_* on GPUs
     ensemble: int = 1  # K > 1: K members (seeds seed .. seed + K - 1, same split) in RUN/member-k (cloudvox.runs);
     #                    evaluate / predict report their mean and their standard deviation (the uncertainty)
+    uncertainty: str = choices("validation", "folds", default="validation")  # how the uncertainty is calibrated:
+    #                    on the validation split alone, or also on held-out chemistry: leave-chemistry-out folds of
+    #                    the training data, small runs in RUN/fold-k (cloudvox.calibration), so that its growth off
+    #                    the training set is fitted on extrapolation
+    uncertainty_folds: int = 5  # folds (groups of element families) with uncertainty: folds
+    uncertainty_epochs: int = 0  # epochs of each fold's run (0: half of epochs)
     members_over_ranks: bool = False  # an ensemble on several ranks (hpc.ensemble): member k alone on rank k % ranks
     #                    (no gradient exchange: K models in the time of K / ranks), instead of every member
     #                    data-parallel over all ranks; rank 0 then evaluates the ensemble
