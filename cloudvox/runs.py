@@ -138,9 +138,11 @@ def build_trainer(cfg: Union[RunConfig, Dict], dist=None, resume: bool = False,
 
 
 def member_config(cfg: RunConfig, k: int) -> RunConfig:
-    """Member k of an ensemble run: a complete run in RUN/member-k, seed + k, the same split."""
+    """Member k of an ensemble run: a complete run in RUN/member-k, seed + k, the same split (calibration folds,
+    if any, belong to the ensemble: :func:`finish_ensemble`)."""
     return dataclasses.replace(cfg, run_dir=str(Path(cfg.run_dir) / MEMBER.format(k)),
-                               train=dataclasses.replace(cfg.train, seed=cfg.train.seed + k, ensemble=1))
+                               train=dataclasses.replace(cfg.train, seed=cfg.train.seed + k, ensemble=1,
+                                                         uncertainty="validation"))
 
 
 def start_ensemble(cfg: RunConfig, dist) -> None:

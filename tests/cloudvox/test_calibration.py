@@ -70,6 +70,8 @@ def test_folds_calibrate_a_larger_uncertainty_on_new_chemistry_that_covers_its_e
 
 def test_the_calibration_file_is_versioned_and_read_back_by_evaluate_and_predict(calibrated, tmp_path):
     data, run, _ = calibrated
+    assert sorted(f.name for f in run.glob("fold-*")) == ["fold-0", "fold-1", "fold-2"]
+    assert not list(run.glob("member-*/fold-*"))  # the folds are the ensemble's, trained once
     cal = json.loads((run / "uncertainty.json").read_text())
     assert cal["format"] == 2 and cal["method"] == "folds" and len(cal["folds"]) == 3
     assert cal["factor"] > 0 and cal["scale"] > 0
