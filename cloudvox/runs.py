@@ -317,11 +317,9 @@ def calibrate(val: Predictions, y: np.ndarray, folds: Optional[Dict] = None) -> 
         cal.update(method="validation")
     else:
         n = len(folds["residual"])
-        cal = fit_uncertainty_folds(np.concatenate([(val.prediction - y)[ok], folds["residual"]]),
-                                    np.concatenate([np.nan_to_num(val.ensemble_std[ok]), np.zeros(n)]),
-                                    np.concatenate([val.distance[ok], folds["distance"]]),
-                                    np.concatenate([val.extrapolation[ok], folds["extrapolation"]]),
-                                    np.concatenate([np.zeros(int(ok.sum()), dtype=bool), np.ones(n, dtype=bool)]))
+        cal = fit_uncertainty_folds(
+            ((val.prediction - y)[ok], np.nan_to_num(val.ensemble_std[ok]), val.distance[ok], val.extrapolation[ok]),
+            (folds["residual"], np.zeros(n), folds["distance"], folds["extrapolation"]))
         cal.update(method="folds", folds=folds["folds"])
     sigma = uncertainty(val.ensemble_std[ok], val.distance[ok], cal, val.extrapolation[ok])
     cal.update(threshold=float(np.quantile(sigma, UNCERTAINTY_QUANTILE)), quantile=UNCERTAINTY_QUANTILE,

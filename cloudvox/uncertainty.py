@@ -12,7 +12,7 @@ are flagged.
 The reference is JSON-able (a checkpoint's ``meta["domain"]``): about 30 kB per 1000 points.
 """
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -127,66 +127,63 @@ def fit_uncertainty(residuals: np.ndarray, spread: np.ndarray, distance: np.ndar
 
 
 CALIBRATION_FORMAT = 2  # uncertainty.json: 2 adds the method, the extrapolation factor and the scale
-_GAUSS_MEDIAN = 0.6744897501960817  # the median of |z| for a standard normal z
+ONE_SIGMA = 0.6826894921370859  # the share of a Gaussian within one standard deviation
 
 
-def fit_uncertainty_folds(residuals: np.ndarray, spread: np.ndarray, distance: np.ndarray,
-                          extrapolation: np.ndarray, held_out: np.ndarray) -> Dict[str, float]:
-    """Calibrate sigma = scale sqrt(spread^2 + floor^2 + (slope distance)^2 + (factor extrapolation)^2) on the
-    validation split together with residuals on held-out chemistry (``held_out``: the cross-validation folds'
-    predictions of the structures whose elements their training lacked, :mod:`cloudvox.calibration`).
+def fit_uncertainty_folds(val: Sequence[np.ndarray], held: Sequence[np.ndarray]) -> Dict[str, float]:
+    """Calibrate sigma = sqrt(scale^2 (spread^2 + floor^2 + (slope distance)^2) + (factor extrapolation)^2) on
+    the validation split and on residuals of held-out chemistry (the cross-validation folds' predictions of the
+    structures whose elements their training lacked, :mod:`cloudvox.calibration`).
 
-    residuals, spread, distance, extrapolation: (n,) each, target units except distance (dimensionless);
-    held_out: (n,) bool. floor, slope and factor maximise the Gaussian likelihood, the validation and the
-    held-out residuals weighted equally (each half), so that the growth with the distance to the training set
-    and with the baseline's unfitted elements is learned from extrapolation, not extrapolated from the
-    validation split; ``scale`` then sets the weighted median of |residual| / sigma to a Gaussian's 0.674
-    (heavy tails: the 1-sigma interval still holds about 68 %). Returns dict(floor, slope, factor, scale)."""
-    from scipy.optimize import minimize
-    r2, s2, d2, e2 = (np.asarray(a, dtype=np.float64) ** 2 for a in (residuals, spread, distance, extrapolation))
-    held = np.asarray(held_out, dtype=bool)
-    ok = np.isfinite(r2) & np.isfinite(s2) & np.isfinite(d2) & np.isfinite(e2)
-    r2, s2, d2, e2, held = r2[ok], s2[ok], d2[ok], e2[ok], held[ok]
-    w = np.where(held, 0.5 / max(held.sum(), 1), 0.5 / max((~held).sum(), 1))
-    w /= w.sum()
-    scale0 = float(np.sqrt(np.average(r2, weights=w))) or 1.0
-    dmax = float(np.sqrt(d2.max())) if d2.size and d2.max() > 0 else 1.0
-    emax = float(np.sqrt(e2.max())) if e2.size and e2.max() > 0 else 1.0
-    ref = np.array([scale0, scale0 / dmax, scale0 / emax])
+    val, held: (residuals, spread, distance, extrapolation), (n,) arrays each, target units except distance
+    (dimensionless). floor and slope are fitted on the validation split as :func:`fit_uncertainty` fits them
+    (near the training set); then ``scale`` and ``factor`` are set so that |residual| <= sigma for 68.3 % of
+    the validation residuals and 68.3 % of the held-out ones (split-conformal, one factor per regime,
+    alternated until both hold): a 1-sigma on both sides of the training set's edge, with the growth off it
+    carried by the baseline's extrapolation term (zero for structures of fitted elements) and learned from
+    extrapolation. Returns dict(floor, slope, scale, factor)."""
+    def clean(parts):
+        parts = [np.asarray(x, dtype=np.float64) for x in parts]
+        ok = np.logical_and.reduce([np.isfinite(x) for x in parts])
+        return [x[ok] for x in parts]
 
-    def variance(theta):
-        f, a, b = ref * np.exp(theta)
-        return s2 + f * f + a * a * d2 + b * b * e2 + 1e-300
+    (rv, sv, dv, ev), (rh, sh, dh, eh) = clean(val), clean(held)
+    base = fit_uncertainty(rv, sv, dv)
+    inner = [s ** 2 + base["floor"] ** 2 + (base["slope"] * d) ** 2 for s, d in ((sv, dv), (sh, dh))]
+    scale = factor = 1.0
 
-    def nll(theta):
-        var = variance(theta)
-        return float(np.sum(w * (np.log(var) + r2 / var)))
+    def solve(r, fixed, varying):  # the smallest c with |r| <= sqrt(fixed + c^2 varying) for ONE_SIGMA of r
+        if not len(r) or not varying.any():
+            return 1.0
+        lo, hi = -12.0, 12.0  # log c
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            covered = (r ** 2 <= fixed + np.exp(2 * mid) * varying).mean()
+            lo, hi = (lo, mid) if covered >= ONE_SIGMA else (mid, hi)
+        return float(np.exp(hi))
 
-    starts = [np.array([x, y, z]) for x in (-3.0, 0.0) for y in (-6.0, 0.0) for z in (-6.0, 0.0)]
-    best = min((minimize(nll, x0, method="L-BFGS-B", bounds=[(-12, 6)] * 3) for x0 in starts), key=lambda r: r.fun)
-    f, a, b = (float(v) for v in ref * np.exp(best.x))
-    ratio = np.sqrt(r2 / variance(best.x))
-    order = np.argsort(ratio)
-    cum = np.cumsum(w[order])
-    median = float(ratio[order][np.searchsorted(cum, 0.5 * cum[-1])]) if len(ratio) else _GAUSS_MEDIAN
-    return dict(floor=f, slope=a, factor=b, scale=median / _GAUSS_MEDIAN)
+    for _ in range(10):
+        scale = solve(rv, (factor * ev) ** 2, inner[0])
+        factor = solve(rh, scale ** 2 * inner[1], eh ** 2)
+    return dict(base, scale=scale, factor=factor)
 
 
 def uncertainty(spread: np.ndarray, distance: Optional[np.ndarray], calibration: Optional[Dict],
                 extrapolation: Optional[np.ndarray] = None) -> np.ndarray:
-    """(n,) sigma = scale sqrt(spread^2 + floor^2 + (slope * distance)^2 + (factor * extrapolation)^2) (target
-    units): the ensemble's disagreement, the validation error not explained by it (floor), its growth with the
-    distance to the training set, and the composition baseline's error on elements it never fitted
-    (:meth:`cloudvox.data.Normalizer.extrapolation_std`), as calibrated (:func:`fit_uncertainty`: factor and
-    scale 1; :func:`fit_uncertainty_folds`). Without a calibration (or a distance): the spread and the
+    """(n,) sigma = sqrt(scale^2 (spread^2 + floor^2 + (slope * distance)^2) + (factor * extrapolation)^2)
+    (target units): the ensemble's disagreement, the validation error not explained by it (floor), its growth
+    with the distance to the training set, and the composition baseline's error on elements it never fitted
+    (:meth:`cloudvox.data.Normalizer.extrapolation_std`), as calibrated (:func:`fit_uncertainty`: scale and
+    factor 1; :func:`fit_uncertainty_folds`). Without a calibration (or a distance): the spread and the
     extrapolation term only."""
     cal = calibration or {}
     var = np.asarray(spread, dtype=np.float64) ** 2
-    if extrapolation is not None:
-        var = var + (cal.get("factor", 1.0) * np.asarray(extrapolation, dtype=np.float64)) ** 2
     if calibration and distance is not None:
         var = var + calibration["floor"] ** 2 + (calibration["slope"] * np.asarray(distance)) ** 2
-    return cal.get("scale", 1.0) * np.sqrt(var)
+    var = cal.get("scale", 1.0) ** 2 * var
+    if extrapolation is not None:
+        var = var + (cal.get("factor", 1.0) * np.asarray(extrapolation, dtype=np.float64)) ** 2
+    return np.sqrt(var)
 
 
 def element_folds(counts: np.ndarray, k: int, common: float = 0.5) -> List[List[str]]:
