@@ -12,7 +12,7 @@ its own distance to its training set and its own baseline's extrapolation term. 
 set is learned from extrapolation. The run's test split is never used; neither is any held-out split of the run itself.
 
 Cost: each fold trains on about 60 % of the training set for half the epochs: five folds add about 1.5 times a
-member's training time (measured: 0.43 of three members' time, bench/uncertainty.py).
+member's training time (measured: 0.43-0.77 of three members' time, docs/accuracy.md).
 """
 import dataclasses
 import json
