@@ -9,10 +9,10 @@ training and validation structures that hold its elements: errors on chemistry i
 its own distance to its training set and its own baseline's extrapolation term. Those residuals
 (RUN/fold_residuals.json) and the run's validation residuals together calibrate the uncertainty
 (:func:`cloudvox.uncertainty.fit_uncertainty_folds`: 68.3 % of each covered), so its growth off the training
-set is learned from extrapolation. The run's test split is never used; neither is any held-out split of the run itself.
+set is learned from extrapolation. The run's test split is never used, nor any held-out split of the run.
 
-Cost: each fold trains on about 60 % of the training set for half the epochs: five folds add about 1.5 times a
-member's training time (measured: 0.43-0.77 of three members' time, docs/accuracy.md).
+Cost: each fold trains on about 60 % of the training set for half the epochs: five folds took 1.3-2.3 times a
+member's training time (0.43-0.77 of three members', docs/accuracy.md).
 """
 import dataclasses
 import json
@@ -100,10 +100,10 @@ def write_fold_residuals(run_dir: Path, ff: FeatureFile, folds, target: str) -> 
         p = predictor.on_file(ff, idx)
         y = ff.prop(target)[idx] * predictor.meta["target_scale"]
         ok = p.usable & np.isfinite(p.prediction) & np.isfinite(y)
-        dist = p.distance if p.distance is not None else np.zeros(len(idx))
+        distance = p.distance if p.distance is not None else np.zeros(len(idx))
         out["folds"].append(dict(run=fdir.name, elements=list(elements), n=int(ok.sum()),
                                  mae=float(np.abs(p.prediction - y)[ok].mean()) if ok.any() else None))
-        for key, v in (("residual", p.prediction - y), ("distance", dist), ("extrapolation", p.extrapolation)):
+        for key, v in (("residual", p.prediction - y), ("distance", distance), ("extrapolation", p.extrapolation)):
             out[key] += np.round(v[ok], 6).tolist()
     (Path(run_dir) / FOLD_RESIDUALS).write_text(json.dumps(out))
     return out
