@@ -12,7 +12,8 @@ split (test, holdout) one JSON line per figure: coverage (share with |error| <= 
 flagged share and the share of large errors (> ``--large`` eV/atom) flagged; and the training time of the
 members and of the folds. Usage:
 python bench/uncertainty.py [--config CONFIG] [--members 3] [--epochs 20] [--outer "Ti Zr Hf Nb Ta" ...]
-python bench/uncertainty.py --report-only --run-dir runs/bench_uncertainty   (the figures of trained runs)
+python bench/uncertainty.py --report-only --run-dir runs/bench_uncertainty   (the figures of trained runs; a
+    --run-dir that is one run, e.g. runs/peers/atomcloud_ensemble6, reports that run)
 """
 import argparse
 import dataclasses
@@ -47,6 +48,10 @@ def main():
     from cloudvox.config import load_run_config
     from cloudvox.runs import train_run
     data = features("bench/configs/perovskites_16_all.yaml")
+    if args.report_only and (ROOT / args.run_dir / "config.yaml").exists():  # one run (e.g. bench/peers' ensembles)
+        import yaml
+        used = yaml.safe_load((ROOT / args.run_dir / "config.yaml").read_text())
+        return report(ROOT / args.run_dir, Path(used["data"]["path"]), args, dict(run=args.run_dir))
     for k, outer in enumerate(args.outer):
         run = ROOT / args.run_dir / f"outer-{k}"
         common = dict(config=args.config, members=args.members, epochs=args.epochs, folds=args.folds,
@@ -87,11 +92,11 @@ def report(run: Path, data: Path, args, common):
     y_all = ff.prop(meta["target"]) * meta["target_scale"]
     raw = {s: predictor.on_file(ff, splits[s]) for s in ("val", "test", "holdout") if s in splits}
     folds = read_fold_residuals(run)
-    for method, cal in (("validation", calibrate(raw["val"], y_all[splits["val"]])),
-                        ("folds", calibrate(raw["val"], y_all[splits["val"]], folds))):
+    methods = [("validation", None)] + ([("folds", folds)] if folds is not None else [])
+    for method, cal in ((m, calibrate(raw["val"], y_all[splits["val"]], f)) for m, f in methods):
         emit("uncertainty", "calibration", json.dumps({k: v for k, v in cal.items() if k != "folds"}), "",
              method=method, **common)
-        for split in ("test", "holdout"):
+        for split in (s for s in ("test", "holdout") if s in raw):
             p = predictor.finish(dataclasses.replace(raw[split], flags=list(raw[split].flags)), cal)
             err = np.abs(p.prediction - y_all[splits[split]])
             ok = np.isfinite(err) & np.isfinite(p.uncertainty)
