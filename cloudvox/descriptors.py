@@ -19,7 +19,8 @@ Fourier transform of element e's partial pair distribution), is translation inva
 (Friedel pairs share it), in the units of h and bounded by |h_c|.
 
 The reciprocal points of a crystal are enumerated once, by its lattice (:meth:`cloudvox.lattice.Lattice.half_ball`;
-the C++ kernel follows the same operations, tested equal): the G with |G| <= sqrt(3) pi N / L, one of each Friedel pair. The feature file
+the C++ kernel follows the same operations, tested equal): the G with |G| <= sqrt(3) pi N / L, one of each
+Friedel pair. The feature file
 stores values at them, the training loader bins them under rotations, and :meth:`ReciprocalVoxelizer.compact`
 bins them into voxels (for an unrotated cartesian grid only those inside its cube).
 
@@ -396,7 +397,7 @@ class ReciprocalVoxelizer:
 
     def reciprocal_batch(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None,
                          dtype=np.float32, half: bool = False) -> List[ReciprocalSet]:
-        """:meth:`reciprocal` of many structures. Crystals: the points of :meth:`cloudvox.lattice.Lattice.half_ball` (one of each
+        """:meth:`reciprocal` of many structures. Crystals: the points of the lattice's half ball (one of each
         Friedel pair), structure factors by the compiled kernel (:func:`structure_factors_at`), mirrored
         for ``half=False``; molecules: vectorised over molecules of one shape."""
         names = tuple(names) if names is not None else self.channel_names(structures)
@@ -426,9 +427,9 @@ class ReciprocalVoxelizer:
     def _crystal_points(self, group: Sequence[Structure], names: Sequence[str],
                         within_cube: bool = False) -> "_CrystalPoints":
         """The half sets of crystals, concatenated (with ``within_cube`` only about the points in the cartesian
-        grid's cube [-h, h]^3, for binning into it): per crystal the enumeration and the structure factors (compiled), then the envelope
-        and the channel values of all points at once, with the same floating-point operations as one crystal
-        alone."""
+        grid's cube [-h, h]^3, for binning into it): the enumeration and the structure factors in one compiled
+        call each, then the envelope and the channel values of all points at once, with the same floating-point
+        operations as one crystal alone."""
         ws = [self._weights(s, names) for s in group]
         channels = [ch for _, ch in ws]
         Ws = [np.concatenate([W, np.ones((1, W.shape[1]))]) if self.cross else W for W, _ in ws]
@@ -446,8 +447,7 @@ class ReciprocalVoxelizer:
         amp = self._channel_values(F, env, np.array([len(s) for s in group], dtype=np.float64)[sid])
         amp *= env / np.array([s.volume for s in group])[sid]
         rows = [np.r_[0:len(W) - 1, c_base:c_base + len(W) - 1] if self.cross else slice(0, len(W)) for W in Ws]
-        mirror = (m[:, 0] != 0) | (m[:, 1] != 0) | (m[:, 2] != 0)
-        return _CrystalPoints(m, G, amp, sizes, mirror, rows, channels)
+        return _CrystalPoints(m, G, amp, sizes, _nonzero(m), rows, channels)
 
     def stored_values(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, float]:
         """What the feature file stores of a crystal: its channels (c,) int64 (indices into ``names``; 2 c with
@@ -457,19 +457,19 @@ class ReciprocalVoxelizer:
 
         The compiled kernel does it in one pass (enumeration, structure factors, envelope, float16 rounding);
         without it, :meth:`reciprocal` in numpy, then the division and ``astype(float16)``."""
-        W, channels = self._weights(s, names)
         native = kernel.native()
-        if native is not None:
-            import torch
-            recip, (e0, e1, e2), r2 = s.cell.ball_params(self.ball_radius)
-            values, top = native.stored_values(torch.from_numpy(recip.copy()), e0, e1, e2, r2,
-                                               torch.from_numpy(np.array(s.frac_coords, dtype=np.float64, order="C")),
-                                               torch.from_numpy(np.array(W, dtype=np.float64, order="C")),
-                                               self.sigma, float(s.volume), self.cross)
-            return channels, values.numpy(), float(top)
-        amp = self._crystal_set(s, names, np.float64).amp
-        top = float(np.abs(amp).max()) if amp.size else 0.0
-        return channels, (amp / (top or 1.0)).astype(np.float16), top
+        if native is None:
+            rs = self._crystal_set(s, names, np.float64)
+            top = float(np.abs(rs.amp).max()) if rs.amp.size else 0.0
+            return rs.channels, (rs.amp / (top or 1.0)).astype(np.float16), top
+        import torch
+        W, channels = self._weights(s, names)
+        recip, (e0, e1, e2), r2 = s.cell.ball_params(self.ball_radius)
+        values, top = native.stored_values(torch.from_numpy(recip.copy()), e0, e1, e2, r2,
+                                           torch.from_numpy(np.array(s.frac_coords, dtype=np.float64, order="C")),
+                                           torch.from_numpy(np.array(W, dtype=np.float64, order="C")),
+                                           self.sigma, float(s.volume), self.cross)
+        return channels, values.numpy(), float(top)
 
     @property
     def ball_radius(self) -> float:
@@ -576,12 +576,14 @@ def bin_sets(sets: Sequence[ReciprocalSet], n: int, length: float, mode: str = "
     if not sets:
         return []
     sizes = np.array([len(rs.G) for rs in sets])
-    G = np.concatenate([rs.G for rs in sets])
-    C = max(len(rs.amp) for rs in sets)
-    amp = np.zeros((C, len(G)), dtype=np.float32)
-    for rs, a in zip(sets, np.cumsum(sizes) - sizes):
-        amp[:len(rs.amp), a:a + len(rs.G)] = rs.amp
-    mirror = np.concatenate([np.any((rs.m if rs.m is not None else rs.G) != 0, axis=1) & rs.half for rs in sets])
+    if len(sets) == 1:  # the reader's case: no copies
+        G, amp = sets[0].G, np.asarray(sets[0].amp, dtype=np.float32)
+    else:
+        G = np.concatenate([rs.G for rs in sets])
+        amp = np.zeros((max(len(rs.amp) for rs in sets), len(G)), dtype=np.float32)
+        for rs, a in zip(sets, np.cumsum(sizes) - sizes):
+            amp[:len(rs.amp), a:a + len(rs.G)] = rs.amp
+    mirror = np.concatenate([_nonzero(rs.m if rs.m is not None else rs.G) & rs.half for rs in sets])
     binned = _bin_points(G, amp, sizes, mirror, n, length, mode, rotation, distinct)
     return [(index, values[:len(rs.amp)]) for rs, (index, values) in zip(sets, binned)]
 
@@ -619,6 +621,11 @@ def _bin_points(G: np.ndarray, amp: np.ndarray, sizes: np.ndarray, mirror: np.nd
     bounds = np.searchsorted(occupied, np.arange(S + 1) * size)
     local = (occupied % size).astype(np.int32)
     return [(local[a:b], sums[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _nonzero(v: np.ndarray) -> np.ndarray:
+    """(P,) whether each (P, 3) vector is not 0 (its -v is another point of a full set)."""
+    return (v[:, 0] != 0) | (v[:, 1] != 0) | (v[:, 2] != 0)
 
 
 def _coarser_than_voxels(lattice: np.ndarray, length: float) -> bool:

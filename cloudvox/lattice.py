@@ -60,8 +60,8 @@ def half_ball(lattice: Union["Lattice", np.ndarray], radius: float) -> np.ndarra
     <= 0, in lexicographic order (m0, then m1, then m2 ascending).
 
     A function of the lattice (a :class:`Lattice` or its (3, 3) matrix, rows in Angstrom) and the radius only:
-    the feature file stores values in this order and its reader regenerates the indices. Enumerated row by row: for each (m0, m1) the m2 with
-    |u + m2 b2| <= radius form an interval (a quadratic in m2); candidates one wider on each side are then
+    the feature file stores values in this order and its reader regenerates the indices. Enumerated row by row:
+    for each (m0, m1) the m2 with |u + m2 b2| <= radius form an interval (a quadratic in m2); candidates one wider on each side are then
     tested exactly, so only about P points are ever formed.
     """
     return _half_ball(*as_lattice(lattice).ball_params(radius))
@@ -172,7 +172,8 @@ class Lattice:
 
     @classmethod
     def from_parameters(cls, a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> "Lattice":
-        """From cell lengths (Angstrom) and angles (degrees), AFLOW's orientation (:func:`lattice_from_parameters`)."""
+        """From cell lengths (Angstrom) and angles (degrees), AFLOW's orientation
+        (:func:`lattice_from_parameters`)."""
         return cls(lattice_from_parameters(a, b, c, alpha, beta, gamma))
 
     # the cell -------------------------------------------------------------------------------------------
@@ -216,7 +217,8 @@ class Lattice:
         return self._reciprocal
 
     def box(self, radius: float) -> np.ndarray:
-        """(3,) int64 extents e: every G with |G| <= radius (1/Angstrom) has |m_k| <= e_k (:func:`reciprocal_box`)."""
+        """(3,) int64 extents e: every G with |G| <= radius (1/Angstrom) has |m_k| <= e_k
+        (:func:`reciprocal_box`)."""
         return reciprocal_box(self._matrix, radius)
 
     def ball_params(self, radius: float) -> Tuple[np.ndarray, Tuple[int, int, int], float]:
