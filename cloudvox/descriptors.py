@@ -96,7 +96,8 @@ def voxel_index(G, n: int, length: float, mode: str = "cartesian"):
     if mode == "cartesian":
         i = xp.floor((G + w * n / 2) / w)  # the original's rounding order
         i0, i1, i2 = i[..., 0], i[..., 1], i[..., 2]  # (reductions over a length-3 axis are slow)
-        inside = (i0 >= 0) & (i0 < n) & (i1 >= 0) & (i1 < n) & (i2 >= 0) & (i2 < n)
+        ok = abs(i - (n - 1) / 2) <= (n - 1) / 2  # 0 <= i_k < n, exactly (i integral), on the contiguous array
+        inside = ok[..., 0] & ok[..., 1] & ok[..., 2]
         flat = (i0 * n + i1) * n + i2
     elif mode == "spherical":
         x, y, z = G[..., 0] + 0.0, G[..., 1] + 0.0, G[..., 2]  # -0.0 + 0.0 = +0.0: phi on the z axis
@@ -437,8 +438,10 @@ class ReciprocalVoxelizer:
         # drops what lies outside the grid exactly
         m, sizes, recips = half_balls([s.cell for s in group], self.ball_radius,
                                       self.half_width if within_cube else None)
-        starts = np.cumsum(sizes) - sizes
-        G = np.concatenate([m[a:a + k] @ r for a, k, r in zip(starts, sizes, recips)])  # as the reader computes G
+        G = np.empty((len(m), 3))
+        md = m.astype(np.float64)  # m @ r casts m alike: the same G as the reader's
+        for a, k, r in zip(np.cumsum(sizes) - sizes, sizes, recips):
+            np.matmul(md[a:a + k], r, out=G[a:a + k])
         c_base = max(len(W) for W in Ws) - (1 if self.cross else 0)  # channel rows, then the total with cross
         c_out = c_base + (1 if self.cross else 0)
         F = structure_factors_many(m, sizes, [s.frac_coords for s in group], Ws, c_out, total_last=self.cross)
@@ -446,7 +449,11 @@ class ReciprocalVoxelizer:
         env = np.exp(-self.sigma ** 2 / 2 * sqnorm(G))
         amp = self._channel_values(F, env, np.array([len(s) for s in group], dtype=np.float64)[sid])
         amp *= env / np.array([s.volume for s in group])[sid]
-        rows = [np.r_[0:len(W) - 1, c_base:c_base + len(W) - 1] if self.cross else slice(0, len(W)) for W in Ws]
+        if self.cross:  # a crystal's c moduli, then its c cross-spectra (the last row, the total, is not stored)
+            picks = {c: np.concatenate([np.arange(c - 1), np.arange(c_base, c_base + c - 1)]) for c in {len(W) for W in Ws}}
+            rows = [picks[len(W)] for W in Ws]
+        else:
+            rows = [slice(0, len(W)) for W in Ws]
         return _CrystalPoints(m, G, amp, sizes, _nonzero(m), rows, channels)
 
     def stored_values(self, s: Structure, names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, float]:
@@ -603,16 +610,26 @@ def _bin_points(G: np.ndarray, amp: np.ndarray, sizes: np.ndarray, mirror: np.nd
             G = G @ R.T
         else:
             G = np.concatenate([G[a:a + k] @ R[i].T for i, (a, k) in enumerate(zip(starts, sizes))]) if S else G
+    native = kernel.native() if mode == "cartesian" else None
+    if native is not None:  # the same operations and summation order, compiled
+        import torch
+        w = 2 * np.pi / length
+        index, sums, bounds = native.bin_cartesian(
+            torch.from_numpy(np.ascontiguousarray(G)), torch.from_numpy(np.ascontiguousarray(amp, dtype=np.float32)),
+            torch.from_numpy(np.asarray(sizes, dtype=np.int64).copy()),
+            torch.from_numpy(np.ascontiguousarray(mirror, dtype=bool)), n, w * n / 2, w, distinct)
+        index, sums, bounds = index.numpy(), sums.numpy(), bounds.numpy()
+        return [(index[a:b], sums[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     size = n ** 3
     back = np.flatnonzero(mirror)
-    idx = np.concatenate([voxel_index(G, n, length, mode), voxel_index(-G[back], n, length, mode)])
+    idx = voxel_index(np.concatenate([G, -G[back]]), n, length, mode)
     src = np.concatenate([np.arange(len(G)), back])  # the point (column of amp) behind each binned point
     keep = idx >= 0
     src = src[keep]
     key = np.repeat(np.arange(S) * size, sizes)[src] + idx[keep]  # global voxel of each kept point
     if distinct:
         order = np.argsort(key, kind="stable")
-        occupied, sums = key[order], amp[:, src[order]]
+        occupied, sums = key[order], np.take(amp, src[order], axis=1)
     else:
         occupied, slot = np.unique(key, return_inverse=True)
         K, C = len(occupied), len(amp)

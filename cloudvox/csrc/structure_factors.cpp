@@ -239,14 +239,15 @@ std::vector<Row> half_ball_rows(const double* r /* (3, 3) rows b_k */, int64_t e
       int64_t lo = std::max<int64_t>(int64_t(std::floor((-ub - root) / bb) - 1), -e2);
       int64_t hi = std::min<int64_t>(int64_t(std::ceil((-ub + root) / bb) + 1), e2);
       if (m0 == 0 && m1 == 0) hi = std::min<int64_t>(hi, 0);
-      int64_t a = INT64_MAX, z = INT64_MIN;
-      for (int64_t m2 = lo; m2 <= hi; ++m2) {
+      // the first and the last m2 of [lo, hi] that pass the exact test (numpy's min and max of the passing
+      // ones), found from both ends: a few tests a row instead of one per point
+      const auto inside = [&](int64_t m2) {
         const double q = double(m2);
-        if (uu + q * (2 * ub + q * bb) <= r2) {
-          a = std::min(a, m2);
-          z = std::max(z, m2);
-        }
-      }
+        return uu + q * (2 * ub + q * bb) <= r2;
+      };
+      int64_t a = lo, z = hi;
+      while (a <= hi && !inside(a)) ++a;
+      while (z > a && !inside(z)) --z;
       if (a <= z) rows.push_back(Row{int32_t(m0), int32_t(m1), int32_t(a), int32_t(z)});
     }
   return rows;
@@ -273,8 +274,21 @@ std::tuple<torch::Tensor, torch::Tensor> half_balls(torch::Tensor recips, torch:
     TORCH_CHECK(E[3 * s] >= 0 && E[3 * s + 1] >= 0 && E[3 * s + 2] >= 0, "extents must be >= 0");
     const auto rows = half_ball_rows(r, E[3 * s], E[3 * s + 1], E[3 * s + 2], r2);
     const size_t before = m.size();
-    for (const auto& w : rows)
-      for (int32_t m2 = w.a; m2 <= w.b; ++m2) {
+    for (const auto& w : rows) {
+      int64_t a = w.a, z = w.b;
+      if (cube > 0) {
+        // |u_k + m2 b_k| <= cube bounds m2 to an interval per axis: test only their intersection, widened by one
+        // on each side (the exact test below decides)
+        for (int k = 0; k < 3 && a <= z; ++k) {
+          const double bk = r[6 + k];
+          if (bk == 0) continue;
+          const double uk = double(w.m0) * r[k] + double(w.m1) * r[3 + k];
+          const double x = std::clamp((-cube - uk) / bk, -1e9, 1e9), y = std::clamp((cube - uk) / bk, -1e9, 1e9);
+          a = std::max<int64_t>(a, int64_t(std::floor(std::min(x, y))) - 1);
+          z = std::min<int64_t>(z, int64_t(std::ceil(std::max(x, y))) + 1);
+        }
+      }
+      for (int64_t m2 = a; m2 <= z; ++m2) {
         if (cube > 0) {
           bool inside = true;
           for (int k = 0; k < 3 && inside; ++k)
@@ -283,8 +297,9 @@ std::tuple<torch::Tensor, torch::Tensor> half_balls(torch::Tensor recips, torch:
         }
         m.push_back(w.m0);
         m.push_back(w.m1);
-        m.push_back(m2);
+        m.push_back(int32_t(m2));
       }
+    }
     cnt[s] = int64_t(m.size() - before) / 3;
   }
   auto out = torch::empty({int64_t(m.size() / 3), 3}, torch::TensorOptions().dtype(torch::kInt32));
@@ -472,6 +487,116 @@ std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0,
   return std::make_tuple(out, top);
 }
 
+// cloudvox.descriptors._bin_points, cartesian: the voxels of concatenated sets of points and the sums of their values
+// there, with the floating-point operations of cloudvox.descriptors.voxel_index and the summation order of numpy's
+// bincount (each set's own points, then its mirror points -G, in order; float64 sums from 0, then float32)
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> bin_cartesian(torch::Tensor G, torch::Tensor amp,
+                                                                      torch::Tensor sizes, torch::Tensor mirror,
+                                                                      int64_t n, double shift, double width,
+                                                                      bool distinct) {
+  TORCH_CHECK(G.dim() == 2 && G.size(1) == 3 && G.scalar_type() == torch::kFloat64, "G must be (P, 3) float64");
+  TORCH_CHECK(amp.dim() == 2 && amp.size(1) == G.size(0) && amp.scalar_type() == torch::kFloat32,
+              "amp must be (C, P) float32");
+  TORCH_CHECK(sizes.dim() == 1 && sizes.scalar_type() == torch::kInt64, "sizes must be (S,) int64");
+  TORCH_CHECK(mirror.dim() == 1 && mirror.size(0) == G.size(0) && mirror.scalar_type() == torch::kBool,
+              "mirror must be (P,) bool");
+  TORCH_CHECK(n >= 1 && n <= 1290, "n must be in [1, 1290]");
+  G = G.contiguous();
+  amp = amp.contiguous();
+  sizes = sizes.contiguous();
+  mirror = mirror.contiguous();
+  const double* g = G.data_ptr<double>();
+  const float* a = amp.data_ptr<float>();
+  const int64_t* sz = sizes.data_ptr<int64_t>();
+  const bool* mir = mirror.data_ptr<bool>();
+  const int64_t P = G.size(0), C = amp.size(0), S = sizes.size(0);
+  const double nd = double(n);
+  const auto voxel = [&](double x0, double x1, double x2) -> int64_t {
+    const double i0 = std::floor((x0 + shift) / width), i1 = std::floor((x1 + shift) / width),
+                 i2 = std::floor((x2 + shift) / width);
+    if (!(i0 >= 0 && i0 < nd && i1 >= 0 && i1 < nd && i2 >= 0 && i2 < nd)) return -1;
+    return int64_t((i0 * nd + i1) * nd + i2);
+  };
+  auto bounds = torch::zeros({S + 1}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* bnd = bounds.data_ptr<int64_t>();
+  std::vector<int32_t> local;
+  std::vector<double> sums;  // [k][c]
+  std::vector<uint32_t> key, src, key2, src2;
+  std::vector<uint32_t> count(256);
+  int digits = 1;  // 8-bit digits of the largest voxel index
+  while (digits < 4 && (uint64_t(n) * n * n - 1) >> (8 * digits)) ++digits;
+  int64_t start = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t k = sz[s];
+    TORCH_CHECK(k >= 0 && start + k <= P, "sizes do not add up to the points");
+    key.clear();
+    src.clear();
+    for (int64_t p = start; p < start + k; ++p) {
+      const int64_t v = voxel(g[3 * p], g[3 * p + 1], g[3 * p + 2]);
+      if (v >= 0) {
+        key.push_back(uint32_t(v));
+        src.push_back(uint32_t(p));
+      }
+    }
+    for (int64_t p = start; p < start + k; ++p)
+      if (mir[p]) {
+        const int64_t v = voxel(-g[3 * p], -g[3 * p + 1], -g[3 * p + 2]);
+        if (v >= 0) {
+          key.push_back(uint32_t(v));
+          src.push_back(uint32_t(p));
+        }
+      }
+    // a stable sort by voxel (least significant byte first): equal voxels keep the points' order
+    const size_t m = key.size();
+    key2.resize(m);
+    src2.resize(m);
+    for (int pass = 0; pass < digits; ++pass) {
+      const int sh = 8 * pass;
+      std::fill(count.begin(), count.end(), 0);
+      for (size_t i = 0; i < m; ++i) ++count[(key[i] >> sh) & 0xff];
+      uint32_t total = 0;
+      for (auto& c : count) {
+        const uint32_t t = c;
+        c = total;
+        total += t;
+      }
+      for (size_t i = 0; i < m; ++i) {
+        const uint32_t d = count[(key[i] >> sh) & 0xff]++;
+        key2[d] = key[i];
+        src2[d] = src[i];
+      }
+      key.swap(key2);
+      src.swap(src2);
+    }
+    const size_t before = local.size();
+    for (size_t i = 0; i < m;) {
+      size_t j = i;
+      const size_t row = sums.size();
+      sums.resize(row + C, 0.0);
+      if (distinct) {
+        for (int64_t c = 0; c < C; ++c) sums[row + c] = double(a[c * P + src[i]]);
+        j = i + 1;
+      } else {
+        for (; j < m && key[j] == key[i]; ++j)
+          for (int64_t c = 0; c < C; ++c) sums[row + c] += double(a[c * P + src[j]]);
+      }
+      local.push_back(int32_t(key[i]));
+      i = j;
+    }
+    bnd[s + 1] = bnd[s] + int64_t(local.size() - before);
+    start += k;
+  }
+  TORCH_CHECK(start == P, "sizes do not add up to the points");
+  const int64_t K = int64_t(local.size());
+  auto index = torch::empty({K}, torch::TensorOptions().dtype(torch::kInt32));
+  if (K) std::memcpy(index.data_ptr<int32_t>(), local.data(), K * sizeof(int32_t));
+  auto values = torch::empty({C, K}, torch::TensorOptions().dtype(torch::kFloat32));
+  float* out = values.data_ptr<float>();
+  for (int64_t q = 0; q < K; ++q)
+    for (int64_t c = 0; c < C; ++c) out[c * K + q] = float(sums[q * C + c]);
+  return std::make_tuple(index, values, bounds);
+}
+
 torch::Tensor half_from_double(torch::Tensor x) {  // exposed for the tests of the rounding
   TORCH_CHECK(x.scalar_type() == torch::kFloat64, "float64 input");
   x = x.contiguous();
@@ -494,5 +619,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("stored_values", &stored_values,
           "(values (C', P) float16, scale) of a crystal's stored reciprocal set: recip, e0, e1, e2, r2, frac, W, "
           "sigma, volume, cross");
+  mod.def("bin_cartesian", &bin_cartesian, "(index (K,) int32, values (C, K) float32, bounds (S + 1,) int64): "
+          "cartesian voxels of sets of points G (P, 3) float64 with values amp (C, P) float32, sizes (S,), mirror (P,) "
+          "bool, n, shift, width, distinct");
   mod.def("half_from_double", &half_from_double, "float64 -> float16, round to nearest even");
 }

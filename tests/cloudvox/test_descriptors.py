@@ -427,3 +427,34 @@ def test_compiled_stored_values_equal_numpy(rng, monkeypatch, kwargs):
         ulp = np.maximum(np.abs(b), 2 ** -14) * 2 ** -10  # one float16 step (the subnormal one below 2^-14)
         assert (np.abs(a - b) <= ulp).all(), s.id
         assert np.abs(values).max() == 1.0  # relative to the largest modulus
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_compiled_cartesian_binning_equals_numpy(rng, monkeypatch, distinct):
+    """The kernel's cartesian binning is numpy's bit for bit: the same voxels, each set's own points then its
+    mirror points summed in numpy's order (signed zeros included), points exactly on voxel edges, outside the
+    grid, non-finite, and an empty set."""
+    from cloudvox.descriptors import _bin_points
+    n, length = 8, 6.4
+    w = 2 * np.pi / length
+    sizes = np.array([40, 0, 25, 60, 1])
+    P = int(sizes.sum())
+    G = rng.uniform(-1.3, 1.3, (P, 3)) * w * n / 2
+    G[::7] = np.round(G[::7] / w) * w  # on voxel edges
+    G[5] = [np.nan, 0.0, 0.0]
+    G[6] = [w * n / 2, 0.0, -w * n / 2]  # the upper edge is outside, the lower inside
+    amp = rng.normal(size=(3, P)).astype(np.float32)
+    amp[:, ::11] = -0.0
+    mirror = rng.random(P) < 0.7
+    if not distinct:
+        G[70:80] = G[70]  # ten points in one voxel of one set
+    assert kernel.native() is not None
+    compiled = _bin_points(G, amp, sizes, mirror, n, length, "cartesian", None, distinct)
+    monkeypatch.setattr(kernel, "native", lambda: None)
+    plain = _bin_points(G, amp, sizes, mirror, n, length, "cartesian", None, distinct)
+    assert len(compiled) == len(plain) == len(sizes) and len(compiled[1][0]) == 0
+    for (ic, vc), (ip, vp) in zip(compiled, plain):
+        assert ic.dtype == ip.dtype == np.int32 and vc.dtype == vp.dtype == np.float32
+        np.testing.assert_array_equal(ic, ip)
+        np.testing.assert_array_equal(vc.view(np.uint32), vp.view(np.uint32))
+    assert any(len(i) for i, _ in plain) and (distinct or len(plain[3][0]) < 60)
