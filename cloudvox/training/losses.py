@@ -11,7 +11,7 @@ def berhu(p: torch.Tensor, y: torch.Tensor, c: float = BERHU_THRESHOLD) -> torch
     (x^2 + c^2) / (2 c) above, continuous with a continuous gradient at c. Small errors keep L1's equal weight
     (the MAE that is reported); a structure the network misses by more than c pulls in proportion to its error,
     as under MSE, so a rare outlier of the training set is fitted sooner. On the perovskites it was worse than L1 on
-    validation (docs/accuracy.md, "The loss and the anti-perovskites")."""
+    validation (docs/accuracy.md; the runs: docs/notebook/2026-11-30_accuracy_experiments.md)."""
     x = (p - y).abs()
     return torch.where(x <= c, x, (x * x + c * c) / (2 * c))
 
