@@ -326,40 +326,67 @@ torch::Tensor half_ball(torch::Tensor recip, int64_t e0, int64_t e1, int64_t e2,
   return out;
 }
 
-// double -> IEEE half, round to nearest even (subnormals included); |x| < 65504 (values here are in [-1, 1])
-inline uint16_t to_half(double x) {
-  uint64_t bits;
-  std::memcpy(&bits, &x, 8);
-  const uint16_t sign = uint16_t((bits >> 48) & 0x8000u);
-  const int e = int((bits >> 52) & 0x7ff) - 1023;  // x = 1.f * 2^e
-  if (e < -25) return sign;                        // below half the smallest subnormal (2^-24): zero
-  const uint64_t mant = (bits & ((uint64_t(1) << 52) - 1)) | (uint64_t(1) << 52);  // 53 bits
-  const int shift = e >= -14 ? 42 : 28 - e;        // keep 11 bits (normal) or the multiple of 2^-24 (subnormal)
-  uint64_t q = mant >> shift;
-  const uint64_t rest = mant & ((uint64_t(1) << shift) - 1), half = uint64_t(1) << (shift - 1);
-  if (rest > half || (rest == half && (q & 1))) ++q;
-  if (e < -14) return uint16_t(sign | q);  // q = 1024 is the smallest normal, as encoded
-  int E = e + 15;
-  if (q == 2048) {
-    q = 1024;
-    ++E;
-  }
-  return uint16_t(sign | (E << 10) | (q - 1024));
-}
-
 CLOUDVOX_CLONES
 void row_factors(const double* __restrict ar, const double* __restrict ai, const double* __restrict t2r,
                  const double* __restrict t2i, int64_t J, int64_t n2, int64_t v0, int64_t L, const double* __restrict W,
-                 int64_t C, bool total, double* __restrict accr, double* __restrict acci, double* __restrict pr,
-                 double* __restrict pi) {
-  // acc[c][t] = sum_j W[c, j] (a_j * T2[j][v0 + t]) for t < L; with total, row C sums all atoms
+                 const int64_t* __restrict only, int64_t C, bool total, double* __restrict accr,
+                 double* __restrict acci, double* __restrict pr, double* __restrict pi) {
+  // acc[c][t] = sum_j W[c, j] (a_j * T2[j][v0 + t]) for t < L; with total, row C sums all atoms. only[j]: the one
+  // channel of atom j whose weight is 1 (the others 0), or -1: then every channel's weight multiplies. Each
+  // element sees the same operations either way (w * p == p for w = 1): one pass per atom instead of two.
   const int64_t rows = C + (total ? 1 : 0);
   std::fill(accr, accr + rows * L, 0.0);
   std::fill(acci, acci + rows * L, 0.0);
+  double* tr_ = accr + C * L;
+  double* ti_ = acci + C * L;
   for (int64_t j = 0; j < J; ++j) {
     const double xr = ar[j], xi = ai[j];
     const double* tr = t2r + j * n2 + v0;
     const double* ti = t2i + j * n2 + v0;
+    const int64_t c1 = only[j];
+    if (c1 >= 0 && j + 3 < J && only[j + 1] == c1 && only[j + 2] == c1 && only[j + 3] == c1) {
+      // four atoms of one channel in a row (atoms of an element are usually listed together): their four
+      // additions to each element in atom order, held in registers between them
+      const double xr1 = ar[j + 1], xi1 = ai[j + 1], xr2 = ar[j + 2], xi2 = ai[j + 2], xr3 = ar[j + 3],
+                   xi3 = ai[j + 3];
+      const double *tr1 = tr + n2, *ti1 = ti + n2, *tr2 = tr + 2 * n2, *ti2 = ti + 2 * n2, *tr3 = tr + 3 * n2,
+                   *ti3 = ti + 3 * n2;
+      double* sr = accr + c1 * L;
+      double* si = acci + c1 * L;
+      for (int64_t t = 0; t < L; ++t) {
+        const double re0 = xr * tr[t] - xi * ti[t], im0 = xr * ti[t] + xi * tr[t];
+        const double re1 = xr1 * tr1[t] - xi1 * ti1[t], im1 = xr1 * ti1[t] + xi1 * tr1[t];
+        const double re2 = xr2 * tr2[t] - xi2 * ti2[t], im2 = xr2 * ti2[t] + xi2 * tr2[t];
+        const double re3 = xr3 * tr3[t] - xi3 * ti3[t], im3 = xr3 * ti3[t] + xi3 * tr3[t];
+        sr[t] = (((sr[t] + re0) + re1) + re2) + re3;
+        si[t] = (((si[t] + im0) + im1) + im2) + im3;
+        if (total) {
+          tr_[t] = (((tr_[t] + re0) + re1) + re2) + re3;
+          ti_[t] = (((ti_[t] + im0) + im1) + im2) + im3;
+        }
+      }
+      j += 3;
+      continue;
+    }
+    if (c1 >= 0) {
+      double* sr = accr + c1 * L;
+      double* si = acci + c1 * L;
+      if (total) {
+        for (int64_t t = 0; t < L; ++t) {
+          const double re = xr * tr[t] - xi * ti[t], im = xr * ti[t] + xi * tr[t];
+          sr[t] += re;
+          si[t] += im;
+          tr_[t] += re;
+          ti_[t] += im;
+        }
+      } else {
+        for (int64_t t = 0; t < L; ++t) {
+          sr[t] += xr * tr[t] - xi * ti[t];
+          si[t] += xr * ti[t] + xi * tr[t];
+        }
+      }
+      continue;
+    }
     for (int64_t t = 0; t < L; ++t) {
       pr[t] = xr * tr[t] - xi * ti[t];
       pi[t] = xr * ti[t] + xi * tr[t];
@@ -375,13 +402,36 @@ void row_factors(const double* __restrict ar, const double* __restrict ai, const
       }
     }
     if (total) {
-      double* sr = accr + C * L;
-      double* si = acci + C * L;
       for (int64_t t = 0; t < L; ++t) {
-        sr[t] += pr[t];
-        si[t] += pi[t];
+        tr_[t] += pr[t];
+        ti_[t] += pi[t];
       }
     }
+  }
+}
+
+// the IEEE half bits of v[k] / denom for k < n: round to nearest even, subnormals included, |x| < 65504 (values
+// here are in [-1, 1]); branch-free, so that it vectorises
+CLOUDVOX_CLONES
+void halves(const double* __restrict v, double denom, int64_t n, uint16_t* __restrict o) {
+  const double magic = 6755399441055744.0;  // 1.5 2^52: (y + magic) - magic rounds 0 <= y < 2^51 to nearest even
+  for (int64_t k = 0; k < n; ++k) {
+    const double x = v[k] / denom;
+    uint64_t bits;
+    std::memcpy(&bits, &x, 8);
+    const uint64_t sign = (bits >> 48) & 0x8000u;
+    const int64_t e = int64_t((bits >> 52) & 0x7ff) - 1023;  // |x| = 1.f 2^e
+    // the half's step is 2^(e - 10) for a normal half (e >= -14), 2^-24 below: y = |x| / step, exactly
+    const int64_t s = e >= -14 ? 10 - e : 24;
+    const uint64_t scale_bits = uint64_t(1023 + s) << 52;
+    double scale;
+    std::memcpy(&scale, &scale_bits, 8);
+    const uint64_t abs_bits = bits & ~(uint64_t(1) << 63);
+    double y;
+    std::memcpy(&y, &abs_bits, 8);
+    const int64_t q = int64_t((y * scale + magic) - magic);  // in [1024, 2048] (normal) or [0, 1024]
+    // a normal: the exponent field plus the 10 fraction bits (q = 2048 carries into the exponent, as it should)
+    o[k] = uint16_t(sign | uint64_t(e < -14 ? q : ((e + 15) << 10) + q - 1024));
   }
 }
 
@@ -428,6 +478,17 @@ std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0,
   }
   const int64_t accrows = C + (cross ? 1 : 0);
   std::vector<double> ar(J), ai(J), pr(Lmax), pi(Lmax), accr(accrows * Lmax), acci(accrows * Lmax);
+  std::vector<double> envs(Lmax), factors(Lmax);
+  std::vector<int64_t> only(J, -1);  // atom j's one channel of weight 1 (all others 0), else -1
+  for (int64_t j = 0; j < J; ++j) {
+    int64_t c1 = -1, nonzero = 0;
+    for (int64_t c = 0; c < C; ++c)
+      if (w[c * J + j] != 0.0) {
+        ++nonzero;
+        c1 = c;
+      }
+    if (nonzero == 1 && w[c1 * J + j] == 1.0) only[j] = c1;
+  }
   std::vector<double> vals(Cout * P);
   const double half_s2 = sigma * sigma / 2, natoms = double(J);
   const double bb = r[6] * r[6] + r[7] * r[7] + r[8] * r[8], kappa = std::exp(-2 * half_s2 * bb);
@@ -444,8 +505,8 @@ std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0,
       ar[j] = r0[j] * r1[j] - i0[j] * i1[j];
       ai[j] = r0[j] * i1[j] + i0[j] * r1[j];
     }
-    row_factors(ar.data(), ai.data(), t2r.data(), t2i.data(), J, n2, x.a + e2, L, w, C, cross, accr.data(),
-                acci.data(), pr.data(), pi.data());
+    row_factors(ar.data(), ai.data(), t2r.data(), t2i.data(), J, n2, x.a + e2, L, w, only.data(), C, cross,
+                accr.data(), acci.data(), pr.data(), pi.data());
     double u[3];
     for (int k = 0; k < 3; ++k) u[k] = double(x.m0) * r[k] + double(x.m1) * r[3 + k];
     // the envelope along the row: exp(-s |u + q b|^2) is Gaussian in q, so env(q + 1) = env(q) rho(q) and
@@ -465,25 +526,29 @@ std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0,
         env *= rho;
         rho *= kappa;
       }
-      const double factor = env / volume;
-      for (int64_t c = 0; c < C; ++c) {
-        const double re = accr[c * L + t], im = acci[c * L + t];
-        const double v = std::sqrt(re * re + im * im) * factor;
-        vals[c * P + p0 + t] = v;
-        top = std::max(top, v);
-        if (cross) {
-          const double xv = (re * accr[C * L + t] + im * acci[C * L + t]) * (env / natoms) * factor;
-          vals[(C + c) * P + p0 + t] = xv;
-          top = std::max(top, std::abs(xv));
-        }
+      envs[t] = env;
+      factors[t] = env / volume;
+    }
+    // then channel by channel along the row (the same operations per value, in loops that vectorise)
+    for (int64_t c = 0; c < C; ++c) {
+      const double* re = &accr[c * L];
+      const double* im = &acci[c * L];
+      double* out = &vals[c * P + p0];
+      for (int64_t t = 0; t < L; ++t) out[t] = std::sqrt(re[t] * re[t] + im[t] * im[t]) * factors[t];
+      if (cross) {
+        const double* tr = &accr[C * L];
+        const double* ti = &acci[C * L];
+        double* xo = &vals[(C + c) * P + p0];
+        for (int64_t t = 0; t < L; ++t) xo[t] = (re[t] * tr[t] + im[t] * ti[t]) * (envs[t] / natoms) * factors[t];
       }
     }
     p0 += L;
   }
   auto out = torch::empty({Cout, P}, torch::TensorOptions().dtype(torch::kHalf));
   uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  for (int64_t k = 0; k < Cout * P; ++k) top = std::max(top, std::abs(vals[k]));  // the largest modulus
   const double denom = top > 0 ? top : 1.0;
-  for (int64_t k = 0; k < Cout * P; ++k) o[k] = to_half(vals[k] / denom);
+  halves(vals.data(), denom, Cout * P, o);
   return std::make_tuple(out, top);
 }
 
@@ -603,7 +668,7 @@ torch::Tensor half_from_double(torch::Tensor x) {  // exposed for the tests of t
   auto out = torch::empty(x.sizes(), torch::TensorOptions().dtype(torch::kHalf));
   const double* in = x.data_ptr<double>();
   uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
-  for (int64_t k = 0; k < x.numel(); ++k) o[k] = to_half(in[k]);
+  halves(in, 1.0, x.numel(), o);  // (x / 1 == x)
   return out;
 }
 
