@@ -41,6 +41,8 @@ class FeaturizeConfig:
     limit: Optional[int] = None  # only the first N records
     overwrite: bool = False
     strict: bool = False  # exit 1 if any record is bad
+    shard_compression: str = _choices("none", "lzf", default="none")  # the shards in OUT.h5.parts/ until the merge:
+    # none writes 4x faster, lzf takes ~0.6x the disk (the output is compressed either way)
     merge_buffer_mb: float = 64.0  # per rank: shards held in memory at once by the merge (uncompressed MB)
     merge_writers: int = 0  # ranks that write the output: 0 one per node (more than one: OUT.h5 is virtual
     # datasets over OUT.h5.segments/, see docs/hdf5_layout.md); N: N writers

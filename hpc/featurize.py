@@ -73,6 +73,7 @@ class FeaturizeJob:
     strict: bool
     collective_timeout: float  # seconds (hpc/watchdog.py)
     progress_every: float  # seconds between progress lines off a terminal
+    shard_compression: Optional[str] = None  # the shards' filter (None or "lzf"), see FeaturizeConfig
     merge_buffer: int = 64 << 20  # bytes of shards (uncompressed) a merging rank holds at once
     merge_writers: int = 0  # 0: one writer per node; N: N writers (hpc.partition.writer_groups)
     command: str = ""
@@ -87,6 +88,7 @@ class FeaturizeJob:
         return cls(inputs=[str(p) for p in cfg["input"]], format=cfg["format"], output=str(cfg["output"]),
                    descriptor=cfg["descriptor"], store=tuple(cfg["store"]), block_size=int(cfg["block_size"]),
                    limit=cfg["limit"], overwrite=bool(cfg["overwrite"]), strict=bool(cfg["strict"]),
+                   shard_compression=None if cfg["shard_compression"] == "none" else cfg["shard_compression"],
                    merge_buffer=int(float(cfg["merge_buffer_mb"]) * 2 ** 20), merge_writers=int(cfg["merge_writers"]),
                    collective_timeout=float(cfg["collective_timeout"]), progress_every=float(cfg["progress_every"]),
                    command=command)
@@ -270,7 +272,7 @@ def _featurize_blocks(comm, source: Source, vox, job, pending, parts: Path, attr
             a, b = pending[k]
             t = time.perf_counter()
             block = featurize_block(source.records(a, b), a, vox, source.sources, job.store)
-            write_features(parts / f"block-{a:010d}-{b:010d}.h5", block, attrs)
+            write_features(parts / f"block-{a:010d}-{b:010d}.h5", block, attrs, compression=job.shard_compression)
             busy += time.perf_counter() - t
             done += 1
             failures += len(block.failures["failures/index"])

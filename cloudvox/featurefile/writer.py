@@ -3,7 +3,7 @@
 import json
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -11,8 +11,11 @@ from .block import Block
 from .layout import COMPRESSED, encode
 
 
-def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
-    """Write one block as a complete feature file (serial h5py): ``path.part``, then renamed to ``path``."""
+def write_features(path, block: Block, attrs: Dict[str, object], compression: Optional[str] = "lzf") -> None:
+    """Write one block as a complete feature file (serial h5py): ``path.part``, then renamed to ``path``.
+
+    compression: the HDF5 filter of the large ragged datasets (with byte shuffling), or None (a job's shards,
+    read once by its merge: about 4x faster to write, 1.6x the bytes)."""
     import h5py
     path = Path(path)
     part = path.with_name(path.name + ".part")
@@ -28,7 +31,7 @@ def write_features(path, block: Block, attrs: Dict[str, object]) -> None:
         for name, value in block.meta.items():
             f.create_dataset(f"structures/meta/{name}", data=encode(value))
         for name, (counts, data) in block.ragged.items():
-            opts = dict(compression="lzf", shuffle=True) if name in COMPRESSED and len(data) else {}
+            opts = dict(compression=compression, shuffle=True) if compression and name in COMPRESSED and len(data) else {}
             f.create_dataset(name, data=data, **opts)
             f.create_dataset(f"{name}_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     os.replace(part, path)

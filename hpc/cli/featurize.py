@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
                         "reciprocal set when read)")
     p.add_argument("--block-size", type=int, help="records per work block and shard (default 256)")
     p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--shard-compression", choices=["none", "lzf"],
+                   help="the shards until the merge: none (default, faster) or lzf (~0.6x the temporary disk)")
     p.add_argument("--merge-buffer-mb", type=float, help="shards a merging rank holds at once (default 64 MB)")
     p.add_argument("--merge-writers", type=int,
                    help="ranks that write the output: 0 one per node (default), N: N writers; with more than one, "
@@ -49,7 +51,7 @@ def add_parser(sub) -> None:
 FEATURIZE_FLAGS = {  # flag -> (section, key) of the featurize config
     "input": (None, "input"), "format": (None, "format"), "output": (None, "output"), "store": (None, "store"),
     "block_size": (None, "block_size"), "limit": (None, "limit"),
-    "merge_buffer_mb": (None, "merge_buffer_mb"), "merge_writers": (None, "merge_writers"),
+    "shard_compression": (None, "shard_compression"), "merge_buffer_mb": (None, "merge_buffer_mb"), "merge_writers": (None, "merge_writers"),
     "collective_timeout": (None, "collective_timeout"),
     "progress_every": (None, "progress_every"),
     "overwrite": (None, "overwrite"), "strict": (None, "strict"), "descriptor": ("descriptor", "mode"),

@@ -47,11 +47,13 @@ def test_serial_file_holds_the_exact_descriptor(serial_osrti):
     assert not out.with_name(out.name + ".parts").exists() and not out.with_name(out.name + ".part").exists()
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_same_file_whatever_the_rank_count(serial_osrti, tmp_path, ranks):
+@pytest.mark.parametrize("ranks, shards", [(1, "none"), (2, "lzf"), (3, "none")])
+def test_same_file_whatever_the_rank_count(serial_osrti, tmp_path, ranks, shards):
+    """The same file at any rank count, whether the shards until the merge are compressed or not."""
     src, reference = serial_osrti
     out = tmp_path / "osrti.h5"
-    proc = run_cloudvox(ranks, "featurize", "--input", str(src), "--output", str(out), *AFLOW)
+    proc = run_cloudvox(ranks, "featurize", "--input", str(src), "--output", str(out), *AFLOW,
+                        "--shard-compression", shards)
     assert_same_datasets(out, reference)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["ranks"] == ranks and summary["done"] == 135 and summary["load_imbalance"] >= 1.0
