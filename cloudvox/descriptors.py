@@ -450,7 +450,8 @@ class ReciprocalVoxelizer:
         amp = self._channel_values(F, env, np.array([len(s) for s in group], dtype=np.float64)[sid])
         amp *= env / np.array([s.volume for s in group])[sid]
         if self.cross:  # a crystal's c moduli, then its c cross-spectra (the last row, the total, is not stored)
-            picks = {c: np.concatenate([np.arange(c - 1), np.arange(c_base, c_base + c - 1)]) for c in {len(W) for W in Ws}}
+            picks = {c: np.concatenate([np.arange(c - 1), np.arange(c_base, c_base + c - 1)])
+                     for c in {len(W) for W in Ws}}
             rows = [picks[len(W)] for W in Ws]
         else:
             rows = [slice(0, len(W)) for W in Ws]

@@ -18,6 +18,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import kernel
 from .elements import SYMBOLS, UnknownElementError, atomic_numbers, MAX_Z
 from .errors import UserError
 from .lattice import MIN_VOLUME, Lattice, det3
@@ -53,10 +54,16 @@ def find_overlap(cart: np.ndarray, lattice: Optional[np.ndarray] = None, cutoff:
         i, j = _pairs(len(cart), False)
         d, shifts = cart[j] - cart[i], None
     else:
+        native = kernel.native()
+        if native is not None and frac is not None:  # the same search, compiled (one Python call a crystal)
+            import torch
+            i, j, d = native.first_overlap(torch.from_numpy(np.array(frac, dtype=np.float64)),
+                                           torch.from_numpy(np.array(lattice, dtype=np.float64)), cutoff)
+            return None if i < 0 else (int(i), int(j), float(d))
         inv = np.linalg.inv(lattice)
         ext = np.floor(0.5 + cutoff * np.sqrt((inv * inv).sum(0))).astype(int)
-        i, j = _pairs(len(cart), bool(ext.any()))
         frac = cart @ inv if frac is None else frac
+        i, j = _pairs(len(cart), bool(ext.any()))
         f = frac[j] - frac[i]
         f -= np.round(f)
         d = f @ lattice

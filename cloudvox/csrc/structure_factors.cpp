@@ -662,6 +662,69 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> bin_cartesian(torch::Ten
   return std::make_tuple(index, values, bounds);
 }
 
+// cloudvox.structure.find_overlap of a crystal: the first pair i <= j (i < j without images), in numpy's triu
+// order, closer than cutoff (Angstrom) over the periodic images that can come that close; (-1, -1, 0) if none
+std::tuple<int64_t, int64_t, double> first_overlap(torch::Tensor frac, torch::Tensor lattice, double cutoff) {
+  TORCH_CHECK(frac.dim() == 2 && frac.size(1) == 3 && frac.scalar_type() == torch::kFloat64,
+              "frac must be (n, 3) float64");
+  TORCH_CHECK(lattice.dim() == 2 && lattice.size(0) == 3 && lattice.size(1) == 3 &&
+              lattice.scalar_type() == torch::kFloat64, "lattice must be (3, 3) float64");
+  frac = frac.contiguous();
+  lattice = lattice.contiguous();
+  const double* f = frac.data_ptr<double>();
+  const double* L = lattice.data_ptr<double>();
+  const int64_t n = frac.size(0);
+  const double cutoff2 = cutoff * cutoff;
+  // images: with fractional differences wrapped into [-1/2, 1/2], image n can only come closer than the cutoff if
+  // |n_k| <= 1/2 + cutoff |b_k| / (2 pi), |b_k| / (2 pi) the norm of column k of the inverse (cofactors / det;
+  // a hair of slack: an image too many changes nothing)
+  const double det = L[0] * (L[4] * L[8] - L[5] * L[7]) - L[1] * (L[3] * L[8] - L[5] * L[6]) +
+                     L[2] * (L[3] * L[7] - L[4] * L[6]);
+  int64_t e[3];
+  for (int k = 0; k < 3; ++k) {
+    const int a = (k + 1) % 3, b = (k + 2) % 3;  // column k of the inverse: the cross product of rows a and b
+    const double c0 = L[3 * a + 1] * L[3 * b + 2] - L[3 * a + 2] * L[3 * b + 1];
+    const double c1 = L[3 * a + 2] * L[3 * b + 0] - L[3 * a + 0] * L[3 * b + 2];
+    const double c2 = L[3 * a + 0] * L[3 * b + 1] - L[3 * a + 1] * L[3 * b + 0];
+    const double norm = std::sqrt(c0 * c0 + c1 * c1 + c2 * c2) / std::abs(det);
+    TORCH_CHECK(std::isfinite(norm) && cutoff * norm < 1e3, "the lattice is degenerate (its planes nearly touch)");
+    e[k] = int64_t(std::floor(0.5 + cutoff * norm * (1 + 1e-9)));
+  }
+  const bool images = e[0] > 0 || e[1] > 0 || e[2] > 0;
+  std::vector<double> shifts;  // the images' Cartesian shifts, n0 slowest (numpy's meshgrid, "ij")
+  if (images) {
+    for (int64_t a = -e[0]; a <= e[0]; ++a)
+      for (int64_t b = -e[1]; b <= e[1]; ++b)
+        for (int64_t c = -e[2]; c <= e[2]; ++c)
+          for (int k = 0; k < 3; ++k) shifts.push_back(double(a) * L[k] + double(b) * L[3 + k] + double(c) * L[6 + k]);
+  }
+  const int64_t K = int64_t(shifts.size() / 3);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = images ? i : i + 1; j < n; ++j) {
+      double g[3];
+      for (int k = 0; k < 3; ++k) {
+        g[k] = f[3 * j + k] - f[3 * i + k];
+        g[k] -= std::nearbyint(g[k]);  // numpy's round: half to even
+      }
+      double d[3];
+      for (int k = 0; k < 3; ++k) d[k] = g[0] * L[k] + g[1] * L[3 + k] + g[2] * L[6 + k];
+      if (!images) {
+        const double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        if (r2 < cutoff2) return std::make_tuple(i, j, std::sqrt(r2));
+        continue;
+      }
+      double best = INFINITY;
+      for (int64_t q = 0; q < K; ++q) {
+        const double x = d[0] + shifts[3 * q], y = d[1] + shifts[3 * q + 1], z = d[2] + shifts[3 * q + 2];
+        double r2 = x * x + y * y + z * z;
+        if (i == j && r2 == 0) r2 = INFINITY;  // an atom is not its own neighbour
+        best = std::min(best, r2);
+      }
+      if (best < cutoff2) return std::make_tuple(i, j, std::sqrt(best));
+    }
+  return std::make_tuple(int64_t(-1), int64_t(-1), 0.0);
+}
+
 torch::Tensor half_from_double(torch::Tensor x) {  // exposed for the tests of the rounding
   TORCH_CHECK(x.scalar_type() == torch::kFloat64, "float64 input");
   x = x.contiguous();
@@ -687,5 +750,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("bin_cartesian", &bin_cartesian, "(index (K,) int32, values (C, K) float32, bounds (S + 1,) int64): "
           "cartesian voxels of sets of points G (P, 3) float64 with values amp (C, P) float32, sizes (S,), mirror (P,) "
           "bool, n, shift, width, distinct");
+  mod.def("first_overlap", &first_overlap, "(i, j, distance) of the first pair of a crystal's atoms closer than "
+          "cutoff over the periodic images, or (-1, -1, 0): frac (n, 3), lattice (3, 3) rows, cutoff (Angstrom)");
   mod.def("half_from_double", &half_from_double, "float64 -> float16, round to nearest even");
 }

@@ -31,7 +31,8 @@ def write_features(path, block: Block, attrs: Dict[str, object], compression: Op
         for name, value in block.meta.items():
             f.create_dataset(f"structures/meta/{name}", data=encode(value))
         for name, (counts, data) in block.ragged.items():
-            opts = dict(compression=compression, shuffle=True) if compression and name in COMPRESSED and len(data) else {}
+            compressed = compression and name in COMPRESSED and len(data)
+            opts = dict(compression=compression, shuffle=True) if compressed else {}
             f.create_dataset(name, data=data, **opts)
             f.create_dataset(f"{name}_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     os.replace(part, path)

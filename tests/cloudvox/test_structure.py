@@ -69,6 +69,28 @@ def test_overlap_search_matches_brute_force_on_skewed_cells(rng):
             assert found[2] < cutoff
 
 
+def test_compiled_overlap_search_equals_numpy(rng, monkeypatch):
+    """The kernel's search finds the same first pair at the same distance as numpy's: cells whose planes are
+    closer than twice the cutoff (images, an atom near its own image) and wide ones (no images)."""
+    from cloudvox import kernel
+    assert kernel.native() is not None
+    cases = 0
+    for trial in range(60):
+        scale = 1.0 if trial % 2 else 4.0
+        lat = (rng.normal(size=(3, 3)) + np.eye(3) * 3) * scale
+        cart = rng.uniform(0, 1, size=(int(rng.integers(1, 12)), 3)) @ lat
+        for cutoff in (0.5, 1.2, 2.5):
+            compiled = find_overlap(cart, lat, cutoff)
+            monkeypatch.setattr(kernel, "native", lambda: None)
+            plain = find_overlap(cart, lat, cutoff)
+            monkeypatch.undo()
+            assert (compiled is None) == (plain is None)
+            if plain is not None:
+                assert compiled[:2] == plain[:2] and compiled[2] == pytest.approx(plain[2], rel=1e-12)
+                cases += 1
+    assert 20 < cases < 180  # both outcomes were seen
+
+
 def test_derived_structures():
     s = cubic()
     sc = s.supercell([2, 1, 1])
