@@ -73,12 +73,13 @@ def main() -> None:
     names = channel_names(vox)
     structures = crystals(src, vox)
     prepared = []
-    for s in structures:
+    for s in structures:  # the kernel's inputs for one crystal, as ReciprocalVoxelizer.stored_values_many makes them
         W, _ = vox._weights(s, names)
         recip, (e0, e1, e2), r2 = s.cell.ball_params(vox.ball_radius)
-        prepared.append((torch.from_numpy(recip.copy()), e0, e1, e2, r2,
+        prepared.append((torch.from_numpy(recip.copy()[None]), torch.tensor([[e0, e1, e2]]), r2,
                          torch.from_numpy(np.array(s.frac_coords, dtype=np.float64, order="C")),
-                         torch.from_numpy(np.array(W, dtype=np.float64, order="C")), vox.sigma, float(s.volume),
+                         torch.tensor([len(s)]), torch.from_numpy(np.array(W, dtype=np.float64).ravel()),
+                         torch.tensor([len(W)]), vox.sigma, torch.tensor([float(s.volume)], dtype=torch.float64),
                          vox.cross))
     timings = {name: np.zeros((args.repeats, len(structures))) for name in ("call", "kernel", "enumeration")}
     points = np.zeros(len(structures), dtype=np.int64)
@@ -88,12 +89,12 @@ def main() -> None:
             t0 = clock()
             vox.stored_values(s, names)
             t1 = clock()
-            values, _ = native.stored_values(*p)
+            _, count, _ = native.stored_values_many(*p)
             t2 = clock()
-            native.half_ball(p[0], p[1], p[2], p[3], p[4])
+            native.half_ball(p[0][0], int(p[1][0, 0]), int(p[1][0, 1]), int(p[1][0, 2]), p[2])
             t3 = clock()
             timings["call"][r, k], timings["kernel"][r, k], timings["enumeration"][r, k] = t1 - t0, t2 - t1, t3 - t2
-            points[k] = values.shape[-1]
+            points[k] = int(count[0])
     per = {name: np.median(t, axis=0) for name, t in timings.items()}  # per structure, median over the passes
     common = dict(n=args.n, crystals=len(structures), repeats=args.repeats)
     for name, t in per.items():

@@ -3,10 +3,11 @@
 Generates N AFLOW-like entries (bench/aflow_like.py: the realistic mix, 1% malformed) once and runs the
 stages of the job's per-block work in this process, block by block as a rank does (``--block-size``), timing
 each: reading the block's lines through the line index, JSON parsing, validation and structure building
-(``cloudvox.io.aflow``), the resource check, the compiled descriptor pass (``stored_values``), the rest of
-the block's assembly, and writing the shard. Medians over ``--repeats`` passes; per size class (atoms per
-cell) the descriptor's and the parsing's milliseconds per structure and the median number of reciprocal
-points. The merge is measured by bench/featurize_scale.py and bench/merge_nodes.py.
+(``cloudvox.io.aflow``), the resource check, the compiled descriptor pass (``stored_values_many``, one call
+a block), the rest of the block's assembly, and writing the shard. Medians over ``--repeats`` passes; per size
+class (atoms per cell) the parsing's milliseconds per structure and the median number of reciprocal points (the
+descriptor per size class: bench/featurize_kernel.py). The merge is measured by bench/featurize_scale.py and
+bench/merge_nodes.py.
 Usage: python bench/featurize_profile.py [--n 20000] [--repeats 3] [--block-size 256] [--workdir out/profile]
 """
 import argparse
@@ -25,6 +26,7 @@ from common import ROOT, emit, single_core  # noqa: E402
 single_core()
 import numpy as np  # noqa: E402
 
+from cloudvox.config import FeaturizeConfig  # noqa: E402
 from cloudvox.descriptors import ReciprocalVoxelizer  # noqa: E402
 from cloudvox.featurefile import channel_names, featurize_block, root_attributes, write_features  # noqa: E402
 from cloudvox.io.aflow import _record  # noqa: E402
@@ -41,7 +43,7 @@ def size_class(natoms: int) -> str:
     return "failed"
 
 
-def one_pass(index: LineIndex, vox: ReciprocalVoxelizer, block: int, folder: Path):
+def one_pass(index: LineIndex, vox: ReciprocalVoxelizer, block: int, folder: Path, compression):
     """Seconds per stage over every block, and (class, parse s, descriptor s, points) per good structure."""
     stage = defaultdict(float)
     per_structure = []
@@ -76,7 +78,7 @@ def one_pass(index: LineIndex, vox: ReciprocalVoxelizer, block: int, folder: Pat
         block_data = featurize_block(records, a, vox, [src])
         stage["block_total"] += time.perf_counter() - t
         t = time.perf_counter()
-        write_features(folder / f"block-{a:010d}-{b:010d}.h5", block_data, attrs)
+        write_features(folder / f"block-{a:010d}-{b:010d}.h5", block_data, attrs, compression=compression)
         stage["shard"] += time.perf_counter() - t
     stage["assembly"] = stage.pop("block_total") - stage["descriptor"] - stage["limits"]
     return stage, per_structure
@@ -94,14 +96,14 @@ def timed(vox: ReciprocalVoxelizer, stage: dict, per_structure: list, parse_of: 
         finally:
             stage["limits"] += time.perf_counter() - t
 
-    def stored_values(s, names):
+    def stored_values_many(crystals, names):  # the block's one call (per crystal: bench/featurize_kernel.py)
         t = time.perf_counter()
-        out = cls.stored_values(vox, s, names)
-        dt = time.perf_counter() - t
-        stage["descriptor"] += dt
-        per_structure.append((size_class(len(s)), parse_of.get(id(s), float("nan")), dt, out[1].shape[-1]))
+        out = cls.stored_values_many(vox, crystals, names)
+        stage["descriptor"] += time.perf_counter() - t
+        per_structure.extend((size_class(len(s)), parse_of.get(id(s), float("nan")), values.shape[-1])
+                             for s, (_, values, _) in zip(crystals, out))
         return out
-    vox.check_cost, vox.stored_values = check_cost, stored_values
+    vox.check_cost, vox.stored_values_many = check_cost, stored_values_many
 
 
 def warm_up(src: Path) -> None:
@@ -124,6 +126,8 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "out" / "profile"))
+    ap.add_argument("--shard-compression", choices=["none", "lzf"], default=FeaturizeConfig.shard_compression,
+                    help="the shards' filter (default: the job's)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -139,28 +143,27 @@ def main() -> None:
         index = LineIndex.serial([src], False, None, args.block_size)
         index_s = time.perf_counter() - t
         with tempfile.TemporaryDirectory(dir=work) as folder:
-            stage, structures = one_pass(index, vox, args.block_size, Path(folder))
+            stage, structures = one_pass(index, vox, args.block_size, Path(folder),
+                                         None if args.shard_compression == "none" else args.shard_compression)
         stage["index"] = index_s
         stages.append(stage)
     n = index.n
-    common = dict(n=n, repeats=args.repeats, block_size=args.block_size)
+    common = dict(n=n, repeats=args.repeats, block_size=args.block_size, shard_compression=args.shard_compression)
     total = statistics.median(sum(s.values()) for s in stages)
     for name in ("index", "read", "json", "validate_build", "limits", "descriptor", "assembly", "shard"):
         sec = statistics.median(s[name] for s in stages)
         emit("featurize_profile", f"stage_{name}", sec / n * 1e3, "ms/structure", share=sec / total, **common)
     emit("featurize_profile", "one_core_total", total / n * 1e3, "ms/structure", structures_per_s=n / total, **common)
     by_class = defaultdict(list)
-    for cls, parse_s, desc_s, points in structures:
-        by_class[cls].append((parse_s, desc_s, points))
+    for cls, parse_s, points in structures:
+        by_class[cls].append((parse_s, points))
     for lo, hi in CLASSES:
         cls = size_class(lo)
         rows = by_class.get(cls, [])
         if rows:
-            emit("featurize_profile", "by_size", float(np.median([r[1] for r in rows]) * 1e3), "ms/structure (descriptor)",
+            emit("featurize_profile", "by_size", float(np.median([r[0] for r in rows]) * 1e3), "ms/structure (parsing)",
                  atoms=cls, structures=len(rows), share_of_structures=len(rows) / n,
-                 descriptor_ms_mean=float(np.mean([r[1] for r in rows]) * 1e3),
-                 parse_ms_median=float(np.median([r[0] for r in rows]) * 1e3),
-                 points_median=int(np.median([r[2] for r in rows])), **common)
+                 points_median=int(np.median([r[1] for r in rows])), **common)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import numpy as np
 from . import kernel
 from .elements import property_weights
 from .errors import ConfigError
-from .lattice import half_balls, sqnorm
+from .lattice import half_balls, reciprocal_box, reciprocal_lattice, sqnorm
 from .structure import Structure, StructureError
 
 MODES = ("cartesian", "spherical")
@@ -465,19 +465,41 @@ class ReciprocalVoxelizer:
 
         The compiled kernel does it in one pass (enumeration, structure factors, envelope, float16 rounding);
         without it, :meth:`reciprocal` in numpy, then the division and ``astype(float16)``."""
+        return self.stored_values_many([s], names)[0]
+
+    def stored_values_many(self, crystals: Sequence[Structure], names: Sequence[str]
+                           ) -> List[Tuple[np.ndarray, np.ndarray, float]]:
+        """:meth:`stored_values` of each of S crystals, in one compiled call (a feature-file block's)."""
         native = kernel.native()
         if native is None:
-            rs = self._crystal_set(s, names, np.float64)
-            top = float(np.abs(rs.amp).max()) if rs.amp.size else 0.0
-            return rs.channels, (rs.amp / (top or 1.0)).astype(np.float16), top
+            out = []
+            for s in crystals:
+                rs = self._crystal_set(s, names, np.float64)
+                top = float(np.abs(rs.amp).max()) if rs.amp.size else 0.0
+                out.append((rs.channels, (rs.amp / (top or 1.0)).astype(np.float16), top))
+            return out
+        if not crystals:
+            return []
         import torch
-        W, channels = self._weights(s, names)
-        recip, (e0, e1, e2), r2 = s.cell.ball_params(self.ball_radius)
-        values, top = native.stored_values(torch.from_numpy(recip.copy()), e0, e1, e2, r2,
-                                           torch.from_numpy(np.array(s.frac_coords, dtype=np.float64, order="C")),
-                                           torch.from_numpy(np.array(W, dtype=np.float64, order="C")),
-                                           self.sigma, float(s.volume), self.cross)
-        return channels, values.numpy(), float(top)
+        ws = [self._weights(s, names) for s in crystals]
+        matrices = np.stack([s.lattice for s in crystals])
+        recips = np.ascontiguousarray(reciprocal_lattice(matrices))  # each its Lattice.reciprocal (half_balls)
+        extents = reciprocal_box(matrices, self.ball_radius)
+        _, _, r2 = crystals[0].cell.ball_params(self.ball_radius)
+        frac = np.concatenate([s.frac_coords for s in crystals]).astype(np.float64)
+        weights = np.concatenate([np.asarray(W, dtype=np.float64).ravel() for W, _ in ws])
+        t = torch.from_numpy
+        values, points, tops = native.stored_values_many(
+            t(recips), t(extents), r2, t(frac), t(np.array([len(s) for s in crystals], dtype=np.int64)), t(weights),
+            t(np.array([len(W) for W, _ in ws], dtype=np.int64)), self.sigma,
+            t(np.array([s.volume for s in crystals], dtype=np.float64)), self.cross)
+        values, points, tops = values.numpy(), points.numpy(), tops.numpy()
+        out, a = [], 0
+        for (W, channels), p, top in zip(ws, points, tops):
+            rows = (2 if self.cross else 1) * len(W)
+            out.append((channels, values[a:a + rows * p].reshape(rows, p), float(top)))
+            a += rows * p
+        return out
 
     @property
     def ball_radius(self) -> float:

@@ -435,21 +435,12 @@ void halves(const double* __restrict v, double denom, int64_t n, uint16_t* __res
   }
 }
 
-std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0, int64_t e1, int64_t e2, double r2,
-                                                torch::Tensor frac, torch::Tensor W, double sigma, double volume,
-                                                bool cross) {
-  TORCH_CHECK(recip.dim() == 2 && recip.size(0) == 3 && recip.size(1) == 3 && recip.scalar_type() == torch::kFloat64,
-              "recip must be (3, 3) float64");
-  TORCH_CHECK(frac.dim() == 2 && frac.size(1) == 3 && frac.scalar_type() == torch::kFloat64, "frac must be (J, 3) float64");
-  TORCH_CHECK(W.dim() == 2 && W.size(1) == frac.size(0) && W.scalar_type() == torch::kFloat64, "W must be (C, J) float64");
+// one crystal's stored values: appends its (Cout, P) float16 bits, relative to the largest modulus, to out;
+// returns that modulus (the scale)
+double crystal_values(const double* r, int64_t e0, int64_t e1, int64_t e2, double r2, const double* f, int64_t J,
+                      const double* w, int64_t C, double sigma, double volume, bool cross, std::vector<uint16_t>& out) {
   TORCH_CHECK(e0 >= 0 && e1 >= 0 && e2 >= 0, "extents must be >= 0");
-  recip = recip.contiguous();
-  frac = frac.contiguous();
-  W = W.contiguous();
-  const double* r = recip.data_ptr<double>();
-  const double* f = frac.data_ptr<double>();
-  const double* w = W.data_ptr<double>();
-  const int64_t J = frac.size(0), C = W.size(0), Cout = cross ? 2 * C : C;
+  const int64_t Cout = cross ? 2 * C : C;
   const auto rows = half_ball_rows(r, e0, e1, e2, r2);
   int64_t P = 0, Lmax = 0;
   for (const auto& x : rows) {
@@ -544,12 +535,63 @@ std::tuple<torch::Tensor, double> stored_values(torch::Tensor recip, int64_t e0,
     }
     p0 += L;
   }
-  auto out = torch::empty({Cout, P}, torch::TensorOptions().dtype(torch::kHalf));
-  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr());
   for (int64_t k = 0; k < Cout * P; ++k) top = std::max(top, std::abs(vals[k]));  // the largest modulus
-  const double denom = top > 0 ? top : 1.0;
-  halves(vals.data(), denom, Cout * P, o);
-  return std::make_tuple(out, top);
+  const size_t at = out.size();
+  out.resize(at + size_t(Cout * P));
+  halves(vals.data(), top > 0 ? top : 1.0, Cout * P, out.data() + at);
+  return top;
+}
+
+// the stored values (cloudvox.descriptors.ReciprocalVoxelizer.stored_values) of S crystals in one call: recips (S, 3, 3), extents (S, 3), the atoms' frac (sum J, 3) with atoms
+// (S,), the weights (sum C J,) flat with channels (S,), volumes (S,); returns the values (sum Cout P,) float16
+// concatenated crystal by crystal, the points per crystal (S,) and the scales (S,)
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> stored_values_many(
+    torch::Tensor recips, torch::Tensor extents, double r2, torch::Tensor frac, torch::Tensor atoms, torch::Tensor W,
+    torch::Tensor channels, double sigma, torch::Tensor volumes, bool cross) {
+  const int64_t S = recips.size(0);
+  TORCH_CHECK(recips.dim() == 3 && recips.size(1) == 3 && recips.size(2) == 3 &&
+              recips.scalar_type() == torch::kFloat64, "recips must be (S, 3, 3) float64");
+  TORCH_CHECK(extents.dim() == 2 && extents.size(0) == S && extents.size(1) == 3 &&
+              extents.scalar_type() == torch::kInt64, "extents must be (S, 3) int64");
+  TORCH_CHECK(frac.dim() == 2 && frac.size(1) == 3 && frac.scalar_type() == torch::kFloat64,
+              "frac must be (N, 3) float64");
+  TORCH_CHECK(atoms.dim() == 1 && atoms.size(0) == S && atoms.scalar_type() == torch::kInt64,
+              "atoms must be (S,) int64");
+  TORCH_CHECK(channels.dim() == 1 && channels.size(0) == S && channels.scalar_type() == torch::kInt64,
+              "channels must be (S,) int64");
+  TORCH_CHECK(W.dim() == 1 && W.scalar_type() == torch::kFloat64, "W must be flat float64");
+  TORCH_CHECK(volumes.dim() == 1 && volumes.size(0) == S && volumes.scalar_type() == torch::kFloat64,
+              "volumes must be (S,) float64");
+  recips = recips.contiguous();
+  extents = extents.contiguous();
+  frac = frac.contiguous();
+  W = W.contiguous();
+  const double* R = recips.data_ptr<double>();
+  const int64_t* E = extents.data_ptr<int64_t>();
+  const double* F = frac.data_ptr<double>();
+  const double* w = W.data_ptr<double>();
+  const int64_t* J = atoms.contiguous().data_ptr<int64_t>();
+  const int64_t* C = channels.contiguous().data_ptr<int64_t>();
+  const double* V = volumes.contiguous().data_ptr<double>();
+  auto points = torch::empty({S}, torch::TensorOptions().dtype(torch::kInt64));
+  auto tops = torch::empty({S}, torch::TensorOptions().dtype(torch::kFloat64));
+  int64_t* pts = points.data_ptr<int64_t>();
+  double* top = tops.data_ptr<double>();
+  std::vector<uint16_t> bits;
+  int64_t fa = 0, wa = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(fa + J[s] <= frac.size(0) && wa + C[s] * J[s] <= W.size(0), "atoms or channels do not add up");
+    const size_t before = bits.size();
+    top[s] = crystal_values(R + 9 * s, E[3 * s], E[3 * s + 1], E[3 * s + 2], r2, F + 3 * fa, J[s], w + wa, C[s],
+                            sigma, V[s], cross, bits);
+    const int64_t Cout = cross ? 2 * C[s] : C[s];
+    pts[s] = Cout ? int64_t(bits.size() - before) / Cout : 0;
+    fa += J[s];
+    wa += C[s] * J[s];
+  }
+  auto out = torch::empty({int64_t(bits.size())}, torch::TensorOptions().dtype(torch::kHalf));
+  if (!bits.empty()) std::memcpy(out.data_ptr(), bits.data(), bits.size() * sizeof(uint16_t));
+  return std::make_tuple(out, points, tops);
 }
 
 // cloudvox.descriptors._bin_points, cartesian: the voxels of concatenated sets of points and the sums of their values
@@ -744,13 +786,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("half_ball", &half_ball, "m (P, 3) int32 of cloudvox.lattice.half_ball: recip (3, 3), e0, e1, e2, r2");
   mod.def("half_balls", &half_balls, "(m (P, 3) int32, counts (S,) int64): the half balls of recips (S, 3, 3), "
           "extents (S, 3) int64, r2, concatenated; cube > 0: only points with every |G_k| <= cube");
-  mod.def("stored_values", &stored_values,
-          "(values (C', P) float16, scale) of a crystal's stored reciprocal set: recip, e0, e1, e2, r2, frac, W, "
-          "sigma, volume, cross");
-  mod.def("bin_cartesian", &bin_cartesian, "(index (K,) int32, values (C, K) float32, bounds (S + 1,) int64): "
-          "cartesian voxels of sets of points G (P, 3) float64 with values amp (C, P) float32, sizes (S,), mirror (P,) "
-          "bool, n, shift, width, distinct");
-  mod.def("first_overlap", &first_overlap, "(i, j, distance) of the first pair of a crystal's atoms closer than "
-          "cutoff over the periodic images, or (-1, -1, 0): frac (n, 3), lattice (3, 3) rows, cutoff (Angstrom)");
+  mod.def("stored_values_many", &stored_values_many,
+          "(values flat float16, points (S,), scales (S,)) of S crystals: recips, extents, r2, frac, atoms, W (flat), "
+          "channels, sigma, volumes, cross");
   mod.def("half_from_double", &half_from_double, "float64 -> float16, round to nearest even");
 }

@@ -57,9 +57,9 @@ def featurize_block(records: Sequence[Record], start: int, voxelizer: Reciprocal
     recip = [None] * len(todo)  # crystals: (channels, float16 values relative to the scale, scale)
     scale = np.full(S, np.nan, dtype=np.float32)
     if "reciprocal" in store:
-        for k, s in enumerate(todo):
-            if s.is_periodic:
-                recip[k] = voxelizer.stored_values(s, names)
+        crystals = [k for k, s in enumerate(todo) if s.is_periodic]
+        for k, values in zip(crystals, voxelizer.stored_values_many([todo[k] for k in crystals], names)):
+            recip[k] = values
 
     parts: Dict[str, List[np.ndarray]] = {name: [np.empty((0,) + RAGGED[name][1], RAGGED[name][0])] * S
                                           for name in RAGGED}

@@ -429,6 +429,26 @@ def test_compiled_stored_values_equal_numpy(rng, monkeypatch, kwargs):
         assert np.abs(values).max() == 1.0  # relative to the largest modulus
 
 
+@pytest.mark.parametrize("kwargs", [dict(), dict(cross=True), dict(channels="properties")])
+def test_stored_values_of_a_block_equal_each_crystal_alone(rng, kwargs):
+    """One compiled call for a block's crystals (different atoms, channels and cells) gives each crystal's own
+    values bit for bit, and nothing for no crystals."""
+    from cloudvox.featurefile import channel_names
+    vox = ReciprocalVoxelizer(**kwargs)
+    names = channel_names(vox)
+    symbols = ["Sr", "Ti", "O", "O", "O", "Ba", "O"]
+    crystals = [perovskite(), triclinic(rng)] + [
+        Structure(symbols[:k], rng.uniform(0, 1, (k, 3)), lat, id=f"s{i}")
+        for i, (k, lat) in enumerate(zip(rng.integers(1, 8, 8), _lattices(rng)[4:12]))]
+    many = vox.stored_values_many(crystals, names)
+    assert len(many) == len(crystals) and vox.stored_values_many([], names) == []
+    for s, (ch, values, scale) in zip(crystals, many):
+        ch1, values1, scale1 = vox.stored_values(s, names)
+        np.testing.assert_array_equal(ch, ch1)
+        assert values.shape == values1.shape and scale == scale1
+        np.testing.assert_array_equal(values.view(np.uint16), values1.view(np.uint16))
+
+
 @pytest.mark.parametrize("distinct", [False, True])
 def test_compiled_cartesian_binning_equals_numpy(rng, monkeypatch, distinct):
     """The kernel's cartesian binning is numpy's bit for bit: the same voxels, each set's own points then its
