@@ -478,3 +478,30 @@ def test_compiled_cartesian_binning_equals_numpy(rng, monkeypatch, distinct):
         np.testing.assert_array_equal(ic, ip)
         np.testing.assert_array_equal(vc.view(np.uint32), vp.view(np.uint32))
     assert any(len(i) for i, _ in plain) and (distinct or len(plain[3][0]) < 60)
+
+
+# sha256 (first 32 hex digits) of the channels and float16 bits of every committed AFLOW fixture crystal's stored
+# values, and the sum of their scales, as the compiled pass gave them before it was made faster (c2a202d)
+STORED_BITS = {"default": ({}, "e48fa520ab93ea329bcd45915a14ff34", 20.743225619388923),
+               "cross": (dict(cross=True), "ae4b0eb929c9987df0b62d3789d47026", 20.743225619388934),
+               "wide": (dict(sigma=0.6, n=16, length=6.4), "5579d33c283ecd163cd6c6e602cf3275", 20.743225619388923)}
+
+
+@pytest.mark.parametrize("setting", sorted(STORED_BITS))
+def test_stored_values_are_bit_for_bit_those_of_before(setting):
+    """The feature file's values of the 435 committed fixture crystals, float16 bit for bit as the earlier pass
+    stored them (the scales, float64, to 1e-12: they may differ in the last bit with the C library)."""
+    import hashlib
+    from cloudvox.featurefile import channel_names
+    kwargs, digest, scales = STORED_BITS[setting]
+    structures = read_aflow(fixture_file("aflow", "O-Sr-Ti.jsonl")) + \
+        read_aflow(fixture_file("aflow", "oxide_perovskites_cP5_300.jsonl"))
+    vox = ReciprocalVoxelizer(**kwargs)
+    h, total = hashlib.sha256(), 0.0
+    for ch, values, scale in vox.stored_values_many(structures, channel_names(vox)):
+        h.update(np.asarray(ch, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(values).view(np.uint16).tobytes())
+        total += scale
+    assert len(structures) == 435
+    assert h.hexdigest()[:32] == digest
+    assert total == pytest.approx(scales, rel=1e-12)
