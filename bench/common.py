@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,3 +122,27 @@ def single_core() -> None:
         os.environ.setdefault(var, "1")
     if "numpy" in sys.modules:
         print("warning: numpy imported before single_core()", file=sys.stderr)
+
+
+SIZE_CLASSES = [(1, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 10**6)]  # atoms per cell, for per-size figures
+
+
+def size_class(natoms: int) -> str:
+    """The label of the :data:`SIZE_CLASSES` class of a cell of ``natoms`` atoms ("failed" for none)."""
+    for lo, hi in SIZE_CLASSES:
+        if lo <= natoms <= hi:
+            return f"{lo}-{hi}" if hi < 10**6 else f">={lo}"
+    return "failed"
+
+
+def aflow_like_input(n: int, seed: int, folder: Path) -> Tuple[Path, float]:
+    """The AFLOW-like input of ``n`` entries (bench/aflow_like.py, ``seed``) in ``folder``, generated once: its
+    path and the seconds its generation took now (0 if it was there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"aflow_like_{n}_s{seed}.jsonl"
+    if path.exists():
+        return path, 0.0
+    t = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "bench" / "aflow_like.py"), "--n", str(n), "--seed", str(seed),
+                    "--out", str(path)], check=True)
+    return path, time.perf_counter() - t

@@ -11,14 +11,13 @@ Usage: python bench/featurize_kernel.py [--n 4000] [--repeats 5] [--workdir out/
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, single_core  # noqa: E402
+from common import ROOT, SIZE_CLASSES, aflow_like_input, emit, single_core, size_class  # noqa: E402
 
 single_core()
 import numpy as np  # noqa: E402
@@ -28,16 +27,6 @@ from cloudvox import kernel  # noqa: E402
 from cloudvox.descriptors import ReciprocalVoxelizer  # noqa: E402
 from cloudvox.featurefile import channel_names  # noqa: E402
 from cloudvox.io.aflow import _record  # noqa: E402
-
-CLASSES = [(1, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 10**6)]  # atoms per cell
-
-
-def size_class(natoms: int) -> str:
-    for lo, hi in CLASSES:
-        if lo <= natoms <= hi:
-            return f"{lo}-{hi}" if hi < 10**6 else f">={lo}"
-    raise ValueError(natoms)
-
 
 def crystals(src: Path, vox: ReciprocalVoxelizer):
     out = []
@@ -63,12 +52,7 @@ def main() -> None:
     native = kernel.native()
     if native is None:
         sys.exit("the compiled kernel is not built: pip install -e . (setup.py build_ext --inplace)")
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    src = work / f"aflow_like_{args.n}_s{args.seed}.jsonl"
-    if not src.exists():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "aflow_like.py"), "--n", str(args.n), "--seed",
-                        str(args.seed), "--out", str(src)], check=True)
+    src, _ = aflow_like_input(args.n, args.seed, Path(args.workdir))
     vox = ReciprocalVoxelizer()
     names = channel_names(vox)
     structures = crystals(src, vox)
@@ -105,7 +89,7 @@ def main() -> None:
     by = defaultdict(list)
     for k, s in enumerate(structures):
         by[size_class(len(s))].append(k)
-    for lo, hi in CLASSES:
+    for lo, hi in SIZE_CLASSES:
         ks = by.get(size_class(lo), [])
         if not ks:
             continue

@@ -13,7 +13,6 @@ Usage: python bench/featurize_profile.py [--n 20000] [--repeats 3] [--block-size
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, single_core  # noqa: E402
+from common import ROOT, SIZE_CLASSES, aflow_like_input, emit, single_core, size_class  # noqa: E402
 
 single_core()
 import numpy as np  # noqa: E402
@@ -32,16 +31,6 @@ from cloudvox.featurefile import channel_names, featurize_block, root_attributes
 from cloudvox.io.aflow import _record  # noqa: E402
 from cloudvox.io.records import Record  # noqa: E402
 from cloudvox.io.sources import LineIndex  # noqa: E402
-
-CLASSES = [(1, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 10**6)]  # atoms per cell
-
-
-def size_class(natoms: int) -> str:
-    for lo, hi in CLASSES:
-        if lo <= natoms <= hi:
-            return f"{lo}-{hi}" if hi < 10**6 else f">={lo}"
-    return "failed"
-
 
 def one_pass(index: LineIndex, vox: ReciprocalVoxelizer, block: int, folder: Path, compression):
     """Seconds per stage over every block, and (class, parse s, descriptor s, points) per good structure."""
@@ -130,11 +119,7 @@ def main() -> None:
                     help="the shards' filter (default: the job's)")
     args = ap.parse_args()
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    src = work / f"aflow_like_{args.n}_s{args.seed}.jsonl"
-    if not src.exists():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "aflow_like.py"), "--n", str(args.n), "--seed",
-                        str(args.seed), "--out", str(src)], check=True)
+    src, _ = aflow_like_input(args.n, args.seed, work)
     warm_up(src)
     stages, structures = [], None
     for _ in range(args.repeats):
@@ -157,7 +142,7 @@ def main() -> None:
     by_class = defaultdict(list)
     for cls, parse_s, points in structures:
         by_class[cls].append((parse_s, points))
-    for lo, hi in CLASSES:
+    for lo, hi in SIZE_CLASSES:
         cls = size_class(lo)
         rows = by_class.get(cls, [])
         if rows:

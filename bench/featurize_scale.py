@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit  # noqa: E402
+from common import ROOT, aflow_like_input, emit  # noqa: E402
 
 AFLOW_ENTRIES = 3_500_000
 NODE_CORES = 128
@@ -40,15 +40,6 @@ def reason_kind(reason: str) -> str:
     return "other"
 
 
-def generate(n: int, seed: int, path: Path) -> float:
-    if path.exists():
-        return 0.0
-    t = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "bench" / "aflow_like.py"), "--n", str(n), "--seed", str(seed),
-                    "--out", str(path)], check=True)
-    return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -58,9 +49,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the feature file (the loader benchmark reads it)")
     args = ap.parse_args()
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    src = work / f"aflow_like_{args.n}_s{args.seed}.jsonl"
-    gen_s = generate(args.n, args.seed, src)
+    src, gen_s = aflow_like_input(args.n, args.seed, work)
     out = work / f"aflow_like_{args.n}_s{args.seed}.h5"
     rss = work / "rss"
     for old in work.glob("rss.*"):
