@@ -61,8 +61,8 @@ absolute 6e-8 of the scale; tested against float64 |h|): half the bytes of float
 HDF5's gzip filter (shuffle + deflate, read by any HDF5), deflated by ISA-L at its level 1 (the isal package;
 zlib level 1 where it is missing): 5-6x zlib's speed for 11% more bytes (13.2 kB per structure), which moved
 the merge off the compression; zlib level 4 would save 4% at 1.3x zlib level 1's time. Chunks of 256 kB
-(uncompressed): random access to one structure decompresses at most a few chunks. Shards use lzf (fast,
-1.3x larger) and are recompressed once by the merge.
+(uncompressed): random access to one structure decompresses at most a few chunks. A job's shards are
+uncompressed (or lzf: its ``shard_compression``) and compressed once by the merge.
 
 Files are written in the HDF5 1.10 file format (fixed-array chunk indexes; readers need HDF5 >= 1.10).
 Version 1 files (float32 values, stored ``/reciprocal/m``, no scale) are still read; a file newer than the
