@@ -786,6 +786,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("half_ball", &half_ball, "m (P, 3) int32 of cloudvox.lattice.half_ball: recip (3, 3), e0, e1, e2, r2");
   mod.def("half_balls", &half_balls, "(m (P, 3) int32, counts (S,) int64): the half balls of recips (S, 3, 3), "
           "extents (S, 3) int64, r2, concatenated; cube > 0: only points with every |G_k| <= cube");
+  mod.def("bin_cartesian", &bin_cartesian, "(index (K,) int32, values (C, K) float32, bounds (S + 1,) int64): "
+          "cartesian voxels of sets of points G (P, 3) float64 with values amp (C, P) float32, sizes (S,), mirror (P,) "
+          "bool, n, shift, width, distinct");
+  mod.def("first_overlap", &first_overlap, "(i, j, distance) of the first pair of a crystal's atoms closer than "
+          "cutoff over the periodic images, or (-1, -1, 0): frac (n, 3), lattice (3, 3) rows, cutoff (Angstrom)");
   mod.def("stored_values_many", &stored_values_many,
           "(values flat float16, points (S,), scales (S,)) of S crystals: recips, extents, r2, frac, atoms, W (flat), "
           "channels, sigma, volumes, cross");
